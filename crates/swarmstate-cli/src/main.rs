@@ -1,0 +1,3 @@
+//! The `swarmstate` command-line tool.
+
+fn main() {}
