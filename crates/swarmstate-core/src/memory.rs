@@ -71,6 +71,9 @@ struct Watcher {
     sender: mpsc::Sender<WatchEvent>,
     // The revision the watcher must resume from once it overflowed; 0 while it has not.
     lagged_at: Arc<AtomicU64>,
+    // Changes below this revision are not delivered: a watch from a revision the store has not
+    // reached yet starts there.
+    from: Option<Revision>,
 }
 
 #[derive(Debug, Clone)]
@@ -247,7 +250,10 @@ impl Inner {
         }
         self.watchers.retain(|watcher| {
             for event in events {
-                let selected = event.key().is_some_and(|key| watcher.pattern.matches(key));
+                let selected = event.key().is_some_and(|key| watcher.pattern.matches(key))
+                    && watcher
+                        .from
+                        .is_none_or(|from| event.revision() >= Some(from));
                 if !selected {
                     continue;
                 }
@@ -277,6 +283,7 @@ impl StateStore for MemoryStore {
             max_value_size: self.shared.config.max_value_size,
             watch_buffer: self.shared.config.watch_buffer,
             durable: false,
+            replays_overwritten: true,
         }
     }
 
@@ -326,6 +333,10 @@ impl StateStore for MemoryStore {
             pattern: pattern.clone(),
             sender,
             lagged_at: lagged_at.clone(),
+            from: match start {
+                WatchStart::FromRevision(from) => Some(from),
+                WatchStart::Now | WatchStart::Snapshot => None,
+            },
         });
         drop(inner);
         Ok(stream::iter(backlog)

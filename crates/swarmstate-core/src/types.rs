@@ -413,4 +413,9 @@ pub struct Capabilities {
     pub watch_buffer: usize,
     /// Whether writes survive a restart once acknowledged.
     pub durable: bool,
+    /// Whether a watch can start from a revision whose key has since been overwritten or
+    /// deleted. `MemoryStore` can, within the history it keeps; a NATS bucket keeps one message
+    /// per key, so there such a start is [`Error::Compacted`](crate::Error::Compacted) — never
+    /// a replay with holes.
+    pub replays_overwritten: bool,
 }

@@ -1,0 +1,227 @@
+//! Helpers shared by the cases: key shorthands, watch-stream readers that time out instead of
+//! hanging, and TTL timing derived from the store's capabilities.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::time::{Instant, timeout};
+
+use crate::{
+    Entry, Error, Key, Pattern, Result, Revision, StateStore, StateStoreExt, WatchEvent,
+    WatchStart, WatchStream,
+};
+
+/// How long a case waits for a watch event, or for a stream to end, before it fails.
+pub(super) const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many times a timing check is retried with a doubled TTL when the machine was too slow
+/// to decide it.
+pub(super) const TIMING_ATTEMPTS: u32 = 4;
+
+/// A key for a test; panics on text that is not a valid key (a bug in the case).
+pub(super) fn key(text: &str) -> Key {
+    Key::new(text).unwrap_or_else(|err| panic!("test key {text:?}: {err}"))
+}
+
+/// A pattern for a test; panics on an invalid pattern (a bug in the case).
+pub(super) fn pattern(text: &str) -> Pattern {
+    Pattern::new(text).unwrap_or_else(|err| panic!("test pattern {text:?}: {err}"))
+}
+
+/// The error of an operation the contract requires to fail.
+pub(super) fn expect_err<T>(result: Result<T>, what: &str) -> Error {
+    match result {
+        Ok(_) => panic!("{what} succeeded, but the contract requires it to fail"),
+        Err(err) => err,
+    }
+}
+
+/// The key's current entry, which must exist.
+pub(super) async fn entry_of(store: &dyn StateStore, key: &Key) -> Entry {
+    store
+        .get(key)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{key} should be present"))
+}
+
+/// Asserts the key is at `revision` with `value`.
+pub(super) async fn assert_entry(
+    store: &dyn StateStore,
+    key: &Key,
+    value: &[u8],
+    revision: Revision,
+) {
+    let entry = entry_of(store, key).await;
+    assert_eq!(entry.key, *key);
+    assert_eq!(&entry.value[..], value, "value of {key}");
+    assert_eq!(entry.revision, revision, "revision of {key}");
+}
+
+/// The keys `pattern` selects now, as text.
+pub(super) async fn list(store: &dyn StateStore, pattern_text: &str) -> Vec<String> {
+    store
+        .list_keys(&pattern(pattern_text))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|key| key.as_str().to_owned())
+        .collect()
+}
+
+/// Opens a watch, which must succeed.
+pub(super) async fn watch(
+    store: &dyn StateStore,
+    pattern_text: &str,
+    start: WatchStart,
+) -> WatchStream {
+    match store.watch(&pattern(pattern_text), start).await {
+        Ok(stream) => stream,
+        Err(err) => panic!("watch {pattern_text} from {start:?}: {err}"),
+    }
+}
+
+/// The next event, within `limit`.
+pub(super) async fn next_event_within(stream: &mut WatchStream, limit: Duration) -> WatchEvent {
+    match timeout(limit, stream.next()).await {
+        Ok(Some(event)) => event,
+        Ok(None) => panic!("the watch stream ended, but another event was expected"),
+        Err(_) => panic!("no watch event within {limit:?}"),
+    }
+}
+
+/// The next event, within [`EVENT_TIMEOUT`].
+pub(super) async fn next_event(stream: &mut WatchStream) -> WatchEvent {
+    next_event_within(stream, EVENT_TIMEOUT).await
+}
+
+/// Asserts the stream ends now: its next item is the end, within [`EVENT_TIMEOUT`].
+pub(super) async fn expect_end(stream: &mut WatchStream) {
+    match timeout(EVENT_TIMEOUT, stream.next()).await {
+        Ok(None) => {}
+        Ok(Some(event)) => panic!("the watch stream should have ended, got {event:?}"),
+        Err(_) => panic!("the watch stream did not end within {EVENT_TIMEOUT:?}"),
+    }
+}
+
+/// Reads the stream to its end, which must come within [`EVENT_TIMEOUT`] of the last event.
+pub(super) async fn drain_to_end(stream: &mut WatchStream) -> Vec<WatchEvent> {
+    let mut events = Vec::new();
+    loop {
+        match timeout(EVENT_TIMEOUT, stream.next()).await {
+            Ok(None) => return events,
+            Ok(Some(event)) => events.push(event),
+            Err(_) => panic!(
+                "the watch stream did not end within {EVENT_TIMEOUT:?} (after {} events)",
+                events.len()
+            ),
+        }
+    }
+}
+
+/// Asserts `event` is a put of `value` to `key` at `revision`.
+pub(super) fn assert_put(event: &WatchEvent, key: &Key, value: &[u8], revision: Revision) {
+    match event {
+        WatchEvent::Put(entry) => {
+            assert_eq!(entry.key, *key, "key of {event:?}");
+            assert_eq!(&entry.value[..], value, "value of {event:?}");
+            assert_eq!(entry.revision, revision, "revision of {event:?}");
+        }
+        other => panic!("expected a put of {key} at {revision}, got {other:?}"),
+    }
+}
+
+/// Proves that nothing reached the watcher since its last event: writes `sentinel` (which the
+/// watcher must select) and asserts the very next event is that write.
+pub(super) async fn assert_no_event_before_sentinel(
+    store: &dyn StateStore,
+    stream: &mut WatchStream,
+    sentinel: &Key,
+) {
+    let revision = store.set(sentinel, "sentinel").await.unwrap();
+    let event = next_event(stream).await;
+    assert!(
+        matches!(&event, WatchEvent::Put(entry) if entry.key == *sentinel && entry.revision == revision),
+        "an event reached the watcher although nothing should have changed: {event:?}"
+    );
+}
+
+/// Reads changes from `stream` (which watches `pattern`) until `done` holds for what was read.
+/// A [`WatchEvent::Lagged`] is allowed and followed: the helper checks nothing already given is
+/// repeated and resumes with [`WatchStart::FromRevision`]. Returns the changes, without the
+/// lagged markers.
+pub(super) async fn collect_events(
+    store: &dyn StateStore,
+    mut stream: WatchStream,
+    pattern_text: &str,
+    mut done: impl FnMut(&[WatchEvent]) -> bool + Send,
+) -> Vec<WatchEvent> {
+    let mut events: Vec<WatchEvent> = Vec::new();
+    while !done(&events) {
+        match next_event(&mut stream).await {
+            WatchEvent::Lagged { resume_from } => {
+                if let Some(last) = events.last().and_then(WatchEvent::revision) {
+                    assert!(
+                        resume_from > last,
+                        "lagged with resume_from {resume_from} after already delivering {last}"
+                    );
+                }
+                expect_end(&mut stream).await;
+                stream = watch(store, pattern_text, WatchStart::FromRevision(resume_from)).await;
+            }
+            WatchEvent::CaughtUp { .. } => {}
+            event => events.push(event),
+        }
+    }
+    events
+}
+
+/// The revisions of `events`.
+pub(super) fn revisions(events: &[WatchEvent]) -> Vec<Revision> {
+    events.iter().filter_map(WatchEvent::revision).collect()
+}
+
+/// Asserts `revisions` strictly increase.
+pub(super) fn assert_strictly_increasing(revisions: &[Revision]) {
+    for pair in revisions.windows(2) {
+        assert!(
+            pair[0] < pair[1],
+            "revisions must strictly increase, got {:?} then {:?} in {revisions:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+}
+
+/// The store's TTL granularity (at least 1 ms).
+pub(super) fn granularity(store: &dyn StateStore) -> Duration {
+    store
+        .capabilities()
+        .ttl_granularity
+        .max(Duration::from_millis(1))
+}
+
+/// The base TTL of the timing cases: at least 200 ms and a whole number of granularity steps,
+/// so that a backend rounding TTLs up does not change it.
+pub(super) fn ttl_unit(store: &dyn StateStore) -> Duration {
+    let step = granularity(store);
+    let floor = Duration::from_millis(200).max(step);
+    let steps = floor.as_nanos().div_ceil(step.as_nanos());
+    step * u32::try_from(steps).expect("a TTL unit of a sane number of steps")
+}
+
+/// The TTL unit of timing attempt `attempt` (0-based): doubled on every retry.
+pub(super) fn ttl_unit_for_attempt(store: &dyn StateStore, attempt: u32) -> Duration {
+    ttl_unit(store) * 2u32.pow(attempt)
+}
+
+/// Sleeps until `deadline` on the runtime's clock (a real clock: the suite never pauses time).
+pub(super) async fn sleep_until(deadline: Instant) {
+    tokio::time::sleep_until(deadline).await;
+}
+
+/// The time an expiry may take to reach a watcher after the TTL ran out: a few granularity
+/// steps for the store's expiry process, plus scheduling slack.
+pub(super) fn expiry_slack(store: &dyn StateStore) -> Duration {
+    granularity(store) * 4 + Duration::from_secs(1)
+}

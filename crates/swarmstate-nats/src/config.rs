@@ -1,0 +1,279 @@
+//! Opening a [`NatsStore`](crate::NatsStore): the builder, `nats://` URLs, and the bucket
+//! settings the contract depends on.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use swarmstate_core::{Error, Result};
+
+use crate::NatsStore;
+
+/// The default bucket name.
+pub const DEFAULT_BUCKET: &str = "swarmstate";
+/// How long an expiry or delete marker stays in the stream before the server removes it.
+const MARKER_TTL: Duration = Duration::from_secs(3600);
+/// How long the server remembers a message id for deduplication (idempotency keys).
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(120);
+
+/// Builds a [`NatsStore`]: `NatsStore::builder("nats://127.0.0.1:4222").bucket("swarm")
+/// .replicas(3).connect().await?`.
+#[derive(Debug, Clone)]
+pub struct NatsStoreBuilder {
+    pub(crate) urls: String,
+    pub(crate) bucket: String,
+    pub(crate) replicas: usize,
+    pub(crate) max_value_size: usize,
+    pub(crate) request_timeout: Duration,
+    pub(crate) watch_buffer: usize,
+}
+
+impl NatsStoreBuilder {
+    pub(crate) fn new(urls: impl Into<String>) -> NatsStoreBuilder {
+        NatsStoreBuilder {
+            urls: urls.into(),
+            bucket: DEFAULT_BUCKET.to_owned(),
+            replicas: 1,
+            max_value_size: swarmstate_core::DEFAULT_MAX_VALUE_SIZE,
+            request_timeout: Duration::from_secs(5),
+            watch_buffer: swarmstate_core::DEFAULT_WATCH_BUFFER,
+        }
+    }
+
+    /// The bucket (created if missing). Letters, digits, `-` and `_` only.
+    pub fn bucket(mut self, bucket: impl Into<String>) -> Self {
+        self.bucket = bucket.into();
+        self
+    }
+
+    /// Replicas for a new bucket: 1, or 3 for a cluster (durability needs 3).
+    pub fn replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// The largest value accepted, in bytes (default 1 MiB; the server's `max_payload` must
+    /// allow it).
+    pub fn max_value_size(mut self, bytes: usize) -> Self {
+        self.max_value_size = bytes;
+        self
+    }
+
+    /// How long to wait for the server's answer. A request that times out after it was sent
+    /// is [`Error::Ambiguous`].
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Events a watcher may have buffered before it is lagged (default 64).
+    pub fn watch_buffer(mut self, events: usize) -> Self {
+        self.watch_buffer = events.max(1);
+        self
+    }
+
+    /// Connects, creates or checks the bucket, and returns the store.
+    ///
+    /// Errors: [`Error::InvalidInput`] for a bad bucket name or replica count, or for an
+    /// existing bucket whose settings would break the contract (the message names the
+    /// setting); [`Error::Unavailable`] when no server answers.
+    pub async fn connect(self) -> Result<NatsStore> {
+        check_bucket_name(&self.bucket)?;
+        if !(1..=5).contains(&self.replicas) {
+            return Err(Error::InvalidInput {
+                message: format!("replicas must be 1 to 5, got {}", self.replicas),
+            });
+        }
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(self.request_timeout))
+            .connect(self.urls.as_str())
+            .await
+            .map_err(|err| Error::Unavailable {
+                message: format!("cannot connect to {}: {err}", self.urls),
+            })?;
+        let context = jetstream::new(client.clone());
+        let stream = open_stream(&context, &self).await?;
+        Ok(NatsStore::from_parts(client, context, stream, self))
+    }
+}
+
+/// Parses `nats://host:port/bucket` (bucket optional, default [`DEFAULT_BUCKET`]); several
+/// servers may be given comma-separated before the path: `nats://a:4222,b:4222/swarm`.
+pub(crate) fn parse_url(url: &str) -> Result<NatsStoreBuilder> {
+    let rest = url
+        .strip_prefix("nats://")
+        .ok_or_else(|| Error::InvalidInput {
+            message: format!("a NATS store URL starts with nats://, got {url:?}"),
+        })?;
+    let (servers, bucket) = match rest.split_once('/') {
+        Some((servers, bucket)) if !bucket.is_empty() => (servers, Some(bucket)),
+        Some((servers, _)) => (servers, None),
+        None => (rest, None),
+    };
+    if servers.is_empty() {
+        return Err(Error::InvalidInput {
+            message: format!("no server in {url:?}"),
+        });
+    }
+    let urls = servers
+        .split(',')
+        .map(|server| format!("nats://{server}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut builder = NatsStoreBuilder::new(urls);
+    if let Some(bucket) = bucket {
+        builder = builder.bucket(bucket);
+    }
+    Ok(builder)
+}
+
+fn check_bucket_name(bucket: &str) -> Result<()> {
+    let valid = !bucket.is_empty()
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput {
+            message: format!("bucket name {bucket:?}: use letters, digits, '-' and '_' only"),
+        })
+    }
+}
+
+pub(crate) fn stream_name(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+fn wanted_config(builder: &NatsStoreBuilder) -> stream::Config {
+    let bucket = &builder.bucket;
+    stream::Config {
+        name: stream_name(bucket),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        // One message per key: with more, an expired value would let the previous one reappear.
+        max_messages_per_subject: 1,
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        max_message_size: i32::try_from(builder.max_value_size + 64 * 1024).unwrap_or(i32::MAX),
+        num_replicas: builder.replicas,
+        duplicate_window: IDEMPOTENCY_WINDOW,
+        allow_message_ttl: true,
+        subject_delete_marker_ttl: Some(MARKER_TTL),
+        allow_atomic_publish: true,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
+async fn open_stream(
+    context: &jetstream::Context,
+    builder: &NatsStoreBuilder,
+) -> Result<stream::Stream> {
+    let wanted = wanted_config(builder);
+    let existing = match context.get_stream(&wanted.name).await {
+        Ok(stream) => Some(stream),
+        Err(err) => match err.kind() {
+            jetstream::context::GetStreamErrorKind::JetStream(inner)
+                if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                None
+            }
+            _ => {
+                return Err(Error::Unavailable {
+                    message: format!("cannot look up bucket {}: {err}", builder.bucket),
+                });
+            }
+        },
+    };
+    match existing {
+        Some(mut stream) => {
+            let config = stream
+                .info()
+                .await
+                .map_err(|err| Error::Unavailable {
+                    message: format!("cannot read bucket {}: {err}", builder.bucket),
+                })?
+                .config
+                .clone();
+            check_existing(&config, &builder.bucket)?;
+            Ok(stream)
+        }
+        None => context
+            .get_or_create_stream(wanted)
+            .await
+            .map_err(|err| Error::Unavailable {
+                message: format!("cannot create bucket {}: {err}", builder.bucket),
+            }),
+    }
+}
+
+/// Refuses an existing bucket whose settings would break the contract.
+fn check_existing(config: &stream::Config, bucket: &str) -> Result<()> {
+    let refuse = |setting: &str, why: &str| {
+        Err(Error::InvalidInput {
+            message: format!("bucket {bucket} cannot be used: {setting} ({why})"),
+        })
+    };
+    if config.max_messages_per_subject != 1 {
+        return refuse(
+            "history must be 1",
+            "with more, an expired value lets the previous one reappear",
+        );
+    }
+    if !config.allow_message_ttl {
+        return refuse("per-message TTL must be enabled", "TTLs would be ignored");
+    }
+    if config.subject_delete_marker_ttl.is_none() {
+        return refuse(
+            "limit markers must be enabled",
+            "expiries would be invisible to watchers",
+        );
+    }
+    if !config.allow_atomic_publish {
+        return refuse("atomic batches must be allowed", "txn needs them");
+    }
+    if config.duplicate_window < IDEMPOTENCY_WINDOW {
+        return refuse(
+            "the duplicate window must be at least 2 minutes",
+            "idempotency keys are kept that long",
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_servers_and_bucket() {
+        let builder = parse_url("nats://127.0.0.1:4222/swarm").unwrap();
+        assert_eq!(builder.urls, "nats://127.0.0.1:4222");
+        assert_eq!(builder.bucket, "swarm");
+        let builder = parse_url("nats://a:1,b:2").unwrap();
+        assert_eq!(builder.urls, "nats://a:1,nats://b:2");
+        assert_eq!(builder.bucket, DEFAULT_BUCKET);
+        assert!(parse_url("http://x").is_err());
+        assert!(parse_url("nats:///b").is_err());
+    }
+
+    #[test]
+    fn bucket_names_are_checked() {
+        assert!(check_bucket_name("swarm_1-a").is_ok());
+        for bad in ["", "a.b", "a b", "a*"] {
+            assert!(check_bucket_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn existing_bucket_with_history_is_refused_naming_the_setting() {
+        let mut config = wanted_config(&NatsStoreBuilder::new("nats://x"));
+        assert!(check_existing(&config, "b").is_ok());
+        config.max_messages_per_subject = 5;
+        let err = check_existing(&config, "b").unwrap_err();
+        assert!(err.to_string().contains("history must be 1"), "{err}");
+    }
+}

@@ -1,0 +1,431 @@
+//! [`NatsStore`]: the [`StateStore`] operations on one JetStream stream laid out as a KV bucket
+//! (`$KV.<bucket>.<key>`), with revisions = stream sequences.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream};
+use async_trait::async_trait;
+use bytes::Bytes;
+use swarmstate_core::{
+    Capabilities, Condition, Entry, Error, Key, KeyStream, Pattern, PutMode, PutOptions, Result,
+    Revision, StateStore, TxnOp, TxnResult, WatchStart, WatchStream, validate_txn, validate_value,
+};
+use tokio::sync::watch as signal;
+
+use crate::config::{NatsStoreBuilder, parse_url};
+use crate::txn;
+use crate::wire::{self, ApiError};
+
+/// A store on a NATS JetStream bucket. Clones share one connection.
+///
+/// Durable as the server is configured: run the servers with `jetstream { sync_interval:
+/// always }` and the bucket with 3 replicas for writes that survive a crash.
+///
+/// Reads ([`get`](StateStore::get)) go to the stream leader and are linearizable;
+/// [`NatsStore::get_stale`] is the opt-in fast read any replica may answer.
+#[derive(Debug, Clone)]
+pub struct NatsStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) client: async_nats::Client,
+    pub(crate) context: jetstream::Context,
+    pub(crate) stream: stream::Stream,
+    pub(crate) bucket: String,
+    // Invariant: `$KV.<bucket>.`, the subject prefix of every key.
+    pub(crate) prefix: String,
+    pub(crate) max_value_size: usize,
+    pub(crate) request_timeout: Duration,
+    pub(crate) watch_buffer: usize,
+    closed: AtomicBool,
+    // Flips to true on close; every watch task listens to it.
+    pub(crate) closing: signal::Sender<bool>,
+}
+
+/// The last message stored for a key, whatever it is.
+#[derive(Debug)]
+pub(crate) struct Last {
+    pub(crate) sequence: u64,
+    pub(crate) live: Option<Entry>,
+}
+
+impl NatsStore {
+    /// A builder for a store on the servers at `urls` (comma-separated `nats://host:port`).
+    pub fn builder(urls: impl Into<String>) -> NatsStoreBuilder {
+        NatsStoreBuilder::new(urls)
+    }
+
+    /// Connects to `nats://host:port[,host:port...]/bucket` with default settings.
+    pub async fn open(url: &str) -> Result<NatsStore> {
+        parse_url(url)?.connect().await
+    }
+
+    /// The bucket's name.
+    pub fn bucket(&self) -> &str {
+        &self.inner.bucket
+    }
+
+    pub(crate) fn from_parts(
+        client: async_nats::Client,
+        context: jetstream::Context,
+        stream: stream::Stream,
+        builder: NatsStoreBuilder,
+    ) -> NatsStore {
+        let (closing, _) = signal::channel(false);
+        NatsStore {
+            inner: Arc::new(Inner {
+                client,
+                context,
+                stream,
+                prefix: format!("$KV.{}.", builder.bucket),
+                bucket: builder.bucket,
+                max_value_size: builder.max_value_size,
+                request_timeout: builder.request_timeout,
+                watch_buffer: builder.watch_buffer,
+                closed: AtomicBool::new(false),
+                closing,
+            }),
+        }
+    }
+
+    /// A read that any replica may answer (JetStream direct get): faster, but it can return a
+    /// value older than a write already acknowledged. Use [`StateStore::get`] unless stale
+    /// data is acceptable.
+    pub async fn get_stale(&self, key: &Key) -> Result<Option<Entry>> {
+        self.ensure_open()?;
+        match self
+            .inner
+            .stream
+            .direct_get_last_for_subject(self.subject(key))
+            .await
+        {
+            Ok(message) => Ok(wire::live_entry(
+                key,
+                message.sequence,
+                Some(&message.headers),
+                &message.payload,
+                message.time.unix_timestamp_nanos(),
+            )),
+            Err(err) if err.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(err) => Err(Error::Unavailable {
+                message: format!("stale get {key}: {err}"),
+            }),
+        }
+    }
+
+    pub(crate) fn subject(&self, key: &Key) -> String {
+        format!("{}{}", self.inner.prefix, key)
+    }
+
+    pub(crate) fn ensure_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The last message on the key's subject, read from the stream leader.
+    pub(crate) async fn last(&self, key: &Key) -> Result<Option<Last>> {
+        self.ensure_open()?;
+        match self
+            .inner
+            .stream
+            .get_last_raw_message_by_subject(&self.subject(key))
+            .await
+        {
+            Ok(message) => Ok(Some(Last {
+                sequence: message.sequence,
+                live: wire::live_entry(
+                    key,
+                    message.sequence,
+                    Some(&message.headers),
+                    &message.payload,
+                    message.time.unix_timestamp_nanos(),
+                ),
+            })),
+            Err(err)
+                if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+            {
+                Ok(None)
+            }
+            Err(err) => Err(Error::Unavailable {
+                message: format!("get {key}: {err}"),
+            }),
+        }
+    }
+
+    async fn publish(
+        &self,
+        operation: &str,
+        key: &Key,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) -> Result<Result<u64, ApiError>> {
+        self.ensure_open()?;
+        let reply = wire::request(
+            &self.inner.client,
+            self.inner.request_timeout,
+            operation,
+            self.subject(key),
+            headers,
+            payload,
+        )
+        .await?;
+        Ok(wire::parse_ack(&reply.payload, operation)?.map(|ack| ack.sequence))
+    }
+}
+
+/// The reserved key that records an applied write with an idempotency key: written in the
+/// same atomic batch as the write, right after it, so the write's revision is the record's
+/// minus one. It expires after the idempotency window.
+fn idempotency_record(key: &Key, id: &str) -> Key {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(key.as_str().as_bytes());
+    hasher.update([0]);
+    hasher.update(id.as_bytes());
+    let digest = hasher.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    Key::new_reserved(format!("_swarmstate.idempotency.{hex}")).expect("hex tokens are valid")
+}
+
+impl NatsStore {
+    fn record_message(&self, record: &Key, at: u64) -> txn::Message {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            wire::EXPECTED_LAST_SUBJECT_SEQUENCE,
+            at.to_string().as_str(),
+        );
+        headers.insert(
+            wire::TTL,
+            format!("{}s", crate::config::IDEMPOTENCY_WINDOW.as_secs()).as_str(),
+        );
+        txn::Message {
+            subject: self.subject(record),
+            headers,
+            payload: Bytes::new(),
+            op: txn::CHECK_ONLY,
+        }
+    }
+}
+
+fn revision(sequence: u64) -> Result<Revision> {
+    Revision::new(sequence)
+        .ok_or_else(|| Error::backend(std::io::Error::other("the server acknowledged sequence 0")))
+}
+
+#[async_trait]
+impl StateStore for NatsStore {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            backend: "nats",
+            ttl_granularity: Duration::from_secs(1),
+            max_value_size: self.inner.max_value_size,
+            watch_buffer: self.inner.watch_buffer,
+            durable: true,
+            replays_overwritten: false,
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(key = %key))]
+    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
+        Ok(self.last(key).await?.and_then(|last| last.live))
+    }
+
+    #[tracing::instrument(skip_all, fields(key = %key))]
+    async fn put(&self, key: &Key, value: Bytes, options: PutOptions) -> Result<Revision> {
+        options.validate()?;
+        validate_value(key, &value, self.inner.max_value_size)?;
+        self.ensure_open()?;
+        let operation = format!("put {key}");
+        let record = options
+            .idempotency_key
+            .as_ref()
+            .map(|id| idempotency_record(key, id));
+        // The record's last sequence: a write with an idempotency key also creates its record.
+        let mut record_at = 0;
+        if let Some(record) = &record {
+            match self.last(record).await? {
+                Some(last) if last.live.is_some() => return revision(last.sequence - 1),
+                Some(last) => record_at = last.sequence,
+                None => {}
+            }
+        }
+        let mut expected = match options.mode {
+            PutMode::Overwrite => None,
+            PutMode::Create => Some(0),
+            PutMode::Update(revision) => Some(revision.get()),
+        };
+        loop {
+            let mut headers = HeaderMap::new();
+            if let Some(expected) = expected {
+                headers.insert(
+                    wire::EXPECTED_LAST_SUBJECT_SEQUENCE,
+                    expected.to_string().as_str(),
+                );
+            }
+            if let Some(ttl) = options.ttl {
+                headers.insert(wire::TTL, format!("{}s", wire::ttl_seconds(ttl)).as_str());
+            }
+            let outcome = match &record {
+                None => {
+                    self.publish(&operation, key, headers, value.clone())
+                        .await?
+                }
+                Some(record) => {
+                    let messages = [
+                        txn::Message {
+                            subject: self.subject(key),
+                            headers,
+                            payload: value.clone(),
+                            op: 0,
+                        },
+                        self.record_message(record, record_at),
+                    ];
+                    txn::publish_batch(self, &operation, &messages)
+                        .await?
+                        .map(|last| last - 1)
+                }
+            };
+            match outcome {
+                Ok(sequence) => return revision(sequence),
+                Err(err) if err.is_conflict() => {}
+                Err(err) => return Err(err.into_error(&operation)),
+            }
+            if let Some(record) = &record {
+                match self.last(record).await? {
+                    // An earlier attempt of this very request applied (its answer was lost).
+                    Some(last) if last.live.is_some() => return revision(last.sequence - 1),
+                    Some(last) => record_at = last.sequence,
+                    None => record_at = 0,
+                }
+            }
+            let live = self.last(key).await?;
+            match options.mode {
+                PutMode::Create => match live {
+                    Some(Last {
+                        live: Some(entry), ..
+                    }) => {
+                        return Err(Error::AlreadyExists {
+                            key: key.clone(),
+                            revision: entry.revision,
+                        });
+                    }
+                    // Absent over a tombstone, an expiry marker, or a value past its TTL:
+                    // create on top of exactly that message.
+                    Some(last) => expected = Some(last.sequence),
+                    None => expected = Some(0),
+                },
+                PutMode::Update(wanted) => {
+                    let actual = live.and_then(|l| l.live).map(|e| e.revision);
+                    if actual != Some(wanted) {
+                        return Err(Error::RevisionMismatch {
+                            key: key.clone(),
+                            expected: wanted,
+                            actual,
+                        });
+                    }
+                    // Still at the wanted revision: only the record moved; try again.
+                }
+                // Without a condition on the key only the record can have conflicted.
+                PutMode::Overwrite if record.is_some() => {}
+                PutMode::Overwrite => {
+                    return Err(Error::backend(std::io::Error::other(format!(
+                        "{operation}: unconditional write reported a conflict"
+                    ))));
+                }
+            }
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(key = %key))]
+    async fn delete(&self, key: &Key, expected: Option<Revision>) -> Result<Option<Revision>> {
+        self.ensure_open()?;
+        let operation = format!("delete {key}");
+        loop {
+            let at = match expected {
+                Some(expected) => expected.get(),
+                None => match self.last(key).await? {
+                    Some(Last {
+                        live: Some(entry), ..
+                    }) => entry.revision.get(),
+                    _ => return Ok(None),
+                },
+            };
+            let mut headers = HeaderMap::new();
+            headers.insert(wire::KV_OPERATION, "DEL");
+            headers.insert(
+                wire::EXPECTED_LAST_SUBJECT_SEQUENCE,
+                at.to_string().as_str(),
+            );
+            match self.publish(&operation, key, headers, Bytes::new()).await? {
+                Ok(sequence) => return revision(sequence).map(Some),
+                Err(err) if err.is_conflict() => {
+                    if let Some(expected) = expected {
+                        let actual = self.last(key).await?.and_then(|l| l.live);
+                        return Err(Error::RevisionMismatch {
+                            key: key.clone(),
+                            expected,
+                            actual: actual.map(|e| e.revision),
+                        });
+                    }
+                    // The key changed between our read and our delete: decide again.
+                }
+                Err(err) => return Err(err.into_error(&operation)),
+            }
+        }
+    }
+
+    async fn keys(&self, pattern: &Pattern) -> Result<KeyStream> {
+        self.ensure_open()?;
+        crate::watch::keys(self, pattern).await
+    }
+
+    async fn watch(&self, pattern: &Pattern, start: WatchStart) -> Result<WatchStream> {
+        self.ensure_open()?;
+        crate::watch::watch(self, pattern, start).await
+    }
+
+    #[tracing::instrument(skip_all, fields(ops = ops.len()))]
+    async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<TxnResult>> {
+        validate_txn(&ops, self.inner.max_value_size)?;
+        self.ensure_open()?;
+        crate::txn::apply(self, &ops).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.inner.closing.send_replace(true);
+        // Anything still buffered goes out before the connection closes.
+        let _ = self.inner.client.flush().await;
+        Ok(())
+    }
+}
+
+/// What a txn operation's condition and action require of the message the batch writes.
+pub(crate) fn conflict_for(op: &TxnOp, last: Option<&Last>) -> Option<Error> {
+    let live = last.and_then(|l| l.live.as_ref()).map(|e| e.revision);
+    match (op.condition, live) {
+        (Condition::Any, _) | (Condition::Absent, None) => None,
+        (Condition::Absent, Some(revision)) => Some(Error::AlreadyExists {
+            key: op.key.clone(),
+            revision,
+        }),
+        (Condition::At(expected), actual) if actual != Some(expected) => {
+            Some(Error::RevisionMismatch {
+                key: op.key.clone(),
+                expected,
+                actual,
+            })
+        }
+        (Condition::At(_), _) => None,
+    }
+}

@@ -1,0 +1,300 @@
+//! Watches and key listings through JetStream ordered consumers.
+//!
+//! A watch runs one task that reads an ordered push consumer (which recreates itself after a
+//! reconnect, from the last sequence it delivered) and feeds a bounded channel. A watcher that
+//! lets the channel fill up, or whose consumer fails for good, gets `Lagged` with the first
+//! revision it has not seen, and its stream ends.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
+use futures::stream::{self, StreamExt};
+use serde_json::{Value, json};
+use swarmstate_core::{
+    Entry, Error, Key, KeyStream, Pattern, Result, Revision, WatchEvent, WatchStart, WatchStream,
+};
+use tokio::sync::mpsc;
+
+use crate::NatsStore;
+use crate::wire::{self, Kind};
+
+fn filter_subject(store: &NatsStore, pattern: &Pattern) -> String {
+    let prefix = &store.inner.prefix;
+    match pattern {
+        Pattern::All => format!("{prefix}>"),
+        Pattern::Prefix(key) => format!("{prefix}{key}.>"),
+        Pattern::Exact(key) => format!("{prefix}{key}"),
+    }
+}
+
+async fn ordered_consumer(
+    store: &NatsStore,
+    pattern: &Pattern,
+    deliver_policy: DeliverPolicy,
+    headers_only: bool,
+) -> Result<(push::Ordered, u64)> {
+    let consumer = store
+        .inner
+        .stream
+        .create_consumer(push::OrderedConfig {
+            deliver_subject: store.inner.client.new_inbox(),
+            filter_subject: filter_subject(store, pattern),
+            deliver_policy,
+            replay_policy: ReplayPolicy::Instant,
+            headers_only,
+            ..Default::default()
+        })
+        .await
+        .map_err(|err| Error::Unavailable {
+            message: format!("cannot start a consumer on {}: {err}", store.inner.bucket),
+        })?;
+    let pending = consumer.cached_info().num_pending;
+    let messages = consumer
+        .messages()
+        .await
+        .map_err(|err| Error::Unavailable {
+            message: format!("cannot read a consumer on {}: {err}", store.inner.bucket),
+        })?;
+    Ok((messages, pending))
+}
+
+/// One delivered message as a change to a key, or `None` for a subject that is no key of ours
+/// or that the pattern does not select (`*` skips reserved keys).
+fn decode(
+    store: &NatsStore,
+    pattern: &Pattern,
+    message: &async_nats::jetstream::Message,
+) -> Option<(u64, u64, WatchEvent)> {
+    let info = message.info().ok()?;
+    let key = Key::new_reserved(message.subject.strip_prefix(store.inner.prefix.as_str())?).ok()?;
+    if !pattern.matches(&key) {
+        return None;
+    }
+    let revision = Revision::new(info.stream_sequence)?;
+    let headers = message.headers.as_ref();
+    let event = match wire::kind(headers) {
+        Kind::Put => WatchEvent::Put(Entry {
+            key,
+            value: message.payload.clone(),
+            revision,
+            expires_in: wire::expires_in(headers, info.published.unix_timestamp_nanos()),
+        }),
+        Kind::Delete => WatchEvent::Delete { key, revision },
+        Kind::Expire => WatchEvent::Expire { key, revision },
+    };
+    Some((info.stream_sequence, info.pending, event))
+}
+
+pub(crate) async fn keys(store: &NatsStore, pattern: &Pattern) -> Result<KeyStream> {
+    let (mut messages, mut pending) =
+        ordered_consumer(store, pattern, DeliverPolicy::LastPerSubject, true).await?;
+    let mut keys = Vec::new();
+    while pending > 0 {
+        let message = match messages.next().await {
+            Some(Ok(message)) => message,
+            Some(Err(err)) => {
+                return Err(Error::Unavailable {
+                    message: format!("listing keys: {err}"),
+                });
+            }
+            None => break,
+        };
+        let info_pending = message.info().map(|i| i.pending).unwrap_or(0);
+        pending = info_pending;
+        if let Some((_, _, WatchEvent::Put(entry))) = decode(store, pattern, &message)
+            && entry.expires_in != Some(std::time::Duration::ZERO)
+        {
+            keys.push(entry.key);
+        }
+    }
+    keys.sort_unstable();
+    Ok(stream::iter(keys.into_iter().map(Ok)).boxed())
+}
+
+/// Revisions at or after `from` that the stream no longer holds (history is one message per
+/// key, so overwritten and expired messages are gone): a replay from there would skip.
+async fn check_replayable(store: &NatsStore, from: Revision) -> Result<()> {
+    let subject = format!(
+        "STREAM.INFO.{}",
+        crate::config::stream_name(&store.inner.bucket)
+    );
+    let info: Value = store
+        .inner
+        .context
+        .request(subject, &json!({ "deleted_details": true }))
+        .await
+        .map_err(|err| Error::Unavailable {
+            message: format!("cannot read the stream state: {err}"),
+        })?;
+    let state = &info["state"];
+    let first = state["first_seq"].as_u64().unwrap_or(0);
+    let last = state["last_seq"].as_u64().unwrap_or(0);
+    let newest_gone = state["deleted"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_u64)
+        .filter(|seq| *seq >= from.get())
+        .max();
+    let oldest = match newest_gone {
+        Some(gone) => Some(gone + 1),
+        None if from.get() < first && first > 1 => Some(first),
+        None if last > 0 && first == 0 => Some(last + 1),
+        None => None,
+    };
+    match oldest.and_then(Revision::new) {
+        Some(oldest) if oldest > from => Err(Error::Compacted {
+            requested: from,
+            oldest,
+        }),
+        _ => Ok(()),
+    }
+}
+
+pub(crate) async fn watch(
+    store: &NatsStore,
+    pattern: &Pattern,
+    start: WatchStart,
+) -> Result<WatchStream> {
+    let (policy, snapshot) = match start {
+        WatchStart::Now => (DeliverPolicy::New, false),
+        WatchStart::FromRevision(from) => {
+            check_replayable(store, from).await?;
+            (
+                DeliverPolicy::ByStartSequence {
+                    start_sequence: from.get(),
+                },
+                false,
+            )
+        }
+        WatchStart::Snapshot => (DeliverPolicy::LastPerSubject, true),
+    };
+    // Read before the consumer exists: every change up to here is in a snapshot, and a
+    // watch from now has seen nothing before the next one.
+    let mut stream = store.inner.stream.clone();
+    let floor = stream
+        .info()
+        .await
+        .map_err(|err| Error::Unavailable {
+            message: format!("cannot read the stream state: {err}"),
+        })?
+        .state
+        .last_sequence;
+    let (messages, pending) = ordered_consumer(store, pattern, policy, false).await?;
+    let (sender, receiver) = mpsc::channel(store.inner.watch_buffer);
+    let lagged_at = Arc::new(AtomicU64::new(0));
+    let task = Feed {
+        store: store.clone(),
+        pattern: pattern.clone(),
+        sender,
+        lagged_at: lagged_at.clone(),
+        next: match start {
+            WatchStart::FromRevision(from) => from.get(),
+            WatchStart::Now => floor + 1,
+            // A snapshot cut short cannot be resumed from a revision; 1 asks for everything,
+            // which the caller answers by snapshotting again.
+            WatchStart::Snapshot => 1,
+        },
+    };
+    tokio::spawn(task.run(messages, snapshot.then_some((pending, floor))));
+    Ok(live_events(receiver, lagged_at).boxed())
+}
+
+struct Feed {
+    store: NatsStore,
+    pattern: Pattern,
+    sender: mpsc::Sender<WatchEvent>,
+    lagged_at: Arc<AtomicU64>,
+    // Invariant: the first revision the watcher has not been given; never 0.
+    next: u64,
+}
+
+impl Feed {
+    async fn run(mut self, mut messages: push::Ordered, snapshot: Option<(u64, u64)>) {
+        let mut closing = self.store.inner.closing.subscribe();
+        let mut catching_up = snapshot;
+        if let Some((0, floor)) = catching_up {
+            catching_up = None;
+            if !self.send(WatchEvent::CaughtUp {
+                revision: Revision::new(floor),
+            }) {
+                return;
+            }
+        }
+        loop {
+            let message = tokio::select! {
+                _ = closing.wait_for(|closed| *closed) => return,
+                message = messages.next() => message,
+            };
+            let message = match message {
+                Some(Ok(message)) => message,
+                Some(Err(err)) => {
+                    tracing::warn!(%err, "watch consumer failed; ending the watch with Lagged");
+                    self.lag_here();
+                    return;
+                }
+                None => {
+                    self.lag_here();
+                    return;
+                }
+            };
+            let Some((sequence, pending, event)) = decode(&self.store, &self.pattern, &message)
+            else {
+                continue;
+            };
+            let in_snapshot = catching_up.is_some();
+            // A snapshot lists what exists; deletes and expiries before it are not changes.
+            let skip = in_snapshot && !matches!(event, WatchEvent::Put(_));
+            if !skip && !self.send(event) {
+                return;
+            }
+            self.next = sequence + 1;
+            if let Some((_, floor)) = catching_up
+                && pending == 0
+            {
+                catching_up = None;
+                if !self.send(WatchEvent::CaughtUp {
+                    revision: Revision::new(floor.max(sequence)),
+                }) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Hands one event to the watcher; false once the watch is over.
+    fn send(&mut self, event: WatchEvent) -> bool {
+        match self.sender.try_send(event) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                let resume = event.revision().map_or(self.next, Revision::get);
+                self.lagged_at.store(resume.max(1), Ordering::Release);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn lag_here(&self) {
+        self.lagged_at.store(self.next, Ordering::Release);
+    }
+}
+
+/// The watcher's side: buffered events, then the lagged signal if the feed recorded one.
+fn live_events(
+    receiver: mpsc::Receiver<WatchEvent>,
+    lagged_at: Arc<AtomicU64>,
+) -> impl futures::Stream<Item = WatchEvent> {
+    stream::unfold(Some(receiver), move |receiver| {
+        let lagged_at = lagged_at.clone();
+        async move {
+            let mut receiver = receiver?;
+            match receiver.recv().await {
+                Some(event) => Some((event, Some(receiver))),
+                None => Revision::new(lagged_at.load(Ordering::Acquire))
+                    .map(|resume_from| (WatchEvent::Lagged { resume_from }, None)),
+            }
+        }
+    })
+}

@@ -1,0 +1,235 @@
+//! How the contract maps onto JetStream messages: subjects, headers, pub acks and their
+//! errors, and the request that tells `Unavailable` from `Ambiguous`.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::{HeaderMap, client::RequestErrorKind};
+use bytes::Bytes;
+use serde_json::Value;
+use swarmstate_core::{Entry, Error, Key, Result, Revision};
+
+pub(crate) const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+pub(crate) const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
+    "Nats-Expected-Last-Subject-Sequence-Subject";
+pub(crate) const TTL: &str = "Nats-TTL";
+pub(crate) const MARKER_REASON: &str = "Nats-Marker-Reason";
+pub(crate) const KV_OPERATION: &str = "KV-Operation";
+pub(crate) const BATCH_ID: &str = "Nats-Batch-Id";
+pub(crate) const BATCH_SEQUENCE: &str = "Nats-Batch-Sequence";
+pub(crate) const BATCH_COMMIT: &str = "Nats-Batch-Commit";
+
+/// JetStream's "wrong last sequence" error; on R3 a lost race may also come back as 10164.
+const WRONG_LAST_SEQUENCE: u64 = 10071;
+const WRONG_LAST_SEQUENCE_CLUSTERED: u64 = 10164;
+
+/// What a stored message means for its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Put,
+    Delete,
+    Expire,
+}
+
+pub(crate) fn kind(headers: Option<&HeaderMap>) -> Kind {
+    let Some(headers) = headers else {
+        return Kind::Put;
+    };
+    if let Some(reason) = headers.get(MARKER_REASON) {
+        return if reason.as_str() == "MaxAge" {
+            Kind::Expire
+        } else {
+            Kind::Delete
+        };
+    }
+    match headers.get(KV_OPERATION).map(|v| v.as_str()) {
+        Some("DEL") | Some("PURGE") => Kind::Delete,
+        _ => Kind::Put,
+    }
+}
+
+/// TTLs are whole seconds on NATS, rounded up.
+pub(crate) fn ttl_seconds(ttl: Duration) -> u64 {
+    ttl.as_nanos().div_ceil(1_000_000_000).max(1) as u64
+}
+
+fn parse_ttl(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let secs = value.strip_suffix('s').unwrap_or(value);
+    secs.parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// Time left before a message with a `Nats-TTL` expires, by this machine's clock; `Some(ZERO)`
+/// once the deadline passed (the server removes it within about a second).
+pub(crate) fn expires_in(headers: Option<&HeaderMap>, published_nanos: i128) -> Option<Duration> {
+    let ttl = parse_ttl(headers?.get(TTL)?.as_str())?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0);
+    let left = published_nanos + ttl.as_nanos() as i128 - now;
+    Some(Duration::from_nanos(left.clamp(0, u64::MAX as i128) as u64))
+}
+
+/// The entry a stored message holds, or `None` for a delete, expiry, or a value past its TTL.
+pub(crate) fn live_entry(
+    key: &Key,
+    sequence: u64,
+    headers: Option<&HeaderMap>,
+    payload: &Bytes,
+    published_nanos: i128,
+) -> Option<Entry> {
+    if kind(headers) != Kind::Put {
+        return None;
+    }
+    let expires_in = expires_in(headers, published_nanos);
+    if expires_in == Some(Duration::ZERO) {
+        return None;
+    }
+    Some(Entry {
+        key: key.clone(),
+        value: payload.clone(),
+        revision: Revision::new(sequence)?,
+        expires_in,
+    })
+}
+
+/// A JetStream API error from a pub ack.
+#[derive(Debug, Clone)]
+pub(crate) struct ApiError {
+    pub(crate) code: u64,
+    pub(crate) err_code: u64,
+    pub(crate) description: String,
+}
+
+impl ApiError {
+    pub(crate) fn is_conflict(&self) -> bool {
+        matches!(
+            self.err_code,
+            WRONG_LAST_SEQUENCE | WRONG_LAST_SEQUENCE_CLUSTERED
+        )
+    }
+
+    pub(crate) fn into_error(self, operation: &str) -> Error {
+        Error::backend(std::io::Error::other(format!(
+            "{operation}: JetStream error {} ({}): {}",
+            self.err_code, self.code, self.description
+        )))
+    }
+}
+
+/// A successful pub ack.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ack {
+    pub(crate) sequence: u64,
+}
+
+pub(crate) fn parse_ack(payload: &[u8], operation: &str) -> Result<Result<Ack, ApiError>> {
+    let value: Value = serde_json::from_slice(payload).map_err(|err| {
+        Error::backend(std::io::Error::other(format!(
+            "{operation}: unreadable pub ack ({err}): {}",
+            String::from_utf8_lossy(payload)
+        )))
+    })?;
+    if let Some(error) = value.get("error") {
+        return Ok(Err(ApiError {
+            code: error.get("code").and_then(Value::as_u64).unwrap_or(0),
+            err_code: error.get("err_code").and_then(Value::as_u64).unwrap_or(0),
+            description: error
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+        }));
+    }
+    match value.get("seq").and_then(Value::as_u64) {
+        Some(sequence) if sequence > 0 => Ok(Ok(Ack { sequence })),
+        _ => Err(Error::backend(std::io::Error::other(format!(
+            "{operation}: pub ack without a sequence: {value}"
+        )))),
+    }
+}
+
+/// Sends a request. A request that provably never left (no connection at the time) is
+/// `Unavailable`; one that was sent and got no answer is `Ambiguous`.
+pub(crate) async fn request(
+    client: &async_nats::Client,
+    timeout: Duration,
+    operation: &str,
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+) -> Result<async_nats::Message> {
+    if client.connection_state() != async_nats::connection::State::Connected {
+        return Err(Error::Unavailable {
+            message: format!("{operation}: not connected to NATS"),
+        });
+    }
+    let request = async_nats::Request::new()
+        .headers(headers)
+        .payload(payload)
+        .timeout(Some(timeout));
+    client
+        .send_request(subject, request)
+        .await
+        .map_err(|err| match err.kind() {
+            // Nobody was listening on the subject: the stream did not take the message.
+            RequestErrorKind::NoResponders => Error::Unavailable {
+                message: format!("{operation}: no JetStream server answered (no responders)"),
+            },
+            RequestErrorKind::TimedOut => Error::Ambiguous {
+                operation: operation.to_owned(),
+                message: format!("no answer within {timeout:?}"),
+            },
+            // Refused by the client before sending.
+            RequestErrorKind::InvalidSubject | RequestErrorKind::MaxPayloadExceeded => {
+                Error::InvalidInput {
+                    message: format!("{operation}: {err}"),
+                }
+            }
+            RequestErrorKind::Other => Error::Ambiguous {
+                operation: operation.to_owned(),
+                message: err.to_string(),
+            },
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls_round_up_to_whole_seconds() {
+        assert_eq!(ttl_seconds(Duration::from_millis(1)), 1);
+        assert_eq!(ttl_seconds(Duration::from_millis(1000)), 1);
+        assert_eq!(ttl_seconds(Duration::from_millis(1001)), 2);
+        assert_eq!(ttl_seconds(Duration::from_secs(30)), 30);
+    }
+
+    #[test]
+    fn acks_and_errors_parse() {
+        let ack = parse_ack(br#"{"stream":"KV_x","seq":42}"#, "put")
+            .unwrap()
+            .unwrap();
+        assert_eq!(ack.sequence, 42);
+        let err = parse_ack(
+            br#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 3"}}"#,
+            "put",
+        )
+        .unwrap()
+        .unwrap_err();
+        assert!(err.is_conflict(), "{err:?}");
+        assert!(parse_ack(b"not json", "put").is_err());
+    }
+
+    #[test]
+    fn markers_and_tombstones_are_told_apart() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(kind(Some(&headers)), Kind::Put);
+        headers.insert(KV_OPERATION, "DEL");
+        assert_eq!(kind(Some(&headers)), Kind::Delete);
+        let mut marker = HeaderMap::new();
+        marker.insert(KV_OPERATION, "PURGE");
+        marker.insert(MARKER_REASON, "MaxAge");
+        assert_eq!(kind(Some(&marker)), Kind::Expire);
+    }
+}
