@@ -83,11 +83,19 @@ impl NatsStoreBuilder {
                 message: format!("replicas must be 1 to 5, got {}", self.replicas),
             });
         }
+        let servers = self
+            .urls
+            .split(',')
+            .map(|url| url.trim().parse::<async_nats::ServerAddr>())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|err| Error::InvalidInput {
+                message: format!("bad server address in {:?}: {err}", self.urls),
+            })?;
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(self.request_timeout))
-            .connect(self.urls.as_str())
+            .connect(servers)
             .await
             .map_err(|err| Error::Unavailable {
                 message: format!("cannot connect to {}: {err}", self.urls),
