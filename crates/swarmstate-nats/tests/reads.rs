@@ -1,0 +1,113 @@
+//! Linearizable reads by default, stale reads only on request: on a 3-node cluster a replica
+//! that has just restarted answers direct gets before it has caught up. `NatsStore::get` goes
+//! to the stream leader and never returns a value older than an acknowledged write;
+//! `NatsStore::get_stale` may.
+
+use std::time::{Duration, Instant};
+
+use swarmstate_core::{Key, Revision, StateStore, StateStoreExt};
+use swarmstate_nats::NatsStore;
+use swarmstate_nats::testing::{NatsCluster, require_server};
+
+const BUCKET: &str = "reads";
+
+/// Writes until the write is acknowledged, riding out a leader election.
+async fn write(store: &NatsStore, key: &Key, value: String) -> Revision {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.set(key, value.clone()).await {
+            Ok(revision) => return revision,
+            Err(err) if Instant::now() < deadline => {
+                eprintln!("write {key}={value} not acknowledged yet: {err}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("write {key}={value}: {err}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_reads_are_never_stale_while_opt_in_stale_reads_may_be() {
+    if require_server().is_none() {
+        return;
+    }
+    let mut cluster = NatsCluster::start(3).await;
+    let writer = NatsStore::builder(cluster.connect_url())
+        .bucket(BUCKET)
+        .replicas(3)
+        .connect()
+        .await
+        .expect("writer connects");
+    let keys: Vec<Key> = (0..20)
+        .map(|i| Key::new(format!("reads.k{i}")).unwrap())
+        .collect();
+    for key in &keys {
+        write(&writer, key, "old".into()).await;
+    }
+
+    // A follower misses a round of writes, comes back, and is read from at once.
+    let leader = cluster
+        .stream_leader(&format!("KV_{BUCKET}"))
+        .await
+        .expect("the bucket has a leader");
+    let follower = (leader + 1) % cluster.len();
+    cluster.node_mut(follower).kill();
+    let mut acknowledged = Vec::new();
+    for key in &keys {
+        acknowledged.push(write(&writer, key, "new".into()).await);
+    }
+    cluster.node_mut(follower).restart().await;
+    // This client's only server is the restarted follower, so its direct gets are answered
+    // there; the linearizable path forwards to the leader.
+    let reader = NatsStore::builder(cluster.node(follower).url())
+        .bucket(BUCKET)
+        .connect()
+        .await
+        .expect("reader connects to the restarted follower");
+
+    let (mut stale_answers, mut default_reads) = (0, 0);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        for (key, acked) in keys.iter().zip(&acknowledged) {
+            if let Ok(stale) = reader.get_stale(key).await {
+                let fresh = stale.as_ref().is_some_and(|e| e.revision >= *acked);
+                stale_answers += usize::from(!fresh);
+            }
+            let entry = reader
+                .get(key)
+                .await
+                .expect("linearizable read")
+                .expect("an acknowledged write is visible");
+            assert!(
+                entry.revision >= *acked && &entry.value[..] == b"new",
+                "the default read returned {entry:?}, older than the acknowledged revision {acked}"
+            );
+            default_reads += 1;
+        }
+    }
+    // Then read right behind each acknowledged write, where a follower applying the write a
+    // moment after the leader acknowledged it answers with the previous value.
+    let hot = Key::new("reads.hot").unwrap();
+    let started = Instant::now();
+    let mut round = 0u64;
+    while started.elapsed() < Duration::from_secs(3) {
+        round += 1;
+        let acked = write(&writer, &hot, round.to_string()).await;
+        if let Ok(stale) = reader.get_stale(&hot).await {
+            stale_answers += usize::from(!stale.is_some_and(|e| e.revision >= acked));
+        }
+        let entry = reader.get(&hot).await.expect("linearizable read");
+        assert!(
+            entry.as_ref().is_some_and(|e| e.revision >= acked),
+            "the default read returned {entry:?}, older than the acknowledged revision {acked}"
+        );
+        default_reads += 1;
+    }
+    eprintln!(
+        "{default_reads} default reads, none stale; {stale_answers} opt-in stale reads \
+         returned a value older than an acknowledged write"
+    );
+    assert!(default_reads > 0);
+    writer.close().await.unwrap();
+    reader.close().await.unwrap();
+}
