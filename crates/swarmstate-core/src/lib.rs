@@ -36,7 +36,7 @@ pub mod conformance;
 
 pub use error::{Error, Result};
 pub use key::{Key, KeyRule, MAX_KEY_LEN, Pattern};
-pub use lock::{FencingToken, LockGuard, acquire_lock};
+pub use lock::{FenceGate, FencingToken, KeepAlive, LockGuard, StaleToken, acquire_lock};
 pub use memory::{DEFAULT_MAX_VALUE_SIZE, DEFAULT_WATCH_BUFFER, MemoryStore, MemoryStoreBuilder};
 pub use store::{KeyStream, StateStore, StateStoreExt, WatchStream, retry_on_conflict};
 pub use types::{

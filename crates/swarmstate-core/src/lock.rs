@@ -12,6 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::types::validate_ttl;
 use crate::{
@@ -147,6 +150,10 @@ impl LockGuard {
     /// Releases the lock if it is still ours; otherwise [`Error::LockLost`] and nothing
     /// changes (a later holder keeps its lock).
     pub async fn release(self) -> Result<()> {
+        self.release_now().await
+    }
+
+    async fn release_now(&self) -> Result<()> {
         match self.store.delete(&self.key, Some(self.current())).await {
             Ok(_) => Ok(()),
             Err(Error::RevisionMismatch { .. }) => Err(self.lost()),
@@ -191,5 +198,155 @@ impl LockGuard {
             Err(Error::RevisionMismatch { key, .. }) if key == self.key => Err(self.lost()),
             Err(other) => Err(other),
         }
+    }
+}
+
+/// Keeps a lock alive in the background: refreshes it every third of its TTL and signals the
+/// moment the lock is known lost, so the holder can stop its work.
+///
+/// Dropping it stops refreshing (the lock then expires after its TTL);
+/// [`release`](KeepAlive::release) stops refreshing and releases at once.
+#[derive(Debug)]
+pub struct KeepAlive {
+    guard: Arc<LockGuard>,
+    lost: watch::Receiver<bool>,
+    task: JoinHandle<()>,
+}
+
+impl LockGuard {
+    /// Starts refreshing this lock every `ttl / 3`. A refresh that finds the lock taken marks it
+    /// lost at once; refreshes that fail for other reasons (the store unreachable) are retried
+    /// until the lock's TTL since the last successful refresh has run out, and then it is
+    /// marked lost too, because by then it may have expired.
+    pub fn keep_alive(self) -> KeepAlive {
+        let guard = Arc::new(self);
+        let (lost_sender, lost) = watch::channel(false);
+        let task = tokio::spawn(refresh_loop(guard.clone(), lost_sender));
+        KeepAlive { guard, lost, task }
+    }
+}
+
+async fn refresh_loop(guard: Arc<LockGuard>, lost: watch::Sender<bool>) {
+    let period = guard.ttl / 3;
+    let mut valid_until = Instant::now() + guard.ttl;
+    loop {
+        tokio::time::sleep(period).await;
+        let attempt = Instant::now();
+        match guard.refresh().await {
+            Ok(()) => valid_until = attempt + guard.ttl,
+            Err(Error::LockLost { .. }) => break,
+            Err(err) if Instant::now() < valid_until => {
+                tracing::warn!(key = %guard.key, %err, "lock refresh failed; retrying");
+            }
+            Err(_) => break,
+        }
+    }
+    lost.send_replace(true);
+}
+
+impl KeepAlive {
+    /// The guard, for its token and fenced writes.
+    pub fn guard(&self) -> &LockGuard {
+        &self.guard
+    }
+
+    /// Whether the lock is known lost.
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+
+    /// Resolves the moment the lock is known lost. Cancel-safe.
+    pub async fn lost(&mut self) {
+        // The sender lives in the refresh task, which marks the loss before it ends.
+        let _ = self.lost.wait_for(|lost| *lost).await;
+    }
+
+    /// Stops refreshing and releases the lock if it is still ours; [`Error::LockLost`]
+    /// otherwise.
+    pub async fn release(mut self) -> Result<()> {
+        self.task.abort();
+        // Wait until no refresh is in flight, so none lands after the release.
+        let _ = (&mut self.task).await;
+        self.guard.release_now().await
+    }
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Guards a resource against stale lock holders: it remembers the highest fencing token it
+/// has admitted and refuses any lower one. Equal tokens are admitted (one holder may act many
+/// times). Keep one gate per protected resource, next to the resource.
+#[derive(Debug, Default)]
+pub struct FenceGate {
+    highest: Mutex<Option<FencingToken>>,
+}
+
+/// A [`FenceGate`] refused a token lower than one it had already admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("fencing token {token} is stale: token {highest} was already admitted")]
+pub struct StaleToken {
+    /// The token refused.
+    pub token: FencingToken,
+    /// The highest token admitted so far.
+    pub highest: FencingToken,
+}
+
+impl FenceGate {
+    /// A gate that has admitted nothing.
+    pub fn new() -> FenceGate {
+        FenceGate::default()
+    }
+
+    /// Admits `token` if it is at least the highest admitted so far, and remembers it.
+    pub fn admit(&self, token: FencingToken) -> Result<(), StaleToken> {
+        let mut highest = self.highest.lock().unwrap_or_else(|e| e.into_inner());
+        match *highest {
+            Some(seen) if token < seen => Err(StaleToken {
+                token,
+                highest: seen,
+            }),
+            _ => {
+                *highest = Some(token);
+                Ok(())
+            }
+        }
+    }
+
+    /// The highest token admitted so far.
+    pub fn highest(&self) -> Option<FencingToken> {
+        *self.highest.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(n: u64) -> FencingToken {
+        FencingToken(Revision::new(n).unwrap())
+    }
+
+    #[test]
+    fn fence_gate_refuses_lower_tokens_and_admits_equal_or_higher() {
+        let gate = FenceGate::new();
+        assert_eq!(gate.highest(), None);
+        gate.admit(token(5)).unwrap();
+        gate.admit(token(5)).unwrap();
+        let err = gate.admit(token(4)).unwrap_err();
+        assert_eq!(
+            err,
+            StaleToken {
+                token: token(4),
+                highest: token(5)
+            }
+        );
+        assert!(err.to_string().contains("stale"), "{err}");
+        gate.admit(token(9)).unwrap();
+        assert!(gate.admit(token(5)).is_err());
+        assert_eq!(gate.highest(), Some(token(9)));
     }
 }

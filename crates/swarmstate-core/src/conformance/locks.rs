@@ -290,3 +290,67 @@ pub async fn lock_with_invalid_input_is_rejected(store: Arc<dyn StateStore>) {
     let guard = lock(&store, &k, "agent-1", LONG_TTL).await;
     guard.release().await.unwrap();
 }
+
+/// A kept-alive lock outlives its TTL: after two TTLs it is still held, by the same token, and
+/// fenced writes still apply; releasing it frees it at once.
+pub async fn keep_alive_holds_a_lock_past_its_ttl(store: Arc<dyn StateStore>) {
+    let k = key("locks.keepalive");
+    let ttl = ttl_unit(&*store) * 3;
+    let kept = lock(&store, &k, "agent-1", ttl).await.keep_alive();
+    let token = kept.guard().token();
+    tokio::time::sleep(ttl * 2).await;
+    assert!(
+        !kept.is_lost(),
+        "a refreshed lock must not be reported lost"
+    );
+    assert_held_by(&store, &k, "agent-1").await;
+    assert_eq!(kept.guard().token(), token, "a refresh keeps the token");
+    kept.guard()
+        .fenced_put(&key("work.output"), "by agent-1")
+        .await
+        .unwrap();
+    kept.release().await.unwrap();
+    let next = lock(&store, &k, "agent-2", LONG_TTL).await;
+    assert!(next.token() > token);
+}
+
+/// When the lock is taken from under a kept-alive holder, its lost signal fires within one
+/// refresh period (a third of the TTL) plus a granularity step, and its release changes
+/// nothing for the new holder.
+pub async fn keep_alive_signals_the_moment_the_lock_is_lost(store: Arc<dyn StateStore>) {
+    let k = key("locks.keepalive");
+    let ttl = ttl_unit(&*store) * 3;
+    let mut kept = lock(&store, &k, "agent-1", ttl).await.keep_alive();
+    // Someone removes the lock behind the holder's back and takes it.
+    store
+        .delete(&k, None)
+        .await
+        .unwrap()
+        .expect("the lock was there");
+    let thief = lock(&store, &k, "agent-2", LONG_TTL).await;
+    let deadline = ttl / 3 + granularity(&*store) + Duration::from_secs(2);
+    tokio::time::timeout(deadline, kept.lost())
+        .await
+        .unwrap_or_else(|_| panic!("no lost signal within {deadline:?}"));
+    assert!(kept.is_lost());
+    let err = expect_err(kept.release().await, "release of a lost lock");
+    assert!(matches!(err, Error::LockLost { .. }), "{err}");
+    assert_held_by(&store, &k, "agent-2").await;
+    assert!(thief.token() > FencingToken(crate::Revision::FIRST));
+}
+
+/// A resource guarded by a `FenceGate` refuses a stalled holder once it has seen its
+/// successor's higher token.
+pub async fn fence_gate_refuses_a_stale_holder_after_takeover(store: Arc<dyn StateStore>) {
+    let k = key("locks.gate");
+    let gate = crate::FenceGate::new();
+    let stalled = lock_and_let_expire(&store, &k, "agent-1").await;
+    let successor = lock(&store, &k, "agent-2", LONG_TTL).await;
+    gate.admit(successor.token()).unwrap();
+    let err = gate.admit(stalled.token()).unwrap_err();
+    assert_eq!(
+        (err.token, err.highest),
+        (stalled.token(), successor.token())
+    );
+    gate.admit(successor.token()).unwrap();
+}

@@ -163,6 +163,9 @@ macro_rules! __conformance_cases {
             lock_tokens_strictly_increase_across_holders,
             release_then_reacquire_works,
             lock_with_invalid_input_is_rejected,
+            keep_alive_holds_a_lock_past_its_ttl,
+            keep_alive_signals_the_moment_the_lock_is_lost,
+            fence_gate_refuses_a_stale_holder_after_takeover,
         }
     };
 }
