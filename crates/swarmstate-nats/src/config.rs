@@ -209,12 +209,43 @@ async fn open_stream(
             check_existing(&config, &builder.bucket)?;
             Ok(stream)
         }
-        None => context
-            .get_or_create_stream(wanted)
-            .await
-            .map_err(|err| Error::Unavailable {
-                message: format!("cannot create bucket {}: {err}", builder.bucket),
-            }),
+        None => {
+            let stream =
+                context
+                    .get_or_create_stream(wanted)
+                    .await
+                    .map_err(|err| Error::Unavailable {
+                        message: format!("cannot create bucket {}: {err}", builder.bucket),
+                    })?;
+            wait_for_leader(stream, builder).await
+        }
+    }
+}
+
+/// A replicated stream answers only once its replicas have elected a leader; without this
+/// wait the first writes to a new R3 bucket can find no responders.
+async fn wait_for_leader(
+    mut stream: stream::Stream,
+    builder: &NatsStoreBuilder,
+) -> Result<stream::Stream> {
+    if builder.replicas == 1 {
+        return Ok(stream);
+    }
+    let deadline = tokio::time::Instant::now() + builder.request_timeout * 4;
+    loop {
+        let has_leader = match stream.info().await {
+            Ok(info) => info.cluster.as_ref().is_some_and(|c| c.leader.is_some()),
+            Err(_) => false,
+        };
+        if has_leader {
+            return Ok(stream);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Unavailable {
+                message: format!("bucket {} has no stream leader yet", builder.bucket),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

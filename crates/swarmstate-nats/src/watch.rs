@@ -1,13 +1,19 @@
 //! Watches and key listings through JetStream ordered consumers.
 //!
 //! A watch runs one task that reads an ordered push consumer (which recreates itself after a
-//! reconnect, from the last sequence it delivered) and feeds a bounded channel. A watcher that
-//! lets the channel fill up, or whose consumer fails for good, gets `Lagged` with the first
-//! revision it has not seen, and its stream ends.
+//! reconnect or a missed heartbeat, from the last sequence it delivered) and feeds a bounded
+//! channel. A watcher that lets the channel fill up, or whose consumer fails for good, gets
+//! `Lagged` with the first revision it has not seen, and its stream ends.
+//!
+//! The recreated consumer may deliver messages the watcher must not see again: async-nats
+//! recreates one that has delivered nothing yet from the start of the stream (not from where
+//! the watch began), so the task drops every message below the first revision it has not
+//! given the watcher.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use async_nats::jetstream::consumer::push::OrderedErrorKind;
 use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
 use futures::stream::{self, StreamExt};
 use serde_json::{Value, json};
@@ -229,6 +235,13 @@ impl Feed {
             };
             let message = match message {
                 Some(Ok(message)) => message,
+                // The consumer is gone (e.g. the server restarted while this watch was idle
+                // and the reconnect went unnoticed); the ordered consumer recreates itself on
+                // the next read.
+                Some(Err(err)) if err.kind() == OrderedErrorKind::MissingHeartbeat => {
+                    tracing::debug!(%err, "watch consumer missed a heartbeat; recreating it");
+                    continue;
+                }
                 Some(Err(err)) => {
                     tracing::warn!(%err, "watch consumer failed; ending the watch with Lagged");
                     self.lag_here();
@@ -243,6 +256,11 @@ impl Feed {
             else {
                 continue;
             };
+            // Already given to the watcher, or from before the watch began: a recreated
+            // consumer that had delivered nothing starts over from the stream's first message.
+            if sequence < self.next {
+                continue;
+            }
             let in_snapshot = catching_up.is_some();
             // A snapshot lists what exists; deletes and expiries before it are not changes.
             let skip = in_snapshot && !matches!(event, WatchEvent::Put(_));

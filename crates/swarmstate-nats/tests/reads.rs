@@ -94,7 +94,7 @@ async fn default_reads_are_never_stale_while_opt_in_stale_reads_may_be() {
         round += 1;
         let acked = write(&writer, &hot, round.to_string()).await;
         if let Ok(stale) = reader.get_stale(&hot).await {
-            stale_answers += usize::from(!stale.is_some_and(|e| e.revision >= acked));
+            stale_answers += usize::from(stale.is_none_or(|e| e.revision < acked));
         }
         let entry = reader.get(&hot).await.expect("linearizable read");
         assert!(
