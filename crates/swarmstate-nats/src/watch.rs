@@ -65,30 +65,34 @@ async fn ordered_consumer(
     Ok((messages, pending))
 }
 
-/// One delivered message as a change to a key, or `None` for a subject that is no key of ours
-/// or that the pattern does not select (`*` skips reserved keys).
+/// One delivered message: its stream sequence, the messages still pending after it, and the
+/// change it is to a key — `None` for a subject that is no key of ours or that the pattern
+/// does not select (`*` skips reserved keys).
 fn decode(
     store: &NatsStore,
     pattern: &Pattern,
     message: &async_nats::jetstream::Message,
-) -> Option<(u64, u64, WatchEvent)> {
+) -> Option<(u64, u64, Option<WatchEvent>)> {
     let info = message.info().ok()?;
-    let key = Key::new_reserved(message.subject.strip_prefix(store.inner.prefix.as_str())?).ok()?;
-    if !pattern.matches(&key) {
-        return None;
-    }
-    let revision = Revision::new(info.stream_sequence)?;
-    let headers = message.headers.as_ref();
-    let event = match wire::kind(headers) {
-        Kind::Put => WatchEvent::Put(Entry {
-            key,
-            value: message.payload.clone(),
-            revision,
-            expires_in: wire::expires_in(headers, info.published.unix_timestamp_nanos()),
-        }),
-        Kind::Delete => WatchEvent::Delete { key, revision },
-        Kind::Expire => WatchEvent::Expire { key, revision },
-    };
+    let event = (|| {
+        let subject = message.subject.strip_prefix(store.inner.prefix.as_str())?;
+        let key = Key::new_reserved(subject).ok()?;
+        if !pattern.matches(&key) {
+            return None;
+        }
+        let revision = Revision::new(info.stream_sequence)?;
+        let headers = message.headers.as_ref();
+        Some(match wire::kind(headers) {
+            Kind::Put => WatchEvent::Put(Entry {
+                key,
+                value: message.payload.clone(),
+                revision,
+                expires_in: wire::expires_in(headers, info.published.unix_timestamp_nanos()),
+            }),
+            Kind::Delete => WatchEvent::Delete { key, revision },
+            Kind::Expire => WatchEvent::Expire { key, revision },
+        })
+    })();
     Some((info.stream_sequence, info.pending, event))
 }
 
@@ -108,7 +112,7 @@ pub(crate) async fn keys(store: &NatsStore, pattern: &Pattern) -> Result<KeyStre
         };
         let info_pending = message.info().map(|i| i.pending).unwrap_or(0);
         pending = info_pending;
-        if let Some((_, _, WatchEvent::Put(entry))) = decode(store, pattern, &message)
+        if let Some((_, _, Some(WatchEvent::Put(entry)))) = decode(store, pattern, &message)
             && entry.expires_in != Some(std::time::Duration::ZERO)
         {
             keys.push(entry.key);
@@ -202,6 +206,10 @@ pub(crate) async fn watch(
             // which the caller answers by snapshotting again.
             WatchStart::Snapshot => 1,
         },
+        contiguous: matches!(
+            (pattern, start),
+            (Pattern::All, WatchStart::FromRevision(_))
+        ),
     };
     tokio::spawn(task.run(messages, snapshot.then_some((pending, floor))));
     Ok(live_events(receiver, lagged_at).boxed())
@@ -214,6 +222,9 @@ struct Feed {
     lagged_at: Arc<AtomicU64>,
     // Invariant: the first revision the watcher has not been given; never 0.
     next: u64,
+    // Whether every sequence from `next` on must arrive: true for a `*` watch once it is
+    // live, where the filter covers the whole stream.
+    contiguous: bool,
 }
 
 impl Feed {
@@ -261,13 +272,25 @@ impl Feed {
             if sequence < self.next {
                 continue;
             }
-            let in_snapshot = catching_up.is_some();
-            // A snapshot lists what exists; deletes and expiries before it are not changes.
-            let skip = in_snapshot && !matches!(event, WatchEvent::Put(_));
-            if !skip && !self.send(event) {
+            // A `*` watch sees every message of the stream, so a hole in the sequence is a
+            // message removed (overwritten, one message per key) before it was delivered: say
+            // so rather than skip it.
+            if self.contiguous && sequence > self.next {
+                self.lag_here();
                 return;
             }
+            let in_snapshot = catching_up.is_some();
+            if let Some(event) = event {
+                // A snapshot lists what exists; deletes and expiries before it are not changes.
+                let skip = in_snapshot && !matches!(event, WatchEvent::Put(_));
+                if !skip && !self.send(event) {
+                    return;
+                }
+            }
             self.next = sequence + 1;
+            if !in_snapshot && matches!(self.pattern, Pattern::All) {
+                self.contiguous = true;
+            }
             if let Some((_, floor)) = catching_up
                 && pending == 0
             {
