@@ -43,6 +43,10 @@ pub(crate) struct Inner {
     pub(crate) request_timeout: Duration,
     pub(crate) watch_buffer: usize,
     closed: AtomicBool,
+    // Keys this client last saw absent, with the sequence of the tombstone or marker that made
+    // them so: a create tries that sequence first and saves a rejected round trip and a read
+    // (re-taking a lock this client released). A stale hint only costs the fallback.
+    absent_at: std::sync::Mutex<std::collections::HashMap<Key, u64>>,
     // Flips to true on close; every watch task listens to it.
     pub(crate) closing: signal::Sender<bool>,
 }
@@ -88,6 +92,7 @@ impl NatsStore {
                 request_timeout: builder.request_timeout,
                 watch_buffer: builder.watch_buffer,
                 closed: AtomicBool::new(false),
+                absent_at: Default::default(),
                 closing,
             }),
         }
@@ -116,6 +121,35 @@ impl NatsStore {
                 message: format!("stale get {key}: {err}"),
             }),
         }
+    }
+
+    fn remember_absent(&self, key: &Key, sequence: Option<u64>) {
+        let mut hints = self
+            .inner
+            .absent_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match sequence {
+            Some(sequence) => {
+                // Hints are an optimisation: start over rather than grow without bound.
+                if hints.len() >= ABSENT_HINTS {
+                    hints.clear();
+                }
+                hints.insert(key.clone(), sequence);
+            }
+            None => {
+                hints.remove(key);
+            }
+        }
+    }
+
+    fn absent_hint(&self, key: &Key) -> Option<u64> {
+        let hints = self
+            .inner
+            .absent_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        hints.get(key).copied()
     }
 
     pub(crate) fn subject(&self, key: &Key) -> String {
@@ -215,6 +249,9 @@ impl NatsStore {
     }
 }
 
+/// How many absent-key hints a store keeps.
+const ABSENT_HINTS: usize = 4096;
+
 fn revision(sequence: u64) -> Result<Revision> {
     Revision::new(sequence)
         .ok_or_else(|| Error::backend(std::io::Error::other("the server acknowledged sequence 0")))
@@ -259,7 +296,7 @@ impl StateStore for NatsStore {
         }
         let mut expected = match options.mode {
             PutMode::Overwrite => None,
-            PutMode::Create => Some(0),
+            PutMode::Create => Some(self.absent_hint(key).unwrap_or(0)),
             PutMode::Update(revision) => Some(revision.get()),
         };
         loop {
@@ -294,7 +331,12 @@ impl StateStore for NatsStore {
                 }
             };
             match outcome {
-                Ok(sequence) => return revision(sequence),
+                Ok(sequence) => {
+                    if options.mode == PutMode::Create {
+                        self.remember_absent(key, None);
+                    }
+                    return revision(sequence);
+                }
                 Err(err) if err.is_conflict() => {}
                 Err(err) => return Err(err.into_error(&operation)),
             }
@@ -365,7 +407,10 @@ impl StateStore for NatsStore {
                 at.to_string().as_str(),
             );
             match self.publish(&operation, key, headers, Bytes::new()).await? {
-                Ok(sequence) => return revision(sequence).map(Some),
+                Ok(sequence) => {
+                    self.remember_absent(key, Some(sequence));
+                    return revision(sequence).map(Some);
+                }
                 Err(err) if err.is_conflict() => {
                     if let Some(expected) = expected {
                         let actual = self.last(key).await?.and_then(|l| l.live);
