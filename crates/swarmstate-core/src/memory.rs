@@ -63,6 +63,8 @@ struct Shared {
 struct Inner {
     state: KvState,
     watchers: Vec<Watcher>,
+    // Reused for every write's events, so a write allocates no event list.
+    scratch: Vec<WatchEvent>,
 }
 
 #[derive(Debug)]
@@ -121,6 +123,7 @@ impl MemoryStoreBuilder {
                 inner: RwLock::new(Inner {
                     state: KvState::new(self.config.limits.clone()),
                     watchers: Vec::new(),
+                    scratch: Vec::new(),
                 }),
                 closed: AtomicBool::new(false),
                 expiry_changed: Arc::new(Notify::new()),
@@ -163,11 +166,15 @@ impl MemoryStore {
     /// lock is released, so every watcher sees changes in revision order.
     fn mutate<T>(&self, decide: impl FnOnce(&mut KvState, &mut Vec<WatchEvent>) -> T) -> Result<T> {
         let mut inner = self.write()?;
-        let mut events = Vec::new();
+        let mut events = std::mem::take(&mut inner.scratch);
+        let watched = !inner.watchers.is_empty();
+        inner.state.collect_events(watched);
         let before = inner.state.next_expiry();
         let outcome = decide(&mut inner.state, &mut events);
         let after = inner.state.next_expiry();
         inner.dispatch(&events);
+        events.clear();
+        inner.scratch = events;
         drop(inner);
         if after.is_some() && after != before {
             self.ensure_expiry_task();
@@ -218,6 +225,8 @@ async fn expire_loop(shared: Weak<Shared>, changed: Arc<Notify>) {
                     return;
                 }
                 let mut events = Vec::new();
+                let watched = !inner.watchers.is_empty();
+                inner.state.collect_events(watched);
                 inner.state.expire_due(Instant::now(), &mut events);
                 inner.dispatch(&events);
                 continue;

@@ -57,6 +57,8 @@ pub struct KvState {
     idempotent: HashMap<(Key, String), Revision>,
     idempotent_order: VecDeque<(Instant, Key, String)>,
     limits: StateLimits,
+    // Whether changes are also appended to the caller's event list (someone is watching).
+    collect: bool,
 }
 
 impl KvState {
@@ -73,7 +75,15 @@ impl KvState {
                 history: limits.history.max(1),
                 ..limits
             },
+            collect: true,
         }
+    }
+
+    /// Whether the mutating methods append their events to `events` (the default). A caller
+    /// with nobody to hand events to turns it off to save a copy per change; the history
+    /// for replays is kept either way.
+    pub fn collect_events(&mut self, collect: bool) {
+        self.collect = collect;
     }
 
     /// The revision of the last change, if any.
@@ -318,8 +328,10 @@ impl KvState {
         if self.history.len() == self.limits.history {
             self.history.pop_front();
         }
-        self.history.push_back(event.clone());
-        events.push(event);
+        if self.collect {
+            events.push(event.clone());
+        }
+        self.history.push_back(event);
     }
 
     fn forget_old_idempotency(&mut self, now: Instant) {
