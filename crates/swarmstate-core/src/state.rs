@@ -47,7 +47,8 @@ impl Default for StateLimits {
 /// `events`, or fails and changes nothing but those expiries.
 #[derive(Debug)]
 pub struct KvState {
-    entries: HashMap<Key, Stored>,
+    // foldhash: several times faster than SipHash on short keys, still seeded per map.
+    entries: HashMap<Key, Stored, foldhash::fast::RandomState>,
     // Invariant: the revision of the last change, 0 before the first.
     last_revision: u64,
     // Invariant: holds exactly one (deadline, key) per entry that has a deadline.
@@ -65,7 +66,7 @@ impl KvState {
     /// An empty state.
     pub fn new(limits: StateLimits) -> KvState {
         KvState {
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             last_revision: 0,
             expiries: BTreeSet::new(),
             history: VecDeque::new(),
