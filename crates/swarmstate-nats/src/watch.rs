@@ -191,7 +191,11 @@ pub(crate) async fn watch(
         })?
         .state
         .last_sequence;
-    let (messages, pending) = ordered_consumer(store, pattern, policy, false).await?;
+    // Every watch reads the whole bucket and selects keys itself: then every stream sequence
+    // must arrive, and a message removed before delivery (a key overwritten while the watcher
+    // was behind or reconnecting; the bucket keeps one message per key) shows up as a hole
+    // instead of vanishing. Small state makes the extra traffic cheap.
+    let (messages, pending) = ordered_consumer(store, &Pattern::All, policy, false).await?;
     let (sender, receiver) = mpsc::channel(store.inner.watch_buffer);
     let lagged_at = Arc::new(AtomicU64::new(0));
     let task = Feed {
@@ -206,10 +210,7 @@ pub(crate) async fn watch(
             // which the caller answers by snapshotting again.
             WatchStart::Snapshot => 1,
         },
-        contiguous: matches!(
-            (pattern, start),
-            (Pattern::All, WatchStart::FromRevision(_))
-        ),
+        contiguous: matches!(start, WatchStart::FromRevision(_)),
     };
     tokio::spawn(task.run(messages, snapshot.then_some((pending, floor))));
     Ok(live_events(receiver, lagged_at).boxed())
@@ -222,8 +223,8 @@ struct Feed {
     lagged_at: Arc<AtomicU64>,
     // Invariant: the first revision the watcher has not been given; never 0.
     next: u64,
-    // Whether every sequence from `next` on must arrive: true for a `*` watch once it is
-    // live, where the filter covers the whole stream.
+    // Whether every sequence from `next` on must arrive: true once the watch is live (or
+    // from its start revision), since the consumer covers the whole stream.
     contiguous: bool,
 }
 
@@ -272,7 +273,7 @@ impl Feed {
             if sequence < self.next {
                 continue;
             }
-            // A `*` watch sees every message of the stream, so a hole in the sequence is a
+            // The consumer sees every message of the stream, so a hole in the sequence is a
             // message removed (overwritten, one message per key) before it was delivered: say
             // so rather than skip it.
             if self.contiguous && sequence > self.next {
@@ -288,7 +289,7 @@ impl Feed {
                 }
             }
             self.next = sequence + 1;
-            if !in_snapshot && matches!(self.pattern, Pattern::All) {
+            if !in_snapshot {
                 self.contiguous = true;
             }
             if let Some((_, floor)) = catching_up
