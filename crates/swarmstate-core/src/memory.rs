@@ -220,16 +220,20 @@ async fn expire_loop(shared: Weak<Shared>, changed: Arc<Notify>) {
         let changed = changed.notified();
         match next {
             Some(at) if at <= Instant::now() => {
-                let mut inner = strong.inner.write().unwrap_or_else(|e| e.into_inner());
-                if strong.closed.load(Ordering::Acquire) {
-                    return;
+                {
+                    let mut inner = strong.inner.write().unwrap_or_else(|e| e.into_inner());
+                    if strong.closed.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let mut events = Vec::new();
+                    let watched = !inner.watchers.is_empty();
+                    inner.state.collect_events(watched);
+                    inner.state.expire_due(Instant::now(), &mut events);
+                    inner.dispatch(&events);
                 }
-                let mut events = Vec::new();
-                let watched = !inner.watchers.is_empty();
-                inner.state.collect_events(watched);
-                inner.state.expire_due(Instant::now(), &mut events);
-                inner.dispatch(&events);
-                continue;
+                drop(strong);
+                // Never spin inside one poll, whatever the deadlines say.
+                tokio::task::yield_now().await;
             }
             Some(at) => {
                 drop(strong);
