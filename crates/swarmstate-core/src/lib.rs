@@ -24,6 +24,7 @@
 //! ```
 
 mod error;
+mod feed;
 mod key;
 mod lock;
 mod memory;
@@ -35,6 +36,7 @@ mod types;
 pub mod conformance;
 
 pub use error::{Error, Result};
+pub use feed::{FeedEnded, WatchFeed, watch_feed};
 pub use key::{Key, KeyRule, MAX_KEY_LEN, Pattern};
 pub use lock::{FenceGate, FencingToken, KeepAlive, LockGuard, StaleToken, acquire_lock};
 pub use memory::{DEFAULT_MAX_VALUE_SIZE, DEFAULT_WATCH_BUFFER, MemoryStore, MemoryStoreBuilder};

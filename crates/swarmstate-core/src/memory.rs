@@ -4,16 +4,17 @@
 //! One background task per store removes expired entries and emits their events; reads hide
 //! an expired entry at once, before that task runs.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::feed::{WatchFeed, watch_feed};
 use crate::state::{KvState, StateLimits};
 use crate::store::ensure_open;
 use crate::types::{validate_txn, validate_value};
@@ -70,9 +71,7 @@ struct Inner {
 #[derive(Debug)]
 struct Watcher {
     pattern: Pattern,
-    sender: mpsc::Sender<WatchEvent>,
-    // The revision the watcher must resume from once it overflowed; 0 while it has not.
-    lagged_at: Arc<AtomicU64>,
+    feed: WatchFeed,
     // Changes below this revision are not delivered: a watch from a revision the store has not
     // reached yet starts there.
     from: Option<Revision>,
@@ -270,16 +269,9 @@ impl Inner {
                 if !selected {
                     continue;
                 }
-                match watcher.sender.try_send(event.clone()) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        let resume_from = event.revision().expect("changes carry revisions");
-                        watcher
-                            .lagged_at
-                            .store(resume_from.get(), Ordering::Release);
-                        return false;
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return false,
+                let resume = event.revision().expect("changes carry revisions");
+                if watcher.feed.send(event.clone(), resume).is_err() {
+                    return false;
                 }
             }
             true
@@ -320,8 +312,7 @@ impl StateStore for MemoryStore {
     }
 
     async fn watch(&self, pattern: &Pattern, start: WatchStart) -> Result<WatchStream> {
-        let (sender, receiver) = mpsc::channel(self.shared.config.watch_buffer);
-        let lagged_at = Arc::new(AtomicU64::new(0));
+        let (feed, live) = watch_feed(self.shared.config.watch_buffer);
         let mut inner = self.write()?;
         // Taken under the same lock that registers the watcher, so no change falls between
         // the replayed part and the live part.
@@ -344,17 +335,14 @@ impl StateStore for MemoryStore {
         };
         inner.watchers.push(Watcher {
             pattern: pattern.clone(),
-            sender,
-            lagged_at: lagged_at.clone(),
+            feed,
             from: match start {
                 WatchStart::FromRevision(from) => Some(from),
                 WatchStart::Now | WatchStart::Snapshot => None,
             },
         });
         drop(inner);
-        Ok(stream::iter(backlog)
-            .chain(live_events(receiver, lagged_at))
-            .boxed())
+        Ok(stream::iter(backlog).chain(live).boxed())
     }
 
     async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<TxnResult>> {
@@ -371,24 +359,6 @@ impl StateStore for MemoryStore {
         self.shared.expiry_changed.notify_one();
         Ok(())
     }
-}
-
-/// The live part of a watch: buffered events, then the lagged signal if the watcher overflowed.
-fn live_events(
-    receiver: mpsc::Receiver<WatchEvent>,
-    lagged_at: Arc<AtomicU64>,
-) -> impl futures::Stream<Item = WatchEvent> {
-    stream::unfold(Some(receiver), move |receiver| {
-        let lagged_at = lagged_at.clone();
-        async move {
-            let mut receiver = receiver?;
-            match receiver.recv().await {
-                Some(event) => Some((event, Some(receiver))),
-                None => Revision::new(lagged_at.load(Ordering::Acquire))
-                    .map(|resume_from| (WatchEvent::Lagged { resume_from }, None)),
-            }
-        }
-    })
 }
 
 #[cfg(test)]

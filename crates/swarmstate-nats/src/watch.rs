@@ -10,17 +10,14 @@
 //! the watch began), so the task drops every message below the first revision it has not
 //! given the watcher.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use async_nats::jetstream::consumer::push::OrderedErrorKind;
 use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
 use futures::stream::{self, StreamExt};
 use serde_json::{Value, json};
 use swarmstate_core::{
-    Entry, Error, Key, KeyStream, Pattern, Result, Revision, WatchEvent, WatchStart, WatchStream,
+    Entry, Error, Key, KeyStream, Pattern, Result, Revision, WatchEvent, WatchFeed, WatchStart,
+    WatchStream, watch_feed,
 };
-use tokio::sync::mpsc;
 
 use crate::NatsStore;
 use crate::wire::{self, Kind};
@@ -196,13 +193,11 @@ pub(crate) async fn watch(
     // was behind or reconnecting; the bucket keeps one message per key) shows up as a hole
     // instead of vanishing. Small state makes the extra traffic cheap.
     let (messages, pending) = ordered_consumer(store, &Pattern::All, policy, false).await?;
-    let (sender, receiver) = mpsc::channel(store.inner.watch_buffer);
-    let lagged_at = Arc::new(AtomicU64::new(0));
+    let (feed, events) = watch_feed(store.inner.watch_buffer);
     let task = Feed {
         store: store.clone(),
         pattern: pattern.clone(),
-        sender,
-        lagged_at: lagged_at.clone(),
+        feed,
         next: match start {
             WatchStart::FromRevision(from) => from.get(),
             WatchStart::Now => floor + 1,
@@ -213,14 +208,13 @@ pub(crate) async fn watch(
         contiguous: matches!(start, WatchStart::FromRevision(_)),
     };
     tokio::spawn(task.run(messages, snapshot.then_some((pending, floor))));
-    Ok(live_events(receiver, lagged_at).boxed())
+    Ok(events)
 }
 
 struct Feed {
     store: NatsStore,
     pattern: Pattern,
-    sender: mpsc::Sender<WatchEvent>,
-    lagged_at: Arc<AtomicU64>,
+    feed: WatchFeed,
     // Invariant: the first revision the watcher has not been given; never 0.
     next: u64,
     // Whether every sequence from `next` on must arrive: true once the watch is live (or
@@ -243,6 +237,8 @@ impl Feed {
         loop {
             let message = tokio::select! {
                 _ = closing.wait_for(|closed| *closed) => return,
+                // The watcher dropped its stream: stop, and let the consumer go.
+                _ = self.feed.closed() => return,
                 message = messages.next() => message,
             };
             let message = match message {
@@ -307,36 +303,11 @@ impl Feed {
 
     /// Hands one event to the watcher; false once the watch is over.
     fn send(&mut self, event: WatchEvent) -> bool {
-        match self.sender.try_send(event) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(event)) => {
-                let resume = event.revision().map_or(self.next, Revision::get);
-                self.lagged_at.store(resume.max(1), Ordering::Release);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
+        let fallback = Revision::new(self.next).expect("never 0");
+        self.feed.send(event, fallback).is_ok()
     }
 
     fn lag_here(&self) {
-        self.lagged_at.store(self.next, Ordering::Release);
+        self.feed.lag(Revision::new(self.next).expect("never 0"));
     }
-}
-
-/// The watcher's side: buffered events, then the lagged signal if the feed recorded one.
-fn live_events(
-    receiver: mpsc::Receiver<WatchEvent>,
-    lagged_at: Arc<AtomicU64>,
-) -> impl futures::Stream<Item = WatchEvent> {
-    stream::unfold(Some(receiver), move |receiver| {
-        let lagged_at = lagged_at.clone();
-        async move {
-            let mut receiver = receiver?;
-            match receiver.recv().await {
-                Some(event) => Some((event, Some(receiver))),
-                None => Revision::new(lagged_at.load(Ordering::Acquire))
-                    .map(|resume_from| (WatchEvent::Lagged { resume_from }, None)),
-            }
-        }
-    })
 }
