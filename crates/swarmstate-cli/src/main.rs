@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 /// Shared state for agent swarms: configuration, work claims, leader election, TTL caches,
 /// watches and fenced locks behind one API.
 #[derive(Debug, Parser)]
-#[command(name = "swarmstate", version, about, long_about = None)]
+#[command(name = "swarmstate", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
