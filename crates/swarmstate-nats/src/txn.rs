@@ -208,18 +208,19 @@ pub(crate) async fn publish_batch(
     messages: &[Message],
 ) -> Result<Result<u64, wire::ApiError>> {
     let client = &store.inner.client;
-    let timeout = store.inner.request_timeout;
-    if messages.len() == 1 {
-        let message = &messages[0];
-        let reply = wire::request(
+    // Sends one message of the batch and waits for the server's answer.
+    let ask = |message: &Message, headers: HeaderMap| {
+        wire::request(
             client,
-            timeout,
+            store.inner.request_timeout,
             operation,
             message.subject.clone(),
-            message.headers.clone(),
+            headers,
             message.payload.clone(),
         )
-        .await?;
+    };
+    if let [message] = messages {
+        let reply = ask(message, message.headers.clone()).await?;
         return Ok(wire::parse_ack(&reply.payload, operation)?.map(|ack| ack.sequence));
     }
     let inbox = client.new_inbox();
@@ -231,35 +232,16 @@ pub(crate) async fn publish_batch(
         headers.insert(wire::BATCH_SEQUENCE, (index + 1).to_string().as_str());
         if index == last {
             headers.insert(wire::BATCH_COMMIT, "1");
-            let reply = wire::request(
-                client,
-                timeout,
-                operation,
-                message.subject.clone(),
-                headers,
-                message.payload.clone(),
-            )
-            .await?;
+            let reply = ask(message, headers).await?;
             return Ok(wire::parse_ack(&reply.payload, operation)?.map(|ack| ack.sequence));
         }
         if index == 0 {
             // The server answers the first message: an empty reply starts the batch.
-            let reply = wire::request(
-                client,
-                timeout,
-                operation,
-                message.subject.clone(),
-                headers,
-                message.payload.clone(),
-            )
-            .await
-            .map_err(never_applied)?;
-            if !reply.payload.is_empty() {
-                match wire::parse_ack(&reply.payload, operation) {
-                    Ok(Err(api)) => return Ok(Err(api)),
-                    Ok(Ok(_)) => {}
-                    Err(err) => return Err(err),
-                }
+            let reply = ask(message, headers).await.map_err(never_applied)?;
+            if !reply.payload.is_empty()
+                && let Err(api) = wire::parse_ack(&reply.payload, operation)?
+            {
+                return Ok(Err(api));
             }
         } else {
             client
