@@ -28,6 +28,7 @@ mod feed;
 mod key;
 mod lock;
 mod memory;
+mod queue;
 pub mod state;
 mod store;
 mod types;
@@ -40,6 +41,9 @@ pub use feed::{FeedEnded, WatchFeed, watch_feed};
 pub use key::{Key, KeyRule, MAX_KEY_LEN, Pattern};
 pub use lock::{FenceGate, FencingToken, KeepAlive, LockGuard, StaleToken, acquire_lock};
 pub use memory::{DEFAULT_MAX_VALUE_SIZE, DEFAULT_WATCH_BUFFER, MemoryStore, MemoryStoreBuilder};
+pub use queue::{
+    Claim, DEFAULT_MAX_ATTEMPTS, ItemState, ItemStatus, MAX_REASON_LEN, WorkQueue,
+};
 pub use store::{KeyStream, StateStore, StateStoreExt, WatchStream, retry_on_conflict};
 pub use types::{
     Capabilities, Condition, Entry, MAX_TTL, MAX_TXN_OPS, MIN_TTL, PutMode, PutOptions, Revision,

@@ -52,6 +52,7 @@ use crate::StateStore;
 mod keys;
 mod kv;
 mod locks;
+mod queue;
 mod support;
 mod ttl;
 mod txn;
@@ -60,6 +61,7 @@ mod watch;
 pub use keys::*;
 pub use kv::*;
 pub use locks::*;
+pub use queue::*;
 pub use ttl::*;
 pub use txn::*;
 pub use watch::*;
@@ -166,6 +168,16 @@ macro_rules! __conformance_cases {
             keep_alive_holds_a_lock_past_its_ttl,
             keep_alive_signals_the_moment_the_lock_is_lost,
             fence_gate_refuses_a_stale_holder_after_takeover,
+            // Work queue.
+            enqueue_of_the_same_id_twice_is_one_item,
+            queue_claim_gives_each_item_to_one_claimant,
+            concurrent_claimers_complete_every_item_exactly_once,
+            heartbeat_extends_a_claim_past_its_lease,
+            expired_claim_is_claimable_again_and_the_stale_completion_is_rejected,
+            failed_items_are_retried_until_max_attempts_then_dead_lettered,
+            queue_list_reports_state_claimant_and_lease_left,
+            claim_wait_wakes_for_new_work_and_returns_none_on_deadline,
+            queue_rejects_invalid_input_and_changes_nothing,
         }
     };
 }
