@@ -399,6 +399,10 @@ pub async fn queue_list_reports_state_claimant_and_lease_left(store: Arc<dyn Sta
     );
 }
 
+/// The key listings an idle `claim_wait` may make in all: one look before and one after it
+/// opens its watch, each listing the pending index, the claimed index and the leases.
+const IDLE_WAIT_LISTINGS: usize = 6;
+
 /// `claim_wait` on an empty queue returns `None` when its wait runs out, without polling the
 /// store meanwhile; it wakes and claims as soon as an item is enqueued, and when a lease
 /// expires.
@@ -426,7 +430,7 @@ pub async fn claim_wait_wakes_for_new_work_and_returns_none_on_deadline(
     );
     let after_one_look = counting.listings.load(Ordering::SeqCst);
     assert!(
-        after_one_look <= 3,
+        after_one_look <= IDLE_WAIT_LISTINGS,
         "an idle wait must not poll: {after_one_look} key listings"
     );
 
@@ -445,7 +449,7 @@ pub async fn claim_wait_wakes_for_new_work_and_returns_none_on_deadline(
     sleep_until(Instant::now() + wait).await;
     let listings = counting.listings.load(Ordering::SeqCst) - after_one_look;
     assert!(
-        listings <= 3,
+        listings <= IDLE_WAIT_LISTINGS,
         "an idle wait must not poll: {listings} key listings"
     );
     enqueue(&queue, "a", "payload").await;
