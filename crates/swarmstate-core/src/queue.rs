@@ -60,6 +60,10 @@ const MAX_WORKER_LEN: usize = 256;
 /// The longest failure reason kept, in bytes; a longer one is cut at a character boundary.
 pub const MAX_REASON_LEN: usize = 4096;
 
+/// How many times in a row [`WorkQueue::claim`] may lose every candidate of an index listing
+/// that did not change before it reports nothing claimable.
+const MAX_UNCHANGED_ROUNDS: u32 = 3;
+
 /// How many item records [`WorkQueue::list`] reads at once.
 const LIST_CONCURRENCY: usize = 16;
 
@@ -68,6 +72,28 @@ const LIST_CONCURRENCY: usize = 16;
 /// Cloning is cheap; clones share the store. Every handle on one queue (in every process)
 /// should use the same [`max_attempts`](WorkQueue::max_attempts), because whoever finishes or
 /// reclaims an item applies its own limit.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use swarmstate_core::{ItemState, Key, MemoryStore, StateStore, WorkQueue};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+/// let queue = WorkQueue::new(store, Key::new("jobs")?).max_attempts(2);
+/// assert!(queue.enqueue("resize-42", "s3://bucket/42.png").await?);
+/// assert!(!queue.enqueue("resize-42", "again").await?); // one item per id
+///
+/// let claim = queue.claim("agent-7", Duration::from_secs(30)).await?.expect("pending");
+/// assert_eq!((claim.id.as_str(), claim.attempt), ("resize-42", 1));
+/// assert_eq!(queue.fail(claim, "timeout").await?, ItemState::Pending); // retried later
+///
+/// let claim = queue.claim("agent-8", Duration::from_secs(30)).await?.expect("retry");
+/// queue.complete(claim).await?;
+/// assert_eq!(queue.status("resize-42").await?.unwrap().state, ItemState::Done);
+/// # Ok::<_, swarmstate_core::Error>(())
+/// # }).unwrap();
+/// ```
 #[derive(Debug, Clone)]
 pub struct WorkQueue {
     store: Arc<dyn StateStore>,
@@ -317,6 +343,8 @@ impl WorkQueue {
     /// handed out in no particular order (each claimer starts at a random place, so concurrent
     /// claimers rarely collide).
     ///
+    /// Pending items go first: only when none is pending does it look for expired claims.
+    ///
     /// Cost: one key listing of the pending index; only when it is empty, listings of the
     /// `claimed` index and of the live leases. Then, per candidate tried, two reads (record and
     /// payload, concurrently) and one transaction; a candidate lost to another claimer moves on
@@ -328,6 +356,7 @@ impl WorkQueue {
         check_worker(worker)?;
         validate_ttl(lease)?;
         let mut previous: Option<Vec<String>> = None;
+        let mut unchanged_rounds = 0;
         loop {
             let pending = self.ids("pending").await?;
             let (ids, expired) = if pending.is_empty() {
@@ -335,10 +364,13 @@ impl WorkQueue {
             } else {
                 (pending, false)
             };
-            // Every candidate of the last round was lost, so the indexes must have moved on;
-            // if they read the same, they disagree with the item records (written around this
-            // recipe), and looking again would loop forever.
-            if ids.is_empty() || previous.as_ref() == Some(&ids) {
+            // Every candidate of the last round was lost, so the indexes must have moved on.
+            // If they keep reading the same, they disagree with the item records (written
+            // around this recipe), and looking again would loop forever.
+            if previous.as_ref() == Some(&ids) {
+                unchanged_rounds += 1;
+            }
+            if ids.is_empty() || unchanged_rounds >= MAX_UNCHANGED_ROUNDS {
                 return Ok(None);
             }
             let start = random_below(worker, ids.len());
@@ -407,14 +439,16 @@ impl WorkQueue {
         let mut ops = Vec::with_capacity(4);
         let attempt = record.attempts + 1;
         if record.attempts >= self.max_attempts {
-            // Only an expired claim can be here: a pending item always has attempts left.
+            // An expired last attempt; or a pending item failed by a handle allowing more
+            // attempts than this one.
             let dead = Record {
                 state: ItemState::Dead,
                 claimant: None,
                 ..record
             };
+            let index = if expired { "claimed" } else { "pending" };
             ops.push(TxnOp::put(&item, dead.encode()).when(Condition::At(entry.revision)));
-            ops.push(TxnOp::delete(&self.key("claimed", id)?));
+            ops.push(TxnOp::delete(&self.key(index, id)?));
             ops.push(TxnOp::check(&lease_key, Condition::Absent));
             return match self.store.txn(ops).await {
                 Ok(_) => Ok(Attempt::DeadLettered),

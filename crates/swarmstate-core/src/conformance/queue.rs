@@ -321,6 +321,24 @@ pub async fn failed_items_are_retried_until_max_attempts_then_dead_lettered(
     let err = expect_err(once.complete(abandoned).await, "completion of a dead item");
     assert!(matches!(err, Error::LockLost { .. }), "{err}");
     assert_status(&once, "b", ItemState::Dead, 1, None).await;
+
+    // A retry left pending by a handle allowing more attempts is dead to a stricter one.
+    let lenient = WorkQueue::new(store.clone(), key("once")).max_attempts(5);
+    enqueue(&lenient, "c", "payload").await;
+    let first = claim(&lenient, "worker-1", LONG_LEASE).await;
+    assert_eq!(
+        lenient.fail(first, "boom").await.unwrap(),
+        ItemState::Pending
+    );
+    assert!(once.claim("worker-2", LONG_LEASE).await.unwrap().is_none());
+    assert_status(&lenient, "c", ItemState::Dead, 1, None).await;
+    assert!(
+        lenient
+            .claim("worker-3", LONG_LEASE)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 /// `list` reports every item sorted by id, with its state, attempts, claimant, lease left and
