@@ -49,6 +49,8 @@ use futures::future::BoxFuture;
 
 use crate::StateStore;
 
+mod cache;
+mod config;
 mod keys;
 mod kv;
 mod locks;
@@ -57,6 +59,8 @@ mod ttl;
 mod txn;
 mod watch;
 
+pub use cache::*;
+pub use config::*;
 pub use keys::*;
 pub use kv::*;
 pub use locks::*;
@@ -166,6 +170,20 @@ macro_rules! __conformance_cases {
             keep_alive_holds_a_lock_past_its_ttl,
             keep_alive_signals_the_moment_the_lock_is_lost,
             fence_gate_refuses_a_stale_holder_after_takeover,
+            // Config watch.
+            config_watch_starts_from_a_snapshot_then_applies_live_changes,
+            config_watch_removes_deleted_and_expired_entries,
+            config_watch_keeps_undecodable_values_out_of_the_map_and_reports_them,
+            config_watch_recovers_from_a_lag_without_losing_an_update,
+            config_watch_ends_with_closed_when_the_store_closes,
+            // TTL cache.
+            cache_miss_computes_and_a_hit_does_not,
+            concurrent_cache_misses_compute_exactly_once,
+            cached_value_expires_after_its_ttl_and_is_recomputed,
+            failing_compute_is_not_cached_and_the_next_caller_computes,
+            cache_filler_that_dies_does_not_block_others_forever,
+            invalidate_removes_the_value_and_cancels_a_fill_in_flight,
+            cache_rejects_invalid_names_and_ttls,
         }
     };
 }
