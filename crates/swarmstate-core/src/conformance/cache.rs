@@ -356,3 +356,33 @@ pub async fn cache_rejects_invalid_names_and_ttls(store: Arc<dyn StateStore>) {
         "nothing was written"
     );
 }
+
+/// A caller dropped while computing (its task aborted) releases the fill lock in the
+/// background, so the next caller computes at once instead of after the fill timeout.
+pub async fn cancelled_fill_releases_its_lock_at_once(store: Arc<dyn StateStore>) {
+    let cache = cache(&store).fill_timeout(Duration::from_secs(30));
+    let (started, has_started) = oneshot::channel();
+    let abandoned = {
+        let cache = cache.clone().owner("abandoned");
+        tokio::spawn(async move {
+            cache
+                .get_or_compute("job", LONG_TTL, || async move {
+                    started.send(()).unwrap();
+                    std::future::pending::<Result<Bytes, String>>().await
+                })
+                .await
+        })
+    };
+    has_started.await.unwrap();
+    abandoned.abort();
+    assert!(abandoned.await.unwrap_err().is_cancelled());
+    let calls = AtomicUsize::new(0);
+    let value = timeout(
+        EVENT_TIMEOUT,
+        fetch(&cache, "job", LONG_TTL, &calls, "done"),
+    )
+    .await
+    .expect("the next caller computes long before the 30 s fill timeout");
+    assert_eq!(&value[..], b"done");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

@@ -183,6 +183,7 @@ macro_rules! __conformance_cases {
             failing_compute_is_not_cached_and_the_next_caller_computes,
             cache_filler_that_dies_does_not_block_others_forever,
             invalidate_removes_the_value_and_cancels_a_fill_in_flight,
+            cancelled_fill_releases_its_lock_at_once,
             cache_rejects_invalid_names_and_ttls,
         }
     };
