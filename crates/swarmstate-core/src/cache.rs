@@ -52,6 +52,20 @@ pub enum CacheError<E> {
 
 /// A cache of computed values in a store, with single-flight fills across every client of the
 /// store. Cloning is cheap; clones share the fill timeout and the owner name.
+///
+/// ```
+/// # use std::{sync::Arc, time::Duration};
+/// # use swarmstate_core::{Key, MemoryStore, StateStore, TtlCache};
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+/// let cache = TtlCache::new(store, Key::new("cache")?);
+/// let compute = || async { Ok::<_, std::io::Error>("42".into()) };
+/// let value = cache.get_or_compute("answer", Duration::from_secs(60), compute).await?;
+/// assert_eq!(&value[..], b"42");
+/// assert_eq!(cache.get("answer").await?.as_deref(), Some(&b"42"[..]));
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
 #[derive(Debug, Clone)]
 pub struct TtlCache {
     store: Arc<dyn StateStore>,

@@ -200,6 +200,25 @@ impl<T> fmt::Debug for ConfigSnapshot<T> {
 /// [`subscribe`](ConfigWatch::subscribe)) lives, and ends when the last one is dropped, when
 /// the store closes, or on an error that cannot pass; then [`changed`](ConfigWatch::changed)
 /// fails, and the last view stays readable.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use swarmstate_core::{ConfigWatch, Key, MemoryStore, Pattern, StateStore, StateStoreExt};
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+/// let limit = Key::new("config.pool.limit")?;
+/// store.set(&limit, "8").await?;
+/// let mut config = ConfigWatch::start(store.clone(), Pattern::new("config.*")?, |_, value| {
+///     let text = std::str::from_utf8(value).map_err(|err| err.to_string())?;
+///     text.parse::<u32>().map_err(|err| err.to_string())
+/// })
+/// .await?;
+/// assert_eq!(config.current().get(&limit), Some(&8));
+/// store.set(&limit, "16").await?;
+/// assert_eq!(config.changed().await?.get(&limit), Some(&16));
+/// # Ok::<_, swarmstate_core::Error>(())
+/// # }).unwrap();
+/// ```
 pub struct ConfigWatch<T> {
     receiver: watch::Receiver<Arc<ConfigSnapshot<T>>>,
     shared: Arc<Shared>,
