@@ -23,6 +23,8 @@
 //! # }).unwrap();
 //! ```
 
+mod cache;
+mod config;
 mod error;
 mod feed;
 mod key;
@@ -36,6 +38,8 @@ mod types;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use cache::{CacheError, DEFAULT_FILL_TIMEOUT, TtlCache};
+pub use config::{ConfigSnapshot, ConfigWatch};
 pub use error::{Error, Result};
 pub use feed::{FeedEnded, WatchFeed, watch_feed};
 pub use key::{Key, KeyRule, MAX_KEY_LEN, Pattern};

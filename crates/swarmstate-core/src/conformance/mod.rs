@@ -49,6 +49,8 @@ use futures::future::BoxFuture;
 
 use crate::StateStore;
 
+mod cache;
+mod config;
 mod keys;
 mod kv;
 mod locks;
@@ -58,6 +60,8 @@ mod ttl;
 mod txn;
 mod watch;
 
+pub use cache::*;
+pub use config::*;
 pub use keys::*;
 pub use kv::*;
 pub use locks::*;
@@ -178,6 +182,21 @@ macro_rules! __conformance_cases {
             queue_list_reports_state_claimant_and_lease_left,
             claim_wait_wakes_for_new_work_and_returns_none_on_deadline,
             queue_rejects_invalid_input_and_changes_nothing,
+            // Config watch.
+            config_watch_starts_from_a_snapshot_then_applies_live_changes,
+            config_watch_removes_deleted_and_expired_entries,
+            config_watch_keeps_undecodable_values_out_of_the_map_and_reports_them,
+            config_watch_recovers_from_a_lag_without_losing_an_update,
+            config_watch_ends_with_closed_when_the_store_closes,
+            // TTL cache.
+            cache_miss_computes_and_a_hit_does_not,
+            concurrent_cache_misses_compute_exactly_once,
+            cached_value_expires_after_its_ttl_and_is_recomputed,
+            failing_compute_is_not_cached_and_the_next_caller_computes,
+            cache_filler_that_dies_does_not_block_others_forever,
+            invalidate_removes_the_value_and_cancels_a_fill_in_flight,
+            cancelled_fill_releases_its_lock_at_once,
+            cache_rejects_invalid_names_and_ttls,
         }
     };
 }
