@@ -17,6 +17,12 @@
 //! # }
 //! ```
 //!
+//! Network partitions: [`NatsCluster::start_partitionable`] puts a TCP proxy on `127.0.0.1`
+//! in every route between two nodes, which [`NatsCluster::partition`] cuts and
+//! [`NatsCluster::heal`] restores. Proxies rather than network namespaces, because the servers
+//! bind `127.0.0.1` only and nothing may send traffic to another address, while processes in
+//! separate namespaces could only reach each other over veth addresses of their own.
+//!
 //! Finding the server: [`nats_server_binary`] looks at `SWARMSTATE_NATS_SERVER`, then the copy
 //! `scripts/install-nats-server` puts in `.tools/nats`, then `nats-server` on `PATH`, and refuses
 //! anything older than 2.12.1.
@@ -31,7 +37,7 @@ use std::{
     fmt::Write as _,
     fs::{self, File, OpenOptions},
     io::{self, Write},
-    net::TcpListener,
+    net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -43,6 +49,11 @@ use std::{
 
 use async_nats::{Client, ConnectOptions, ToServerAddrs, jetstream};
 use tempfile::TempDir;
+use tokio::net::TcpSocket;
+
+use self::proxy::Proxy;
+
+mod proxy;
 
 /// The environment variable that names the `nats-server` binary to test with.
 pub const SERVER_ENV: &str = "SWARMSTATE_NATS_SERVER";
@@ -328,10 +339,17 @@ impl NatsServer {
                 .collect();
             let _ = write!(
                 text,
-                "cluster {{\n  name: swarm\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
+                "cluster {{\n  name: swarm\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n",
                 cluster.port,
                 routes.join(", ")
             );
+            if let Some(port) = cluster.advertise_port {
+                let _ = write!(
+                    text,
+                    "  advertise: \"127.0.0.1:{port}\"\n  no_advertise: true\n"
+                );
+            }
+            text.push_str("}\n");
         }
         text
     }
@@ -478,10 +496,28 @@ impl Drop for NatsServer {
 /// each on its own free `127.0.0.1` client and cluster ports, with routes to all the others and
 /// its own temporary store directory.
 ///
-/// Dropping it kills and reaps every node.
+/// A cluster started with [`start_partitionable`](Self::start_partitionable) routes every
+/// connection between two nodes through a proxy the test can cut
+/// ([`partition`](Self::partition), [`isolate`](Self::isolate)) and restore
+/// ([`heal`](Self::heal)).
+///
+/// Dropping it kills and reaps every node and stops every proxy.
 #[derive(Debug)]
 pub struct NatsCluster {
     nodes: Vec<NatsServer>,
+    /// Empty unless partitionable; then one link per ordered pair of distinct nodes.
+    links: Vec<Link>,
+    /// The ports partitionable nodes advertise as their cluster address, held bound without
+    /// listening so that nothing else takes them and every connection to them is refused.
+    advertised: Vec<TcpSocket>,
+}
+
+/// The proxy that carries every route connection node `from` opens to node `to`.
+#[derive(Debug)]
+struct Link {
+    from: usize,
+    to: usize,
+    proxy: Proxy,
 }
 
 impl NatsCluster {
@@ -493,11 +529,46 @@ impl NatsCluster {
     /// If `size` is 0, no server is found (call [`require_server`] first), or the cluster does
     /// not form in time; the message includes the servers' logs.
     pub async fn start(size: usize) -> NatsCluster {
+        NatsCluster::start_with(size, false).await
+    }
+
+    /// Starts `size` nodes whose routes to each other all pass through loopback proxies the
+    /// test controls, and waits (up to about 30 s) until the cluster can create a bucket
+    /// replicated on all of them. Start with every link open; cut links with
+    /// [`partition`](Self::partition) or [`isolate`](Self::isolate), restore them with
+    /// [`heal`](Self::heal).
+    ///
+    /// For each ordered pair of nodes `i`, `j`, node `i`'s configured route to `j` is a proxy on
+    /// `127.0.0.1` that forwards to `j`'s cluster port, so every connection `i` opens to `j`
+    /// passes through it. Two settings keep the nodes from going around the proxies:
+    ///
+    /// - `cluster.advertise` names, for each node, a loopback port on which nothing listens.
+    ///   Nodes tell each other about their peers' advertised route addresses and connect to a
+    ///   peer they have no route to; in a partition that would be exactly the peers cut off, so
+    ///   every such attempt must be refused.
+    /// - `cluster.no_advertise: true` keeps a node from telling clients the other nodes' client
+    ///   URLs, so a client given one node's URL stays on that node: a client of an isolated
+    ///   node stays on the isolated side instead of reconnecting to the majority.
+    ///
+    /// Partitions are made with proxies, not network namespaces, because every server binds
+    /// `127.0.0.1` only and no traffic may go to any other address: nodes in separate namespaces
+    /// could only reach each other over veth addresses. The proxies are tokio tasks on the
+    /// runtime that called this; the runtime must keep running them (a test on the
+    /// current-thread runtime must not block its thread while the cluster has to talk).
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start); also if the proxies cannot bind a port.
+    pub async fn start_partitionable(size: usize) -> NatsCluster {
+        NatsCluster::start_with(size, true).await
+    }
+
+    async fn start_with(size: usize, partitionable: bool) -> NatsCluster {
         assert!(size > 0, "a cluster needs at least one node");
         let binary = expect_binary();
         let mut last_failure = String::new();
         for _ in 0..PORT_ATTEMPTS {
-            match NatsCluster::try_start(&binary, size).await {
+            match NatsCluster::try_start(&binary, size, partitionable).await {
                 Ok(cluster) => return cluster,
                 Err(StartError::PortInUse(report)) => last_failure = report,
                 Err(StartError::Failed(report)) => panic!("{report}"),
@@ -506,14 +577,45 @@ impl NatsCluster {
         panic!("gave up after {PORT_ATTEMPTS} attempts to find free ports; last: {last_failure}");
     }
 
-    async fn try_start(binary: &Path, size: usize) -> Result<NatsCluster, StartError> {
+    async fn try_start(
+        binary: &Path,
+        size: usize,
+        partitionable: bool,
+    ) -> Result<NatsCluster, StartError> {
         let ports = free_ports(2 * size);
         let (client_ports, cluster_ports) = ports.split_at(size);
+        let mut links = Vec::new();
+        let mut advertised = Vec::new();
+        if partitionable {
+            for from in 0..size {
+                for to in (0..size).filter(|&to| to != from) {
+                    let target = SocketAddr::from(([127, 0, 0, 1], cluster_ports[to]));
+                    let proxy = Proxy::start(target).await.unwrap_or_else(|err| {
+                        panic!("starting the proxy from n{from} to n{to}: {err}")
+                    });
+                    links.push(Link { from, to, proxy });
+                }
+                advertised.push(unreachable_port());
+            }
+        }
         let mut nodes: Vec<NatsServer> = (0..size)
             .map(|i| {
+                let route_ports: Vec<u16> = if partitionable {
+                    links
+                        .iter()
+                        .filter(|link| link.from == i)
+                        .map(|link| link.proxy.port())
+                        .collect()
+                } else {
+                    cluster_ports.to_vec()
+                };
+                let advertise_port = advertised
+                    .get(i)
+                    .map(|socket: &TcpSocket| local_port(socket));
                 let cluster = ClusterConfig {
                     port: cluster_ports[i],
-                    route_ports: cluster_ports,
+                    route_ports: &route_ports,
+                    advertise_port,
                 };
                 NatsServer::prepare(
                     binary,
@@ -530,9 +632,149 @@ impl NatsCluster {
         for (node, offset) in nodes.iter_mut().zip(offsets) {
             node.wait_ready(Readiness::Connect, offset).await?;
         }
-        let mut cluster = NatsCluster { nodes };
+        let mut cluster = NatsCluster {
+            nodes,
+            links,
+            advertised,
+        };
         cluster.wait_for_replicated_jetstream().await?;
+        if partitionable {
+            cluster.wait_for_proxied_routes().await?;
+        }
         Ok(cluster)
+    }
+
+    /// Waits until every pair of nodes has connected through its proxies, so that a test starts
+    /// with every route up. (That nothing goes around the proxies is `advertise`'s job, and
+    /// `tests/partition.rs` checks it with messages across cuts.)
+    async fn wait_for_proxied_routes(&self) -> Result<(), StartError> {
+        let started = Instant::now();
+        loop {
+            let missing: Vec<(usize, usize)> = (0..self.nodes.len())
+                .flat_map(|a| ((a + 1)..self.nodes.len()).map(move |b| (a, b)))
+                .filter(|&(a, b)| self.proxied_connections(a, b) == 0)
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if started.elapsed() >= CLUSTER_READY_TIMEOUT {
+                return Err(StartError::Failed(self.report(&format!(
+                    "formed, but no route passes through the proxies between these pairs of \
+                     nodes after {CLUSTER_READY_TIMEOUT:?}: {missing:?}"
+                ))));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Splits the cluster into `groups`: every link between nodes of different groups is cut,
+    /// every link within a group is open. A node named in no group is cut off from every other
+    /// node. This replaces any earlier partition; [`heal`](Self::heal) undoes it.
+    ///
+    /// Cutting a link closes every route connection it carries at once, and every connection
+    /// a node opens across it while it stays cut is closed as soon as it is accepted (the node
+    /// sees the connection end, as on a reset). Client connections are not affected: a client
+    /// of a cut-off node stays connected to it. Returns at once; the nodes notice the lost
+    /// routes on their own, and JetStream elects new leaders on its own schedule.
+    ///
+    /// ```no_run
+    /// # async fn example() {
+    /// # use swarmstate_nats::testing::NatsCluster;
+    /// let cluster = NatsCluster::start_partitionable(3).await;
+    /// cluster.partition(&[&[0], &[1, 2]]); // n0 alone; n1 and n2 still see each other
+    /// // ...
+    /// cluster.heal();
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If the cluster was not started with [`start_partitionable`](Self::start_partitionable),
+    /// or a group names a node that does not exist or one already named.
+    pub fn partition(&self, groups: &[&[usize]]) {
+        let group_of = self.groups_of(groups);
+        for link in &self.links {
+            let together =
+                group_of[link.from].is_some() && group_of[link.from] == group_of[link.to];
+            link.proxy.set_open(together);
+        }
+    }
+
+    /// Cuts node `index` off from every other node, leaving the others connected to each other:
+    /// `partition(&[&[index], &[every other node]])`.
+    ///
+    /// # Panics
+    ///
+    /// If the cluster was not started with [`start_partitionable`](Self::start_partitionable),
+    /// or there is no such node.
+    pub fn isolate(&self, index: usize) {
+        assert!(
+            index < self.nodes.len(),
+            "isolate: no node {index} in a cluster of {}",
+            self.nodes.len()
+        );
+        let others: Vec<usize> = (0..self.nodes.len()).filter(|&i| i != index).collect();
+        self.partition(&[&[index], &others]);
+    }
+
+    /// Opens every link again. Returns at once: the nodes reconnect their configured routes on
+    /// their own retry schedule (about once a second), and cut-off nodes catch up afterwards.
+    ///
+    /// # Panics
+    ///
+    /// If the cluster was not started with [`start_partitionable`](Self::start_partitionable).
+    pub fn heal(&self) {
+        self.expect_partitionable("heal");
+        for link in &self.links {
+            link.proxy.set_open(true);
+        }
+    }
+
+    /// How many connections between nodes `a` and `b` pass through their proxies right now, in
+    /// both directions (a route is one or more TCP connections, opened by either node). Nonzero
+    /// for every pair once the cluster has started, 0 across a cut, nonzero again once the
+    /// nodes have reconnected after a heal.
+    ///
+    /// # Panics
+    ///
+    /// If the cluster was not started with [`start_partitionable`](Self::start_partitionable).
+    pub fn proxied_connections(&self, a: usize, b: usize) -> usize {
+        self.expect_partitionable("proxied_connections");
+        self.links
+            .iter()
+            .filter(|link| (link.from, link.to) == (a, b) || (link.from, link.to) == (b, a))
+            .map(|link| link.proxy.carried())
+            .sum()
+    }
+
+    /// Every node's group index in `groups` (`None` for a node in no group), checking that no
+    /// node is named twice or does not exist.
+    fn groups_of(&self, groups: &[&[usize]]) -> Vec<Option<usize>> {
+        self.expect_partitionable("partition");
+        let mut group_of = vec![None; self.nodes.len()];
+        for (group, members) in groups.iter().enumerate() {
+            for &node in *members {
+                let slot = group_of.get_mut(node).unwrap_or_else(|| {
+                    panic!(
+                        "partition {groups:?}: no node {node} in a cluster of {}",
+                        self.nodes.len()
+                    )
+                });
+                assert!(
+                    slot.is_none(),
+                    "partition {groups:?}: node {node} is in more than one group"
+                );
+                *slot = Some(group);
+            }
+        }
+        group_of
+    }
+
+    fn expect_partitionable(&self, what: &str) {
+        assert!(
+            !self.advertised.is_empty(),
+            "{what}: the cluster was not started with NatsCluster::start_partitionable"
+        );
     }
 
     /// Retries creating (then deleting) a throwaway bucket with one replica per node.
@@ -633,8 +875,28 @@ impl NatsCluster {
     /// The index of the node that leads JetStream stream `stream` (a key-value bucket `B` is the
     /// stream `KV_B`), or `None` if it cannot be told right now: no leader (an election is
     /// running), no such stream, or no node answering within a few seconds.
+    ///
+    /// Asks whichever node a client reaches first; during a partition, ask a node on the side
+    /// whose answer you want with [`stream_leader_seen_by`](Self::stream_leader_seen_by).
     pub async fn stream_leader(&self, stream: &str) -> Option<usize> {
-        let client = connect(self.urls()).await.ok()?;
+        self.stream_leader_asking(self.urls(), stream).await
+    }
+
+    /// Like [`stream_leader`](Self::stream_leader), but asks only node `index`, through a client
+    /// connected to it: during a partition, the leader as seen from that node's side. A node cut
+    /// off from a quorum of the stream's replicas answers `None`, or, until it notices, the
+    /// leader it last knew (itself, if it led).
+    ///
+    /// # Panics
+    ///
+    /// If there is no such node.
+    pub async fn stream_leader_seen_by(&self, index: usize, stream: &str) -> Option<usize> {
+        self.stream_leader_asking(self.nodes[index].url(), stream)
+            .await
+    }
+
+    async fn stream_leader_asking(&self, urls: impl ToServerAddrs, stream: &str) -> Option<usize> {
+        let client = connect(urls).await.ok()?;
         let js = jetstream::new(client);
         let stream = tokio::time::timeout(Duration::from_secs(5), js.get_stream(stream))
             .await
@@ -673,8 +935,13 @@ enum StartError {
 #[derive(Debug, Clone, Copy)]
 struct ClusterConfig<'a> {
     port: u16,
-    /// Every node's cluster port, this node's included (the server ignores a route to itself).
+    /// The ports this node routes to: every node's cluster port, this node's included (the
+    /// server ignores a route to itself); or, in a partitionable cluster, the proxy in front of
+    /// each other node's cluster port.
     route_ports: &'a [u16],
+    /// In a partitionable cluster, a port on which nothing listens, for the node to advertise as
+    /// its cluster address (see [`NatsCluster::start_partitionable`]); `None` otherwise.
+    advertise_port: Option<u16>,
 }
 
 async fn probe(url: &str, readiness: Readiness) -> Result<(), String> {
@@ -717,6 +984,24 @@ fn free_ports(count: usize) -> Vec<u16> {
                 .port()
         })
         .collect()
+}
+
+/// A socket bound to a free `127.0.0.1` port that never listens: while it is held, no one else
+/// can take the port and every connection to it is refused.
+fn unreachable_port() -> TcpSocket {
+    TcpSocket::new_v4()
+        .and_then(|socket| {
+            socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            Ok(socket)
+        })
+        .unwrap_or_else(|err| panic!("binding 127.0.0.1:0 to reserve a port: {err}"))
+}
+
+fn local_port(socket: &TcpSocket) -> u16 {
+    socket
+        .local_addr()
+        .expect("a bound socket has an address")
+        .port()
 }
 
 /// A name no other test in any process is using.
@@ -885,6 +1170,7 @@ mod tests {
             Some(ClusterConfig {
                 port: 6222,
                 route_ports: &[6222, 6223],
+                advertise_port: None,
             }),
             SINGLE_READY_TIMEOUT,
         );
@@ -897,5 +1183,46 @@ mod tests {
             "{config}"
         );
         assert!(!config.contains("http"), "{config}");
+        assert!(!config.contains("advertise"), "{config}");
+    }
+
+    #[test]
+    fn partitionable_config_routes_through_proxies_and_advertises_an_unreachable_port() {
+        let server = NatsServer::prepare(
+            Path::new("nats-server"),
+            "n0",
+            4222,
+            Some(ClusterConfig {
+                port: 6222,
+                route_ports: &[7001, 7002],
+                advertise_port: Some(7100),
+            }),
+            SINGLE_READY_TIMEOUT,
+        );
+        let config = fs::read_to_string(server.config_path()).unwrap();
+        assert!(config.contains("listen: \"127.0.0.1:6222\""), "{config}");
+        assert!(
+            config.contains(
+                "routes: [\"nats-route://127.0.0.1:7001\", \"nats-route://127.0.0.1:7002\"]"
+            ),
+            "{config}"
+        );
+        assert!(config.contains("advertise: \"127.0.0.1:7100\""), "{config}");
+        assert!(config.contains("no_advertise: true"), "{config}");
+    }
+
+    #[test]
+    fn an_unreachable_port_refuses_connections() {
+        let socket = unreachable_port();
+        let port = local_port(&socket);
+        let refused = std::net::TcpStream::connect(("127.0.0.1", port)).expect_err("connected");
+        assert_eq!(
+            refused.kind(),
+            io::ErrorKind::ConnectionRefused,
+            "{refused}"
+        );
+        // Held, so no one else can take it.
+        let taken = TcpListener::bind(("127.0.0.1", port)).expect_err("bound a held port");
+        assert_eq!(taken.kind(), io::ErrorKind::AddrInUse, "{taken}");
     }
 }
