@@ -23,6 +23,7 @@
 //! # }).unwrap();
 //! ```
 
+mod election;
 mod error;
 mod feed;
 mod key;
@@ -35,10 +36,14 @@ mod types;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use election::{Election, Leader, Leadership};
 pub use error::{Error, Result};
 pub use feed::{FeedEnded, WatchFeed, watch_feed};
 pub use key::{Key, KeyRule, MAX_KEY_LEN, Pattern};
-pub use lock::{FenceGate, FencingToken, KeepAlive, LockGuard, StaleToken, acquire_lock};
+pub use lock::{
+    FenceGate, FencingToken, KeepAlive, LOCK_WAITERS_TOKEN, LockGuard, MAX_TICKET_TTL, StaleToken,
+    acquire_lock, acquire_lock_wait, lock_waiters_prefix,
+};
 pub use memory::{DEFAULT_MAX_VALUE_SIZE, DEFAULT_WATCH_BUFFER, MemoryStore, MemoryStoreBuilder};
 pub use store::{KeyStream, StateStore, StateStoreExt, WatchStream, retry_on_conflict};
 pub use types::{

@@ -49,6 +49,7 @@ use futures::future::BoxFuture;
 
 use crate::StateStore;
 
+mod election;
 mod keys;
 mod kv;
 mod locks;
@@ -57,6 +58,7 @@ mod ttl;
 mod txn;
 mod watch;
 
+pub use election::*;
 pub use keys::*;
 pub use kv::*;
 pub use locks::*;
@@ -166,6 +168,22 @@ macro_rules! __conformance_cases {
             keep_alive_holds_a_lock_past_its_ttl,
             keep_alive_signals_the_moment_the_lock_is_lost,
             fence_gate_refuses_a_stale_holder_after_takeover,
+            blocking_acquire_of_a_free_lock_takes_it_at_once,
+            blocking_acquire_waits_and_gets_the_lock_when_the_holder_releases,
+            blocking_acquire_serves_waiters_in_arrival_order,
+            dead_waiter_does_not_stall_the_queue,
+            blocking_acquire_hits_its_deadline_with_lock_held_and_leaves_no_ticket,
+            try_acquire_may_take_a_free_lock_ahead_of_queued_waiters,
+            dropping_a_guard_releases_the_lock,
+            blocking_acquire_under_contention_never_has_two_holders,
+            // Election.
+            campaign_of_a_vacant_election_wins_and_leader_reports_it,
+            resign_hands_over_to_the_next_campaigner_before_the_ttl,
+            terms_strictly_increase_across_leaders,
+            refreshes_keep_the_term_and_are_not_reported_as_changes,
+            campaign_hits_its_deadline_with_lock_held_naming_the_leader,
+            deposed_leaders_fenced_writes_are_rejected_and_lost_fires,
+            observe_reports_each_change_of_leader_in_order,
         }
     };
 }
