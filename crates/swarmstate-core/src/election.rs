@@ -24,6 +24,26 @@ use crate::{
 };
 
 /// One election: the leader key `name` in a store.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use swarmstate_core::{Election, Key, MemoryStore, StateStore};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+/// let election = Election::new(store, Key::new("service.leader")?);
+/// let ttl = Duration::from_secs(10);
+/// let leadership = election.campaign("node-a", ttl, Duration::from_secs(30)).await?;
+/// let leader = election.leader().await?.expect("node-a leads");
+/// assert_eq!((leader.candidate.as_str(), leader.term), ("node-a", leadership.term()));
+/// // Applies only while node-a still leads, atomically.
+/// leadership.fenced_put(&Key::new("service.owner")?, "node-a").await?;
+/// leadership.resign().await?; // the next campaigner takes over at once
+/// assert_eq!(election.leader().await?, None);
+/// # Ok::<_, swarmstate_core::Error>(())
+/// # }).unwrap();
+/// ```
 #[derive(Debug, Clone)]
 pub struct Election {
     store: Arc<dyn StateStore>,

@@ -303,6 +303,7 @@ impl Waiter {
                 Wake::Lock(present) => self.lock_present = present.or(self.lock_present),
                 Wake::Ticket(Some(WatchEvent::Lagged { .. }) | None) => {
                     // Re-read the queue from a fresh snapshot rather than trust a gap.
+                    tracing::debug!(lock = %self.lock, "lock waiter re-reads the queue");
                     self.others.clear();
                     self.snapshot_done = false;
                     ticket_stream = self.store.watch(&tickets, WatchStart::Snapshot).await?;
@@ -893,6 +894,7 @@ impl FenceGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MemoryStore;
 
     fn token(n: u64) -> FencingToken {
         FencingToken(Revision::new(n).unwrap())
@@ -916,5 +918,60 @@ mod tests {
         gate.admit(token(9)).unwrap();
         assert!(gate.admit(token(5)).is_err());
         assert_eq!(gate.highest(), Some(token(9)));
+    }
+
+    /// With a one-event watch buffer every waiter's watches lag again and again while the
+    /// queue churns; waiters re-read the queue and the lock, and are still served one at a
+    /// time, in the order they queued.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiters_whose_watches_lag_are_still_served_in_order() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::builder().watch_buffer(1).build());
+        let lock = Key::new("locks.lagging").unwrap();
+        let ttl = Duration::from_secs(30);
+        let holder = acquire_lock(&store, &lock, "holder", ttl).await.unwrap();
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for i in 0..6 {
+            let (task_store, task_lock, served) = (store.clone(), lock.clone(), served.clone());
+            waiters.push(tokio::spawn(async move {
+                let owner = format!("waiter-{i}");
+                let guard = acquire_lock_wait(&task_store, &task_lock, &owner, ttl, ttl)
+                    .await
+                    .unwrap();
+                served.lock().unwrap().push((owner, guard.token()));
+                // Churn the queue's and the lock's watchers while holding.
+                for _ in 0..3 {
+                    guard.refresh().await.unwrap();
+                }
+                guard.release().await.unwrap();
+            }));
+            // Queue strictly one after another.
+            let prefix = Pattern::prefix(&lock_waiters_prefix(&lock).unwrap());
+            while store.keys(&prefix).await.unwrap().count().await < i + 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let first = holder.token();
+        holder.release().await.unwrap();
+        for waiter in waiters {
+            tokio::time::timeout(Duration::from_secs(10), waiter)
+                .await
+                .expect("every waiter is served")
+                .unwrap();
+        }
+        let served = served.lock().unwrap().clone();
+        let names: Vec<String> = (0..6).map(|i| format!("waiter-{i}")).collect();
+        assert_eq!(
+            served
+                .iter()
+                .map(|(owner, _)| owner.clone())
+                .collect::<Vec<_>>(),
+            names
+        );
+        let mut last = first;
+        for (_, token) in served {
+            assert!(token > last);
+            last = token;
+        }
     }
 }
