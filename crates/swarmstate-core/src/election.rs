@@ -290,3 +290,50 @@ fn decode(entry: &Entry) -> Leader {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+
+    /// An observer with a one-event buffer that does not read while leaders come and go
+    /// lags; it re-reads the current leader and reports it, never a leader out of term order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_observer_that_lags_re_reads_and_reports_the_current_leader() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::builder().watch_buffer(1).build());
+        let election = Election::new(store, Key::new("service.leader").unwrap());
+        let mut changes = election.observe().await.unwrap();
+        assert_eq!(changes.next().await.unwrap().unwrap(), None);
+        let (ttl, wait) = (Duration::from_secs(30), Duration::from_secs(5));
+        for candidate in ["node-a", "node-b", "node-c"] {
+            election
+                .campaign(candidate, ttl, wait)
+                .await
+                .unwrap()
+                .resign()
+                .await
+                .unwrap();
+        }
+        let last = election.campaign("node-d", ttl, wait).await.unwrap();
+        let mut terms = Vec::new();
+        loop {
+            let change = tokio::time::timeout(Duration::from_secs(5), changes.next())
+                .await
+                .expect("the observer catches up")
+                .unwrap()
+                .unwrap();
+            if let Some(leader) = change {
+                terms.push(leader.term);
+                if leader.candidate == "node-d" {
+                    assert_eq!(leader.term, last.term());
+                    break;
+                }
+            }
+        }
+        assert!(
+            terms.len() < 4,
+            "a lagged observer skips what it missed: {terms:?}"
+        );
+        assert!(terms.windows(2).all(|pair| pair[0] < pair[1]), "{terms:?}");
+    }
+}
