@@ -6,6 +6,11 @@
 //! and strictly increasing, so every later holder's token is greater. A holder that stalled
 //! past its TTL can no longer do harm through the store: [`LockGuard::fenced_put`] and
 //! [`LockGuard::fenced_txn`] apply only while the lock key is still the guard's.
+//!
+//! [`acquire_lock`] tries once. [`acquire_lock_wait`] queues first come, first served and is
+//! woken by watches, never by polling; its waiters' tickets live under `<lock key>.waiters`.
+//! [`LockGuard::keep_alive`] refreshes a lock in the background and signals its loss. A guard
+//! or keep-alive that is dropped releases its lock in the background.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -149,7 +154,8 @@ pub fn lock_waiters_prefix(key: &Key) -> Result<Key> {
     Key::new(format!("{key}.{LOCK_WAITERS_TOKEN}"))
 }
 
-/// Waits up to `wait` for the lock; on deadline fails with Error::LockHeld describing the holder then.
+/// Waits up to `wait` for the lock; on deadline fails with [`Error::LockHeld`] describing the
+/// holder then.
 ///
 /// Waiters are served first come, first served. Each waiter writes a ticket
 /// `<key>.waiters.<id>` (see [`lock_waiters_prefix`]) with a TTL of the lock's TTL capped at
@@ -158,7 +164,11 @@ pub fn lock_waiters_prefix(key: &Key) -> Result<Key> {
 /// ticket's value, `<created revision> <owner>`; `0` means the ticket's own revision). Only
 /// the waiter whose ticket is first takes the lock, when a watch of the lock key shows it
 /// absent, with one transaction that creates the lock key and deletes its ticket, so the
-/// hand-over after a release costs one watch event and one write. No waiter polls.
+/// hand-over after a release costs one watch event and one write. No waiter polls: every
+/// waiter watches the lock key and the queue, and only the first one writes. A watch that
+/// lags is answered by re-reading (a fresh snapshot). The tickets are the only keys written
+/// besides the lock key; a watch or listing of exactly the lock key sees only the lock, and
+/// nothing else should be stored under `<key>.waiters`.
 ///
 /// A waiter that dies stops refreshing: its ticket expires and the next waiter, watching the
 /// tickets, moves up. A waiter whose deadline passes deletes its ticket and tries once more
