@@ -25,6 +25,7 @@
 
 mod cache;
 mod config;
+mod election;
 mod error;
 mod feed;
 mod key;
@@ -40,14 +41,16 @@ pub mod conformance;
 
 pub use cache::{CacheError, DEFAULT_FILL_TIMEOUT, TtlCache};
 pub use config::{ConfigSnapshot, ConfigWatch};
+pub use election::{Election, Leader, Leadership};
 pub use error::{Error, Result};
 pub use feed::{FeedEnded, WatchFeed, watch_feed};
 pub use key::{Key, KeyRule, MAX_KEY_LEN, Pattern};
-pub use lock::{FenceGate, FencingToken, KeepAlive, LockGuard, StaleToken, acquire_lock};
-pub use memory::{DEFAULT_MAX_VALUE_SIZE, DEFAULT_WATCH_BUFFER, MemoryStore, MemoryStoreBuilder};
-pub use queue::{
-    Claim, DEFAULT_MAX_ATTEMPTS, ItemState, ItemStatus, MAX_REASON_LEN, WorkQueue,
+pub use lock::{
+    FenceGate, FencingToken, KeepAlive, LOCK_WAITERS_TOKEN, LockGuard, MAX_TICKET_TTL, StaleToken,
+    acquire_lock, acquire_lock_wait, lock_waiters_prefix,
 };
+pub use memory::{DEFAULT_MAX_VALUE_SIZE, DEFAULT_WATCH_BUFFER, MemoryStore, MemoryStoreBuilder};
+pub use queue::{Claim, DEFAULT_MAX_ATTEMPTS, ItemState, ItemStatus, MAX_REASON_LEN, WorkQueue};
 pub use store::{KeyStream, StateStore, StateStoreExt, WatchStream, retry_on_conflict};
 pub use types::{
     Capabilities, Condition, Entry, MAX_TTL, MAX_TXN_OPS, MIN_TTL, PutMode, PutOptions, Revision,

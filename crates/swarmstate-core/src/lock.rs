@@ -6,19 +6,28 @@
 //! and strictly increasing, so every later holder's token is greater. A holder that stalled
 //! past its TTL can no longer do harm through the store: [`LockGuard::fenced_put`] and
 //! [`LockGuard::fenced_txn`] apply only while the lock key is still the guard's.
+//!
+//! [`acquire_lock`] tries once. [`acquire_lock_wait`] queues first come, first served and is
+//! woken by watches, never by polling; its waiters' tickets live under `<lock key>.waiters`.
+//! [`LockGuard::keep_alive`] refreshes a lock in the background and signals its loss. A guard
+//! or keep-alive that is dropped releases its lock in the background.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use futures::StreamExt;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::types::validate_ttl;
 use crate::{
-    Condition, Error, Key, PutOptions, Result, Revision, StateStore, TxnAction, TxnOp, TxnResult,
+    Condition, Entry, Error, Key, Pattern, PutOptions, Result, Revision, StateStore, TxnAction,
+    TxnOp, TxnResult, WatchEvent, WatchStart, WatchStream,
 };
 
 /// The revision at which a lock was acquired: strictly greater than every earlier holder's.
@@ -40,22 +49,42 @@ impl fmt::Display for FencingToken {
     }
 }
 
-/// A held lock. Dropping it does not release the lock (that needs a round trip); call
-/// [`release`](LockGuard::release), or let the TTL run out.
+/// A held lock.
+///
+/// Prefer [`release`](LockGuard::release), which reports whether the lock was still ours.
+/// Dropping a guard that was neither released nor found lost releases the lock in the
+/// background, best effort: the drop spawns the conditional delete on the current Tokio
+/// runtime (if there is one; the delete applies only if the lock is still this guard's). Without
+/// a runtime, or if that delete fails, the lock simply expires after its TTL.
 #[derive(Debug)]
 pub struct LockGuard {
     store: Arc<dyn StateStore>,
     key: Key,
     owner: String,
+    // What acquisition and refresh write to the lock key: the owner name, or a recipe's own
+    // encoding of it (an election writes the term beside the candidate).
+    value: Bytes,
     ttl: Duration,
     token: FencingToken,
     // Invariant: the lock key's revision as of our last successful write to it. A refresh
     // moves it; the token stays.
     revision: Mutex<Revision>,
+    // Refreshes and releases hold it exclusively, fenced writes shared: a fenced write that
+    // read `revision` while a refresh was in flight would be refused although the lock is ours.
+    writing: tokio::sync::RwLock<()>,
+    // Set once the guard was released or found lost, so that drop does not release again.
+    finished: AtomicBool,
 }
 
 /// Acquires the lock `key` for `owner` with `ttl`, or fails at once with [`Error::LockHeld`]
-/// naming the holder and the time it has left.
+/// naming the holder and the time it has left. One write (plus a read to describe a holder).
+///
+/// It does not look at the waiters of [`acquire_lock_wait`]: a lock that is free is taken, even
+/// while waiters are queued. The lock is only free with waiters queued during a hand-over (one
+/// watch event and one write long) or while the first waiter is dead and its ticket has not yet
+/// expired; taking it then is safe (tokens still increase, the waiters see the new holder on
+/// their watch and keep their places), and refusing would cost every try-acquire a listing of
+/// the queue.
 ///
 /// Errors besides `LockHeld`: [`Error::InvalidInput`] for an empty owner or a TTL out of range.
 pub async fn acquire_lock(
@@ -64,33 +93,36 @@ pub async fn acquire_lock(
     owner: &str,
     ttl: Duration,
 ) -> Result<LockGuard> {
+    validate_lock_input(owner, ttl)?;
+    try_acquire(store, key, owner, Bytes::from(owner.to_owned()), ttl).await
+}
+
+pub(crate) fn validate_lock_input(owner: &str, ttl: Duration) -> Result<()> {
     validate_ttl(ttl)?;
     if owner.is_empty() {
         return Err(Error::InvalidInput {
             message: "a lock owner must not be empty".into(),
         });
     }
+    Ok(())
+}
+
+/// One attempt to create the lock key holding `value`; `LockHeld` if it is there.
+pub(crate) async fn try_acquire(
+    store: &Arc<dyn StateStore>,
+    key: &Key,
+    owner: &str,
+    value: Bytes,
+    ttl: Duration,
+) -> Result<LockGuard> {
     loop {
         let options = PutOptions::create().ttl(ttl);
-        match store.put(key, Bytes::from(owner.to_owned()), options).await {
-            Ok(revision) => {
-                return Ok(LockGuard {
-                    store: store.clone(),
-                    key: key.clone(),
-                    owner: owner.to_owned(),
-                    ttl,
-                    token: FencingToken(revision),
-                    revision: Mutex::new(revision),
-                });
-            }
+        match store.put(key, value.clone(), options).await {
+            Ok(revision) => return Ok(LockGuard::new(store, key, owner, value, ttl, revision)),
             Err(Error::AlreadyExists { .. }) => {
                 // Describe the holder; if the lock vanished meanwhile, try again.
                 if let Some(entry) = store.get(key).await? {
-                    return Err(Error::LockHeld {
-                        key: key.clone(),
-                        holder: String::from_utf8_lossy(&entry.value).into_owned(),
-                        expires_in: entry.expires_in,
-                    });
+                    return Err(held_by(key, &entry));
                 }
             }
             Err(other) => return Err(other),
@@ -98,7 +130,406 @@ pub async fn acquire_lock(
     }
 }
 
+fn held_by(key: &Key, entry: &Entry) -> Error {
+    Error::LockHeld {
+        key: key.clone(),
+        holder: String::from_utf8_lossy(&entry.value).into_owned(),
+        expires_in: entry.expires_in,
+    }
+}
+
+/// The name of the token under a lock key that holds its waiters' tickets:
+/// `<lock key>.waiters.<id>`.
+pub const LOCK_WAITERS_TOKEN: &str = "waiters";
+
+/// The longest TTL a waiter's ticket carries, whatever the lock's TTL: a waiter that dies
+/// holds up the queue for at most this long (rounded up to the store's TTL granularity).
+pub const MAX_TICKET_TTL: Duration = Duration::from_secs(10);
+
+/// The prefix under which the waiters of lock `key` keep their tickets: `<key>.waiters`.
+/// Watch or list `Pattern::prefix(&lock_waiters_prefix(key)?)` to see the queue.
+///
+/// Errors: [`Error::InvalidKey`] when the lock key is too long to have tickets.
+pub fn lock_waiters_prefix(key: &Key) -> Result<Key> {
+    Key::new(format!("{key}.{LOCK_WAITERS_TOKEN}"))
+}
+
+/// Waits up to `wait` for the lock; on deadline fails with [`Error::LockHeld`] describing the
+/// holder then.
+///
+/// Waiters are served first come, first served. Each waiter writes a ticket
+/// `<key>.waiters.<id>` (see [`lock_waiters_prefix`]) with a TTL of the lock's TTL capped at
+/// [`MAX_TICKET_TTL`], and refreshes it every third of that TTL while it waits. Tickets are
+/// ordered by the revision that created them (a refresh keeps the creation revision in the
+/// ticket's value, `<created revision> <owner>`; `0` means the ticket's own revision). Only
+/// the waiter whose ticket is first takes the lock, when a watch of the lock key shows it
+/// absent, with one transaction that creates the lock key and deletes its ticket, so the
+/// hand-over after a release costs one watch event and one write. No waiter polls: every
+/// waiter watches the lock key and the queue, and only the first one writes. A watch that
+/// lags is answered by re-reading (a fresh snapshot). The tickets are the only keys written
+/// besides the lock key; a watch or listing of exactly the lock key sees only the lock, and
+/// nothing else should be stored under `<key>.waiters`.
+///
+/// A waiter that dies stops refreshing: its ticket expires and the next waiter, watching the
+/// tickets, moves up. A waiter whose deadline passes deletes its ticket and tries once more
+/// (as [`acquire_lock`] does), then fails with [`Error::LockHeld`] naming the holder. A waiter
+/// whose future is dropped deletes its ticket in the background if a Tokio runtime is
+/// current; otherwise the ticket expires. A waiter whose own ticket expired (it stalled past
+/// the ticket's TTL) joins the queue again at the back.
+///
+/// Uncontended, it costs two writes (the ticket and the taking transaction); the two watches
+/// it needs open concurrently with the ticket write. [`acquire_lock`] does not queue: it may
+/// take a free lock ahead of waiters (see there).
+///
+/// Errors besides `LockHeld`: [`Error::InvalidInput`] for an empty owner or a TTL out of
+/// range, [`Error::InvalidKey`] for a lock key too long to have tickets, and any store error
+/// (the ticket is then removed, best effort).
+pub async fn acquire_lock_wait(
+    store: &Arc<dyn StateStore>,
+    key: &Key,
+    owner: &str,
+    ttl: Duration,
+    wait: Duration,
+) -> Result<LockGuard> {
+    validate_lock_input(owner, ttl)?;
+    acquire_waiting(store, key, owner, Bytes::from(owner.to_owned()), ttl, wait).await
+}
+
+/// [`acquire_lock_wait`] writing `value` to the lock key instead of the owner name.
+pub(crate) async fn acquire_waiting(
+    store: &Arc<dyn StateStore>,
+    key: &Key,
+    owner: &str,
+    value: Bytes,
+    ttl: Duration,
+    wait: Duration,
+) -> Result<LockGuard> {
+    let deadline = Instant::now() + wait;
+    let prefix = lock_waiters_prefix(key)?;
+    let mut waiter = Waiter {
+        store: store.clone(),
+        lock: key.clone(),
+        prefix,
+        owner: owner.to_owned(),
+        value,
+        ttl,
+        ticket_ttl: ttl
+            .min(MAX_TICKET_TTL)
+            .max(store.capabilities().ttl_granularity),
+        ticket: None,
+        others: HashMap::new(),
+        snapshot_done: false,
+        seen: None,
+        lock_present: None,
+    };
+    let outcome = waiter.wait_until(deadline).await;
+    if outcome.is_err() {
+        waiter.leave().await;
+    }
+    outcome
+}
+
+/// One waiter's view of the queue and of the lock.
+struct Waiter {
+    store: Arc<dyn StateStore>,
+    lock: Key,
+    prefix: Key,
+    owner: String,
+    value: Bytes,
+    ttl: Duration,
+    ticket_ttl: Duration,
+    // Our ticket while we are queued; dropped (and deleted) when we leave.
+    ticket: Option<Ticket>,
+    // The other tickets and their order (creation revision).
+    others: HashMap<Key, u64>,
+    // Whether the current ticket snapshot is complete.
+    snapshot_done: bool,
+    // The highest revision the ticket watch has reached. Invariant for deciding who is
+    // first: once it reaches our ticket's creation revision, `others` holds every older ticket
+    // still alive.
+    seen: Option<Revision>,
+    // Whether the lock key is present, `None` until the lock watch has told.
+    lock_present: Option<bool>,
+}
+
+struct Ticket {
+    key: Key,
+    // The revision that created the ticket: its place in the queue.
+    order: Revision,
+    // Invariant: the ticket's revision as of our last write to it.
+    revision: Revision,
+    refresh_at: Instant,
+}
+
+/// What woke a waiter.
+enum Wake {
+    Deadline,
+    Lock(Option<bool>),
+    Ticket(Option<WatchEvent>),
+    Refresh,
+}
+
+impl Waiter {
+    async fn wait_until(&mut self, deadline: Instant) -> Result<LockGuard> {
+        let tickets = Pattern::prefix(&self.prefix);
+        // The two watches open while the ticket is written: the ticket watch sees every
+        // ticket older than ours, either in its snapshot or live before our own.
+        let (store, lock) = (self.store.clone(), self.lock.clone());
+        let (joined, ticket_stream, lock_watch) = tokio::join!(
+            self.join_queue(),
+            store.watch(&tickets, WatchStart::Snapshot),
+            LockWatch::try_open(&store, &lock),
+        );
+        joined?;
+        let mut ticket_stream = ticket_stream?;
+        let mut lock_watch = lock_watch?;
+        loop {
+            if self.is_first() && self.lock_present == Some(false) {
+                if let Some(guard) = self.take().await? {
+                    return Ok(guard);
+                }
+                continue;
+            }
+            let refresh_at = self.ticket.as_ref().map_or(deadline, |t| t.refresh_at);
+            let wake = tokio::select! {
+                biased;
+                () = tokio::time::sleep_until(deadline) => Wake::Deadline,
+                present = lock_watch.next() => Wake::Lock(present),
+                event = ticket_stream.next() => Wake::Ticket(event),
+                () = tokio::time::sleep_until(refresh_at) => Wake::Refresh,
+            };
+            match wake {
+                Wake::Deadline => {
+                    self.leave().await;
+                    return try_acquire(
+                        &self.store,
+                        &self.lock,
+                        &self.owner,
+                        self.value.clone(),
+                        self.ttl,
+                    )
+                    .await;
+                }
+                Wake::Lock(present) => self.lock_present = present.or(self.lock_present),
+                Wake::Ticket(Some(WatchEvent::Lagged { .. }) | None) => {
+                    // Re-read the queue from a fresh snapshot rather than trust a gap.
+                    tracing::debug!(lock = %self.lock, "lock waiter re-reads the queue");
+                    self.others.clear();
+                    self.snapshot_done = false;
+                    ticket_stream = self.store.watch(&tickets, WatchStart::Snapshot).await?;
+                }
+                Wake::Ticket(Some(event)) => self.on_ticket_event(event).await?,
+                Wake::Refresh => self.refresh_ticket().await?,
+            }
+        }
+    }
+
+    /// Writes a new ticket at the back of the queue.
+    async fn join_queue(&mut self) -> Result<()> {
+        let key = Key::new(format!("{}.{}", self.prefix, ticket_id()))?;
+        let value = ticket_value(0, &self.owner);
+        let options = PutOptions::create().ttl(self.ticket_ttl);
+        let revision = self.store.put(&key, value, options).await?;
+        self.ticket = Some(Ticket {
+            key,
+            order: revision,
+            revision,
+            refresh_at: Instant::now() + self.ticket_ttl / 3,
+        });
+        Ok(())
+    }
+
+    /// Whether our ticket is first among those alive, as far as a complete view shows.
+    fn is_first(&self) -> bool {
+        let Some(ticket) = &self.ticket else {
+            return false;
+        };
+        self.snapshot_done
+            && self.seen >= Some(ticket.order)
+            && self
+                .others
+                .values()
+                .all(|&order| order > ticket.order.get())
+    }
+
+    /// Takes the lock and deletes our ticket in one transaction; `None` if someone was faster
+    /// (the lock is there) or our ticket is gone (we queue again).
+    async fn take(&mut self) -> Result<Option<LockGuard>> {
+        let Some(ticket) = &self.ticket else {
+            return Ok(None);
+        };
+        let ops = vec![
+            TxnOp::put(&self.lock, self.value.clone())
+                .ttl(self.ttl)
+                .when(Condition::Absent),
+            TxnOp::delete(&ticket.key).when(Condition::At(ticket.revision)),
+        ];
+        match self.store.txn(ops).await {
+            Ok(results) => {
+                self.ticket = None;
+                let Some(TxnResult::Put(revision)) = results.first() else {
+                    unreachable!("a put in a transaction yields Put, got {results:?}");
+                };
+                Ok(Some(LockGuard::new(
+                    &self.store,
+                    &self.lock,
+                    &self.owner,
+                    self.value.clone(),
+                    self.ttl,
+                    *revision,
+                )))
+            }
+            Err(Error::AlreadyExists { key, .. }) if key == self.lock => {
+                // Taken ahead of us by a try-acquire; its release will show on the watch.
+                self.lock_present = Some(true);
+                Ok(None)
+            }
+            Err(Error::RevisionMismatch { key, .. }) if key == ticket.key => {
+                self.rejoin().await?;
+                Ok(None)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    async fn on_ticket_event(&mut self, event: WatchEvent) -> Result<()> {
+        self.seen = self.seen.max(event.revision());
+        let ours = self.ticket.as_ref().map(|ticket| &ticket.key);
+        match event {
+            WatchEvent::Put(entry) => {
+                if Some(&entry.key) != ours {
+                    let order = ticket_order(&entry);
+                    self.others.insert(entry.key, order);
+                }
+            }
+            WatchEvent::Delete { key, .. } | WatchEvent::Expire { key, .. } => {
+                if Some(&key) == ours {
+                    self.rejoin().await?;
+                } else {
+                    self.others.remove(&key);
+                }
+            }
+            WatchEvent::CaughtUp { .. } => self.snapshot_done = true,
+            WatchEvent::Lagged { .. } => {}
+        }
+        Ok(())
+    }
+
+    async fn refresh_ticket(&mut self) -> Result<()> {
+        let Some(ticket) = &mut self.ticket else {
+            return Ok(());
+        };
+        let value = ticket_value(ticket.order.get(), &self.owner);
+        let options = PutOptions::update(ticket.revision).ttl(self.ticket_ttl);
+        let attempt = Instant::now();
+        match self.store.put(&ticket.key, value, options).await {
+            Ok(revision) => {
+                ticket.revision = revision;
+                ticket.refresh_at = attempt + self.ticket_ttl / 3;
+                Ok(())
+            }
+            Err(Error::RevisionMismatch { .. }) => self.rejoin().await,
+            Err(err @ (Error::Unavailable { .. } | Error::Ambiguous { .. })) => {
+                // The ticket may still be alive; if it expires meanwhile, we queue again.
+                tracing::warn!(key = %ticket.key, %err, "ticket refresh failed; retrying");
+                ticket.refresh_at = attempt + self.ticket_ttl / 3;
+                Ok(())
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Our ticket vanished (we stalled past its TTL): queue again, at the back.
+    async fn rejoin(&mut self) -> Result<()> {
+        if let Some(old) = self.ticket.take() {
+            tracing::warn!(key = %old.key, "lock ticket lost while waiting; queueing again");
+            let _ = self.store.delete(&old.key, None).await;
+        }
+        self.join_queue().await
+    }
+
+    /// Deletes our ticket, if we still have one.
+    async fn leave(&mut self) {
+        if let Some(ticket) = self.ticket.take()
+            && let Err(err) = self.store.delete(&ticket.key, None).await
+        {
+            tracing::debug!(key = %ticket.key, %err, "removing a lock ticket failed");
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        // A waiter dropped while queued (its future was cancelled) removes its ticket; the
+        // ticket is ours alone, so the delete needs no condition.
+        if let Some(ticket) = self.ticket.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let store = self.store.clone();
+            runtime.spawn(async move {
+                let _ = store.delete(&ticket.key, None).await;
+            });
+        }
+    }
+}
+
+/// A ticket's value: the revision that created it (`0` for "this entry's own revision") and
+/// the owner.
+fn ticket_value(created: u64, owner: &str) -> Bytes {
+    Bytes::from(format!("{created} {owner}"))
+}
+
+/// A ticket's place in the queue: the creation revision its value records, else its own.
+fn ticket_order(entry: &Entry) -> u64 {
+    std::str::from_utf8(&entry.value)
+        .ok()
+        .and_then(|text| text.split(' ').next())
+        .and_then(|created| created.parse::<u64>().ok())
+        .filter(|&created| created != 0)
+        .unwrap_or(entry.revision.get())
+}
+
+/// A ticket id unique across processes: 64 random bits in hex.
+fn ticket_id() -> String {
+    use std::hash::BuildHasher;
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // `RandomState` is seeded from the operating system's randomness.
+    let random = std::collections::hash_map::RandomState::new().hash_one((
+        n,
+        std::process::id(),
+        std::time::SystemTime::now(),
+    ));
+    format!("{random:016x}")
+}
+
 impl LockGuard {
+    fn new(
+        store: &Arc<dyn StateStore>,
+        key: &Key,
+        owner: &str,
+        value: Bytes,
+        ttl: Duration,
+        revision: Revision,
+    ) -> LockGuard {
+        LockGuard {
+            store: store.clone(),
+            key: key.clone(),
+            owner: owner.to_owned(),
+            value,
+            ttl,
+            token: FencingToken(revision),
+            revision: Mutex::new(revision),
+            writing: tokio::sync::RwLock::new(()),
+            finished: AtomicBool::new(false),
+        }
+    }
+
+    /// Sets what later refreshes write to the lock key.
+    pub(crate) fn set_value(&mut self, value: Bytes) {
+        self.value = value;
+    }
+
     /// The lock key.
     pub fn key(&self) -> &Key {
         &self.key
@@ -124,6 +555,7 @@ impl LockGuard {
     }
 
     fn lost(&self) -> Error {
+        self.finished.store(true, Ordering::Relaxed);
         Error::LockLost {
             key: self.key.clone(),
         }
@@ -132,12 +564,9 @@ impl LockGuard {
     /// Extends the lock by its TTL from now, if it is still ours; otherwise
     /// [`Error::LockLost`] and nothing changes.
     pub async fn refresh(&self) -> Result<()> {
+        let _writing = self.writing.write().await;
         let options = PutOptions::update(self.current()).ttl(self.ttl);
-        match self
-            .store
-            .put(&self.key, Bytes::from(self.owner.clone()), options)
-            .await
-        {
+        match self.store.put(&self.key, self.value.clone(), options).await {
             Ok(revision) => {
                 *self.revision.lock().unwrap_or_else(|e| e.into_inner()) = revision;
                 Ok(())
@@ -154,6 +583,8 @@ impl LockGuard {
     }
 
     async fn release_now(&self) -> Result<()> {
+        let _writing = self.writing.write().await;
+        self.finished.store(true, Ordering::Relaxed);
         match self.store.delete(&self.key, Some(self.current())).await {
             Ok(_) => Ok(()),
             Err(Error::RevisionMismatch { .. }) => Err(self.lost()),
@@ -173,7 +604,8 @@ impl LockGuard {
 
     /// Applies `ops` as one transaction that also requires this lock to still be held by this
     /// guard. Returns the results of `ops` (without the lock check). If the lock was lost, the
-    /// error is [`Error::LockLost`]; other conditions fail as in [`StateStore::txn`].
+    /// error is [`Error::LockLost`]; other conditions fail as in [`StateStore::txn`]. A fenced
+    /// write issued while a refresh of this guard is in flight waits for the refresh.
     pub async fn fenced_txn(&self, ops: Vec<TxnOp>) -> Result<Vec<TxnResult>> {
         if ops.iter().any(|op| op.key == self.key) {
             return Err(Error::InvalidInput {
@@ -183,6 +615,7 @@ impl LockGuard {
                 ),
             });
         }
+        let _writing = self.writing.read().await;
         let mut all = Vec::with_capacity(ops.len() + 1);
         all.push(TxnOp {
             key: self.key.clone(),
@@ -201,47 +634,175 @@ impl LockGuard {
     }
 }
 
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if self.finished.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        // Without a runtime nothing can be sent; the lock then expires after its TTL.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, key, revision) = (self.store.clone(), self.key.clone(), self.current());
+        runtime.spawn(async move {
+            if let Err(err) = store.delete(&key, Some(revision)).await {
+                tracing::debug!(%key, %err, "release of a dropped lock guard failed");
+            }
+        });
+    }
+}
+
 /// Keeps a lock alive in the background: refreshes it every third of its TTL and signals the
-/// moment the lock is known lost, so the holder can stop its work.
+/// moment the lock is known lost, so the holder can stop its work. Besides the refreshes it
+/// watches the lock key, so a delete or an expiry of the lock is known as soon as the store
+/// reports it, not only at the next refresh.
 ///
-/// Dropping it stops refreshing (the lock then expires after its TTL);
-/// [`release`](KeepAlive::release) stops refreshing and releases at once.
+/// [`release`](KeepAlive::release) stops refreshing and releases at once. Dropping it stops
+/// refreshing and, like dropping a [`LockGuard`], releases the lock in the background if a
+/// Tokio runtime is current and the lock is not known lost; otherwise the lock expires after
+/// its TTL.
 #[derive(Debug)]
 pub struct KeepAlive {
     guard: Arc<LockGuard>,
     lost: watch::Receiver<bool>,
-    task: JoinHandle<()>,
+    // Invariant: `Some` until `release` or drop has stopped the task.
+    task: Option<JoinHandle<()>>,
+    // Sending (or dropping) it stops the task between refreshes, never in the middle of one,
+    // so that no refresh lands after a release.
+    stop: Option<oneshot::Sender<()>>,
 }
 
 impl LockGuard {
-    /// Starts refreshing this lock every `ttl / 3`. A refresh that finds the lock taken marks it
-    /// lost at once; refreshes that fail for other reasons (the store unreachable) are retried
-    /// until the lock's TTL since the last successful refresh has run out, and then it is
-    /// marked lost too, because by then it may have expired.
+    /// Starts refreshing this lock every `ttl / 3`. A refresh that finds the lock taken, or a
+    /// delete or expiry of the lock key seen by the watch, marks it lost at once; refreshes
+    /// that fail for other reasons (the store unreachable) are retried until the lock's TTL
+    /// since the last successful refresh has run out, and then it is marked lost too, because
+    /// by then it may have expired.
     pub fn keep_alive(self) -> KeepAlive {
         let guard = Arc::new(self);
         let (lost_sender, lost) = watch::channel(false);
-        let task = tokio::spawn(refresh_loop(guard.clone(), lost_sender));
-        KeepAlive { guard, lost, task }
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(refresh_loop(guard.clone(), lost_sender, stopped));
+        KeepAlive {
+            guard,
+            lost,
+            task: Some(task),
+            stop: Some(stop),
+        }
     }
 }
 
-async fn refresh_loop(guard: Arc<LockGuard>, lost: watch::Sender<bool>) {
+async fn refresh_loop(
+    guard: Arc<LockGuard>,
+    lost: watch::Sender<bool>,
+    mut stopped: oneshot::Receiver<()>,
+) {
     let period = guard.ttl / 3;
     let mut valid_until = Instant::now() + guard.ttl;
+    let mut next_refresh = Instant::now() + period;
+    let mut events = LockWatch::open(&guard.store, &guard.key).await;
     loop {
-        tokio::time::sleep(period).await;
-        let attempt = Instant::now();
-        match guard.refresh().await {
-            Ok(()) => valid_until = attempt + guard.ttl,
-            Err(Error::LockLost { .. }) => break,
-            Err(err) if Instant::now() < valid_until => {
-                tracing::warn!(key = %guard.key, %err, "lock refresh failed; retrying");
+        tokio::select! {
+            _ = &mut stopped => return,
+            () = tokio::time::sleep_until(next_refresh) => {
+                let attempt = Instant::now();
+                match guard.refresh().await {
+                    Ok(()) => valid_until = attempt + guard.ttl,
+                    Err(Error::LockLost { .. }) => break,
+                    Err(err) if Instant::now() < valid_until => {
+                        tracing::warn!(key = %guard.key, %err, "lock refresh failed; retrying");
+                    }
+                    Err(_) => break,
+                }
+                next_refresh = attempt + period;
             }
-            Err(_) => break,
+            present = events.next() => {
+                if present == Some(false) {
+                    // A lock key is never deleted or expired while it is still ours.
+                    guard.finished.store(true, Ordering::Relaxed);
+                    break;
+                }
+            }
         }
     }
     lost.send_replace(true);
+}
+
+/// Whether a lock key is present, followed through a watch that re-snapshots after a lag.
+pub(crate) struct LockWatch {
+    store: Arc<dyn StateStore>,
+    key: Key,
+    // `None` once the store ended the watch for good (it closed) or refused to open it.
+    stream: Option<WatchStream>,
+    // Whether the current snapshot has shown the key yet.
+    seen_in_snapshot: bool,
+}
+
+impl LockWatch {
+    /// Opens a snapshot watch of exactly `key`.
+    pub(crate) async fn open(store: &Arc<dyn StateStore>, key: &Key) -> LockWatch {
+        let mut watch = LockWatch {
+            store: store.clone(),
+            key: key.clone(),
+            stream: None,
+            seen_in_snapshot: false,
+        };
+        watch.reopen().await;
+        watch
+    }
+
+    /// Opens a snapshot watch of exactly `key`, failing if the store refuses it.
+    pub(crate) async fn try_open(store: &Arc<dyn StateStore>, key: &Key) -> Result<LockWatch> {
+        let stream = store
+            .watch(&Pattern::exact(key), WatchStart::Snapshot)
+            .await?;
+        Ok(LockWatch {
+            store: store.clone(),
+            key: key.clone(),
+            stream: Some(stream),
+            seen_in_snapshot: false,
+        })
+    }
+
+    async fn reopen(&mut self) {
+        self.seen_in_snapshot = false;
+        self.stream = match self
+            .store
+            .watch(&Pattern::exact(&self.key), WatchStart::Snapshot)
+            .await
+        {
+            Ok(stream) => Some(stream),
+            Err(err) => {
+                tracing::debug!(key = %self.key, %err, "cannot watch the lock key");
+                None
+            }
+        };
+    }
+
+    /// The key's presence after its next change: `Some(true)` when written, `Some(false)` when
+    /// deleted, expired, or absent from a snapshot. Never resolves once the watch is gone.
+    /// Cancel-safe.
+    pub(crate) async fn next(&mut self) -> Option<bool> {
+        loop {
+            let Some(stream) = self.stream.as_mut() else {
+                return std::future::pending().await;
+            };
+            match stream.next().await {
+                Some(WatchEvent::Put(_)) => {
+                    self.seen_in_snapshot = true;
+                    return Some(true);
+                }
+                Some(WatchEvent::Delete { .. } | WatchEvent::Expire { .. }) => return Some(false),
+                Some(WatchEvent::CaughtUp { .. }) => {
+                    if !self.seen_in_snapshot {
+                        return Some(false);
+                    }
+                }
+                Some(WatchEvent::Lagged { .. }) => self.reopen().await,
+                None => self.stream = None,
+            }
+        }
+    }
 }
 
 impl KeepAlive {
@@ -264,16 +825,34 @@ impl KeepAlive {
     /// Stops refreshing and releases the lock if it is still ours; [`Error::LockLost`]
     /// otherwise.
     pub async fn release(mut self) -> Result<()> {
-        self.task.abort();
-        // Wait until no refresh is in flight, so none lands after the release.
-        let _ = (&mut self.task).await;
+        self.stop.take();
+        if let Some(task) = self.task.take() {
+            // The task ends after any refresh in flight, so none lands after the release.
+            let _ = task.await;
+        }
         self.guard.release_now().await
     }
 }
 
 impl Drop for KeepAlive {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop.take();
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        if self.guard.finished.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let guard = self.guard.clone();
+            runtime.spawn(async move {
+                // The task ends after any refresh in flight, so none lands after the release.
+                let _ = task.await;
+                if let Err(err) = guard.release_now().await {
+                    tracing::debug!(key = %guard.key, %err, "release of a dropped keep-alive failed");
+                }
+            });
+        }
     }
 }
 
@@ -325,6 +904,7 @@ impl FenceGate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MemoryStore;
 
     fn token(n: u64) -> FencingToken {
         FencingToken(Revision::new(n).unwrap())
@@ -348,5 +928,60 @@ mod tests {
         gate.admit(token(9)).unwrap();
         assert!(gate.admit(token(5)).is_err());
         assert_eq!(gate.highest(), Some(token(9)));
+    }
+
+    /// With a one-event watch buffer every waiter's watches lag again and again while the
+    /// queue churns; waiters re-read the queue and the lock, and are still served one at a
+    /// time, in the order they queued.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiters_whose_watches_lag_are_still_served_in_order() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::builder().watch_buffer(1).build());
+        let lock = Key::new("locks.lagging").unwrap();
+        let ttl = Duration::from_secs(30);
+        let holder = acquire_lock(&store, &lock, "holder", ttl).await.unwrap();
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for i in 0..6 {
+            let (task_store, task_lock, served) = (store.clone(), lock.clone(), served.clone());
+            waiters.push(tokio::spawn(async move {
+                let owner = format!("waiter-{i}");
+                let guard = acquire_lock_wait(&task_store, &task_lock, &owner, ttl, ttl)
+                    .await
+                    .unwrap();
+                served.lock().unwrap().push((owner, guard.token()));
+                // Churn the queue's and the lock's watchers while holding.
+                for _ in 0..3 {
+                    guard.refresh().await.unwrap();
+                }
+                guard.release().await.unwrap();
+            }));
+            // Queue strictly one after another.
+            let prefix = Pattern::prefix(&lock_waiters_prefix(&lock).unwrap());
+            while store.keys(&prefix).await.unwrap().count().await < i + 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let first = holder.token();
+        holder.release().await.unwrap();
+        for waiter in waiters {
+            tokio::time::timeout(Duration::from_secs(10), waiter)
+                .await
+                .expect("every waiter is served")
+                .unwrap();
+        }
+        let served = served.lock().unwrap().clone();
+        let names: Vec<String> = (0..6).map(|i| format!("waiter-{i}")).collect();
+        assert_eq!(
+            served
+                .iter()
+                .map(|(owner, _)| owner.clone())
+                .collect::<Vec<_>>(),
+            names
+        );
+        let mut last = first;
+        for (_, token) in served {
+            assert!(token > last);
+            last = token;
+        }
     }
 }

@@ -51,6 +51,7 @@ use crate::StateStore;
 
 mod cache;
 mod config;
+mod election;
 mod keys;
 mod kv;
 mod locks;
@@ -62,6 +63,7 @@ mod watch;
 
 pub use cache::*;
 pub use config::*;
+pub use election::*;
 pub use keys::*;
 pub use kv::*;
 pub use locks::*;
@@ -197,6 +199,22 @@ macro_rules! __conformance_cases {
             invalidate_removes_the_value_and_cancels_a_fill_in_flight,
             cancelled_fill_releases_its_lock_at_once,
             cache_rejects_invalid_names_and_ttls,
+            blocking_acquire_of_a_free_lock_takes_it_at_once,
+            blocking_acquire_waits_and_gets_the_lock_when_the_holder_releases,
+            blocking_acquire_serves_waiters_in_arrival_order,
+            dead_waiter_does_not_stall_the_queue,
+            blocking_acquire_hits_its_deadline_with_lock_held_and_leaves_no_ticket,
+            try_acquire_may_take_a_free_lock_ahead_of_queued_waiters,
+            dropping_a_guard_releases_the_lock,
+            blocking_acquire_under_contention_never_has_two_holders,
+            // Election.
+            campaign_of_a_vacant_election_wins_and_leader_reports_it,
+            resign_hands_over_to_the_next_campaigner_before_the_ttl,
+            terms_strictly_increase_across_leaders,
+            refreshes_keep_the_term_and_are_not_reported_as_changes,
+            campaign_hits_its_deadline_with_lock_held_naming_the_leader,
+            deposed_leaders_fenced_writes_are_rejected_and_lost_fires,
+            observe_reports_each_change_of_leader_in_order,
         }
     };
 }
