@@ -31,12 +31,14 @@ fn filter_subject(store: &NatsStore, pattern: &Pattern) -> String {
     }
 }
 
+/// An ordered consumer over `pattern`: its messages, the messages pending at its start, and
+/// its name (for deleting it when done).
 async fn ordered_consumer(
     store: &NatsStore,
     pattern: &Pattern,
     deliver_policy: DeliverPolicy,
     headers_only: bool,
-) -> Result<(push::Ordered, u64)> {
+) -> Result<(push::Ordered, u64, String)> {
     let consumer = store
         .inner
         .stream
@@ -53,13 +55,27 @@ async fn ordered_consumer(
             message: format!("cannot start a consumer on {}: {err}", store.inner.bucket),
         })?;
     let pending = consumer.cached_info().num_pending;
+    let name = consumer.cached_info().name.clone();
     let messages = consumer
         .messages()
         .await
         .map_err(|err| Error::Unavailable {
             message: format!("cannot read a consumer on {}: {err}", store.inner.bucket),
         })?;
-    Ok((messages, pending))
+    Ok((messages, pending, name))
+}
+
+/// Deletes a consumer this store created, in the background and best effort. Recipes open
+/// many short watches and listings; left to the server, each consumer would linger for its
+/// inactivity threshold (30 s for ordered consumers) and count against the server's consumer
+/// limit. If the delete fails, that threshold still removes it.
+fn release_consumer(store: &NatsStore, name: String) {
+    let stream = store.inner.stream.clone();
+    tokio::spawn(async move {
+        if let Err(err) = stream.delete_consumer(&name).await {
+            tracing::debug!(%err, consumer = %name, "could not delete a finished consumer");
+        }
+    });
 }
 
 /// One delivered message: its stream sequence, the messages still pending after it, and the
@@ -94,10 +110,24 @@ fn decode(
 }
 
 pub(crate) async fn keys(store: &NatsStore, pattern: &Pattern) -> Result<KeyStream> {
-    let (mut messages, mut pending) =
+    let (mut messages, mut pending, name) =
         ordered_consumer(store, pattern, DeliverPolicy::LastPerSubject, true).await?;
+    let listed = list_keys(store, pattern, &mut messages, &mut pending).await;
+    drop(messages);
+    release_consumer(store, name);
+    let mut keys = listed?;
+    keys.sort_unstable();
+    Ok(stream::iter(keys.into_iter().map(Ok)).boxed())
+}
+
+async fn list_keys(
+    store: &NatsStore,
+    pattern: &Pattern,
+    messages: &mut push::Ordered,
+    pending: &mut u64,
+) -> Result<Vec<Key>> {
     let mut keys = Vec::new();
-    while pending > 0 {
+    while *pending > 0 {
         let message = match messages.next().await {
             Some(Ok(message)) => message,
             Some(Err(err)) => {
@@ -107,16 +137,14 @@ pub(crate) async fn keys(store: &NatsStore, pattern: &Pattern) -> Result<KeyStre
             }
             None => break,
         };
-        let info_pending = message.info().map(|i| i.pending).unwrap_or(0);
-        pending = info_pending;
+        *pending = message.info().map(|i| i.pending).unwrap_or(0);
         if let Some((_, _, Some(WatchEvent::Put(entry)))) = decode(store, pattern, &message)
             && entry.expires_in != Some(std::time::Duration::ZERO)
         {
             keys.push(entry.key);
         }
     }
-    keys.sort_unstable();
-    Ok(stream::iter(keys.into_iter().map(Ok)).boxed())
+    Ok(keys)
 }
 
 /// Revisions at or after `from` that the stream no longer holds (history is one message per
@@ -192,7 +220,8 @@ pub(crate) async fn watch(
     // must arrive, and a message removed before delivery (a key overwritten while the watcher
     // was behind or reconnecting; the bucket keeps one message per key) shows up as a hole
     // instead of vanishing. Small state makes the extra traffic cheap.
-    let (messages, pending) = ordered_consumer(store, &Pattern::All, policy, false).await?;
+    let (messages, pending, consumer) =
+        ordered_consumer(store, &Pattern::All, policy, false).await?;
     let (feed, events) = watch_feed(store.inner.watch_buffer);
     let task = Feed {
         store: store.clone(),
@@ -207,7 +236,12 @@ pub(crate) async fn watch(
         },
         contiguous: matches!(start, WatchStart::FromRevision(_)),
     };
-    tokio::spawn(task.run(messages, snapshot.then_some((pending, floor))));
+    let store = store.clone();
+    tokio::spawn(async move {
+        task.run(messages, snapshot.then_some((pending, floor)))
+            .await;
+        release_consumer(&store, consumer);
+    });
     Ok(events)
 }
 
