@@ -7,6 +7,15 @@
 //! it can, lifting the call and its return out of the list; when it meets a return whose call
 //! was not linearized it backtracks. A set of (linearized operations, model state) pairs it has
 //! already explored cuts every branch that leads back to a known dead end.
+//!
+//! An operation whose outcome is unknown has no return entry: it may be linearized (applied)
+//! anywhere after its call, or never, and the search succeeds once every other operation is
+//! placed. Such operations would multiply the explored pairs (applied-then-overwritten and
+//! never-applied reach the same state), so the memo keeps, per (definite operations placed,
+//! state), the sets of unknown operations applied, and cuts a branch when an explored one
+//! applied a subset of them: it had every option this one has. The search tries unknown
+//! operations only after every definite candidate, so the branches that apply fewer of them
+//! come first and cut the rest.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -264,6 +273,8 @@ enum KeyVerdict {
 #[derive(Debug, Clone, Copy)]
 struct Node {
     op: usize,
+    /// The time of the call or return.
+    time: u64,
     is_call: bool,
     /// For a call: its return's node.
     partner: usize,
@@ -285,28 +296,44 @@ fn check_key(ops: &[&Operation], deadline: Instant) -> KeyVerdict {
         .collect();
     let (inputs, outputs) = intern(&ops);
     let n = ops.len();
-    // Entries in time order; at equal times calls first, so touching intervals overlap.
-    let mut entries: Vec<(u64, bool, usize)> = Vec::with_capacity(2 * n);
+    // Definite operations live in the linked list; unknown ones, which never return, in their
+    // own list by call time. Each kind has its own bit numbering.
+    let mut bit = vec![0; n];
+    let mut definite = 0;
+    let mut unknown: Vec<usize> = Vec::new();
     for (index, op) in ops.iter().enumerate() {
-        let ret = if op.is_ambiguous() {
-            u64::MAX
+        if op.is_ambiguous() {
+            unknown.push(index);
         } else {
-            op.ret.unwrap_or(u64::MAX).max(op.call)
-        };
-        entries.push((op.call, true, index));
-        entries.push((ret, false, index));
+            bit[index] = definite;
+            definite += 1;
+        }
+    }
+    unknown.sort_by_key(|&index| (ops[index].call, index));
+    for (position, &index) in unknown.iter().enumerate() {
+        bit[index] = position;
+    }
+    // Entries in time order; at equal times calls first, so touching intervals overlap.
+    let mut entries: Vec<(u64, bool, usize)> = Vec::with_capacity(2 * definite);
+    for (index, op) in ops.iter().enumerate() {
+        if !op.is_ambiguous() {
+            entries.push((op.call, true, index));
+            entries.push((op.ret.unwrap_or(u64::MAX).max(op.call), false, index));
+        }
     }
     entries.sort_unstable_by_key(|&(time, is_call, index)| (time, !is_call, index));
     let head = entries.len();
+    let end = head + 1;
     let mut nodes: Vec<Node> = entries
         .iter()
         .enumerate()
-        .map(|(at, &(_, is_call, op))| Node {
+        .map(|(at, &(time, is_call, op))| Node {
             op,
+            time,
             is_call,
             partner: usize::MAX,
             prev: if at == 0 { head } else { at - 1 },
-            next: at + 1,
+            next: if at + 1 == head { end } else { at + 1 },
         })
         .collect();
     let mut return_of = vec![usize::MAX; n];
@@ -320,85 +347,166 @@ fn check_key(ops: &[&Operation], deadline: Instant) -> KeyVerdict {
             node.partner = return_of[node.op];
         }
     }
-    let end = head + 1;
-    nodes.push(Node {
+    let sentinel = |prev, next| Node {
         op: usize::MAX,
+        time: u64::MAX,
         is_call: false,
         partner: usize::MAX,
-        prev: usize::MAX,
-        next: if n == 0 { end } else { 0 },
-    });
-    nodes.push(Node {
-        op: usize::MAX,
-        is_call: false,
-        partner: usize::MAX,
-        prev: head.checked_sub(1).unwrap_or(head),
-        next: usize::MAX,
-    });
-    if let Some(last) = head.checked_sub(1) {
-        nodes[last].next = end;
-    }
+        prev,
+        next,
+    };
+    nodes.push(sentinel(usize::MAX, if head == 0 { end } else { 0 }));
+    nodes.push(sentinel(head.checked_sub(1).unwrap_or(head), usize::MAX));
 
-    let words = n.div_ceil(64).max(1);
-    let mut linearized = vec![0u64; words];
-    let mut seen: HashSet<(Box<[u64]>, Register), RandomState> = HashSet::default();
-    // Each frame: the call node lifted, the state before it, the successor taken.
-    let mut stack: Vec<(usize, Register, usize)> = Vec::new();
+    let mut placed_definite = vec![0u64; definite.div_ceil(64)];
+    let mut applied_unknown = vec![0u64; unknown.len().div_ceil(64)];
+    let mut remaining = definite;
+    let mut seen: Memo = HashMap::default();
+    let mut stack: Vec<Frame> = Vec::new();
     let mut state = Register::INITIAL;
     let mut entry = nodes[head].next;
-    let mut first_choice = 0;
+    // While `Some`, the search stands at the return entry `entry` (every definite candidate
+    // before it tried) and tries unknown operations called before it, from this position.
+    let mut unknown_cursor: Option<usize> = None;
     let mut best: Option<(usize, usize, Register, Vec<usize>)> = None;
     let mut steps: u64 = 0;
 
-    while nodes[head].next != end {
+    while remaining > 0 {
         steps += 1;
         if steps.is_multiple_of(4096) && Instant::now() >= deadline {
             return KeyVerdict::Unknown;
         }
         let node = nodes[entry];
-        if node.is_call {
-            let successors = step(state, inputs[node.op], outputs[node.op]);
-            let mut advanced = false;
-            let mut choice = first_choice;
-            while let Some(next_state) = successors.get(choice) {
-                set(&mut linearized, node.op, true);
-                if seen.insert((linearized.clone().into_boxed_slice(), next_state)) {
-                    stack.push((entry, state, choice));
+        let Some(cursor) = unknown_cursor else {
+            if !node.is_call {
+                unknown_cursor = Some(0);
+                continue;
+            }
+            let op = node.op;
+            if let Some(next_state) = step(state, inputs[op], outputs[op]) {
+                set(&mut placed_definite, bit[op], true);
+                if remember(&mut seen, &placed_definite, &applied_unknown, next_state) {
+                    stack.push(Frame::Definite {
+                        call: entry,
+                        before: state,
+                    });
                     state = next_state;
                     lift(&mut nodes, entry);
+                    remaining -= 1;
+                    entry = nodes[head].next;
+                    continue;
+                }
+                set(&mut placed_definite, bit[op], false);
+            }
+            entry = node.next;
+            continue;
+        };
+        // Unknown operations are tried only after every definite candidate, so that the
+        // branches where they stay unapplied are explored first and dominate the others.
+        let mut advanced = false;
+        let mut position = cursor;
+        while let Some(&op) = unknown.get(position) {
+            if ops[op].call > node.time {
+                break;
+            }
+            if !get(&applied_unknown, position)
+                && let Some(next_state) = step(state, inputs[op], outputs[op])
+            {
+                set(&mut applied_unknown, position, true);
+                if remember(&mut seen, &placed_definite, &applied_unknown, next_state) {
+                    stack.push(Frame::Unknown {
+                        position,
+                        at: entry,
+                        before: state,
+                    });
+                    state = next_state;
+                    unknown_cursor = None;
                     entry = nodes[head].next;
                     advanced = true;
                     break;
                 }
-                set(&mut linearized, node.op, false);
-                choice += 1;
+                set(&mut applied_unknown, position, false);
             }
-            first_choice = 0;
-            if !advanced {
-                entry = node.next;
+            position += 1;
+        }
+        if advanced {
+            continue;
+        }
+        // A dead end: the operation returning here cannot be placed.
+        if best.as_ref().is_none_or(|(depth, ..)| stack.len() > *depth) {
+            let placed = stack
+                .iter()
+                .rev()
+                .take(EXPLAIN_PLACED)
+                .rev()
+                .map(|frame| match *frame {
+                    Frame::Definite { call, .. } => nodes[call].op,
+                    Frame::Unknown { position, .. } => unknown[position],
+                })
+                .collect();
+            best = Some((stack.len(), node.op, state, placed));
+        }
+        match stack.pop() {
+            None => return KeyVerdict::Violation(Box::new(explain(&ops, &inputs, best))),
+            Some(Frame::Definite { call, before }) => {
+                set(&mut placed_definite, bit[nodes[call].op], false);
+                remaining += 1;
+                state = before;
+                unlift(&mut nodes, call);
+                entry = nodes[call].next;
+                unknown_cursor = None;
             }
-        } else {
-            if best.as_ref().is_none_or(|(depth, ..)| stack.len() > *depth) {
-                let placed = stack
-                    .iter()
-                    .rev()
-                    .take(EXPLAIN_PLACED)
-                    .rev()
-                    .map(|&(call, ..)| nodes[call].op)
-                    .collect();
-                best = Some((stack.len(), node.op, state, placed));
+            Some(Frame::Unknown {
+                position,
+                at,
+                before,
+            }) => {
+                set(&mut applied_unknown, position, false);
+                state = before;
+                entry = at;
+                unknown_cursor = Some(position + 1);
             }
-            let Some((call, previous, choice)) = stack.pop() else {
-                return KeyVerdict::Violation(Box::new(explain(&ops, &inputs, best)));
-            };
-            set(&mut linearized, nodes[call].op, false);
-            state = previous;
-            unlift(&mut nodes, call);
-            entry = call;
-            first_choice = choice + 1;
         }
     }
     KeyVerdict::Ok
+}
+
+/// Explored configurations: per (definite operations placed, state), the sets of unknown
+/// operations applied.
+type Memo = HashMap<(Box<[u64]>, Register), Vec<Box<[u64]>>, RandomState>;
+
+/// A step of the search, to undo on backtracking.
+enum Frame {
+    /// A definite operation was placed: its call node was lifted.
+    Definite { call: usize, before: Register },
+    /// The unknown operation at `position` was applied while standing at return entry `at`.
+    Unknown {
+        position: usize,
+        at: usize,
+        before: Register,
+    },
+}
+
+fn get(bits: &[u64], index: usize) -> bool {
+    bits[index / 64] & (1u64 << (index % 64)) != 0
+}
+
+/// Records a configuration about to be explored; false when it is dominated by one already
+/// explored: the same definite operations placed and the same state, with a subset of the
+/// unknown operations applied (so with every option this one has).
+fn remember(seen: &mut Memo, definite: &[u64], unknown: &[u64], state: Register) -> bool {
+    let applied_sets = seen.entry((definite.into(), state)).or_default();
+    let dominated = applied_sets.iter().any(|explored| {
+        explored
+            .iter()
+            .zip(unknown)
+            .all(|(explored, now)| explored & !now == 0)
+    });
+    if dominated {
+        return false;
+    }
+    applied_sets.push(unknown.into());
+    true
 }
 
 fn set(bits: &mut [u64], index: usize, on: bool) {

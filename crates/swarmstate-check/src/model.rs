@@ -2,9 +2,10 @@
 //! that wrote it, or nothing and the revision that removed it.
 //!
 //! Revisions are store-wide and strictly increasing, so every change to a key must carry a
-//! revision above the key's current one. An operation whose outcome is unknown may have applied
-//! or not; when it applied its revision is unknown, so the register then knows only a lower
-//! bound, which a later read of that revision makes exact again.
+//! revision above the key's current one. An operation whose outcome is unknown is optional to
+//! the checker (left out, it did not apply); the model only says what happens if it applied:
+//! its revision is unknown, so the register then knows only a lower bound, which a later read
+//! of that revision makes exact again.
 
 use swarmstate_core::PutMode;
 
@@ -85,59 +86,58 @@ pub(crate) enum StepOutput {
     Unknown,
 }
 
-/// The states an operation can lead to from `state`: none when its output cannot be explained
-/// there, two when its outcome is unknown (not applied, or applied).
-pub(crate) fn step(state: Register, input: StepInput, output: StepOutput) -> Successors {
+/// The state an operation leads to from `state`, or `None` when its output cannot be
+/// explained there. For an operation whose outcome is unknown: the state if it applied.
+pub(crate) fn step(state: Register, input: StepInput, output: StepOutput) -> Option<Register> {
     use StepInput as I;
     use StepOutput as O;
-    let one = |next: Option<Register>| Successors::from_options(next, None);
     match (input, output) {
-        (I::Get, O::Value(None)) => one(state.value.is_none().then_some(state)),
-        (I::Get, O::Value(Some((value, revision)))) => one((state.value == Some(value))
-            .then_some(())
-            .and(state.at(revision))),
-        (I::Get, O::Unknown) => one(Some(state)),
-        (I::Put { value, mode }, O::Written(revision)) => {
-            one(precondition(state, mode).and_then(|s| s.changed(Some(value), revision)))
+        (I::Get, O::Value(None)) => state.value.is_none().then_some(state),
+        (I::Get, O::Value(Some((value, revision)))) => {
+            (state.value == Some(value)).then_some(())?;
+            state.at(revision)
         }
-        (I::Put { value, mode }, O::Unknown) => Successors::from_options(
-            Some(state),
-            precondition(state, mode).map(|s| s.changed_unknown(Some(value))),
-        ),
+        (I::Get, O::Unknown) => Some(state),
+        (I::Put { value, mode }, O::Written(revision)) => {
+            precondition(state, mode)?.changed(Some(value), revision)
+        }
+        (I::Put { value, mode }, O::Unknown) => {
+            Some(precondition(state, mode)?.changed_unknown(Some(value)))
+        }
         (
             I::Put {
                 mode: PutMode::Create,
                 ..
             },
             O::Exists(revision),
-        ) => one(state.value.and(state.at(revision))),
+        ) => {
+            state.value?;
+            state.at(revision)
+        }
         (
             I::Put {
                 mode: PutMode::Update(expected),
                 ..
             },
             O::Mismatch(actual),
-        ) => one(mismatch(state, expected.get(), actual)),
+        ) => mismatch(state, expected.get(), actual),
         (
             I::Delete {
                 expected: Some(expected),
             },
             O::Mismatch(actual),
-        ) => one(mismatch(state, expected, actual)),
+        ) => mismatch(state, expected, actual),
         (I::Delete { expected }, O::Deleted(Some(revision))) => {
-            one(present_at(state, expected).and_then(|s| s.changed(None, revision)))
+            present_at(state, expected)?.changed(None, revision)
         }
-        (I::Delete { expected: None }, O::Deleted(None)) => {
-            one(state.value.is_none().then_some(state))
+        (I::Delete { expected: None }, O::Deleted(None)) => state.value.is_none().then_some(state),
+        (I::Delete { expected }, O::Unknown) => {
+            Some(present_at(state, expected)?.changed_unknown(None))
         }
-        (I::Delete { expected }, O::Unknown) => Successors::from_options(
-            Some(state),
-            present_at(state, expected).map(|s| s.changed_unknown(None)),
-        ),
         (I::Expire { written, revision }, O::Expired) => {
-            one(present_at(state, Some(written)).and_then(|s| s.changed(None, revision)))
+            present_at(state, Some(written))?.changed(None, revision)
         }
-        _ => Successors::NONE,
+        _ => None,
     }
 }
 
@@ -168,34 +168,6 @@ fn mismatch(state: Register, expected: u64, actual: Option<u64>) -> Option<Regis
     }
 }
 
-/// At most two successor states, without allocating.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Successors {
-    states: [Option<Register>; 2],
-}
-
-impl Successors {
-    const NONE: Successors = Successors {
-        states: [None, None],
-    };
-
-    fn from_options(first: Option<Register>, second: Option<Register>) -> Successors {
-        match first {
-            Some(_) => Successors {
-                states: [first, second],
-            },
-            None => Successors {
-                states: [second, None],
-            },
-        }
-    }
-
-    /// The `index`-th successor, in order; `None` past the last.
-    pub(crate) fn get(&self, index: usize) -> Option<Register> {
-        self.states.get(index).copied().flatten()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use swarmstate_core::Revision;
@@ -210,9 +182,8 @@ mod tests {
         }
     }
 
-    fn only(successors: Successors) -> Option<Register> {
-        assert!(successors.get(1).is_none(), "{successors:?}");
-        successors.get(0)
+    fn only(next: Option<Register>) -> Option<Register> {
+        next
     }
 
     fn put(value: ValueId, mode: PutMode) -> StepInput {
@@ -373,13 +344,12 @@ mod tests {
 
     #[test]
     fn an_unknown_put_may_apply_at_an_unknown_revision_that_a_read_pins_down() {
-        let successors = step(
+        let applied = step(
             present(1, 3),
             put(2, PutMode::Overwrite),
             StepOutput::Unknown,
-        );
-        assert_eq!(successors.get(0), Some(present(1, 3)));
-        let applied = successors.get(1).unwrap();
+        )
+        .unwrap();
         assert!(!applied.exact);
         assert!(
             only(step(
@@ -397,8 +367,10 @@ mod tests {
             )),
             Some(present(2, 8))
         );
-        // A create that cannot apply has only the outcome "not applied".
-        let successors = step(present(1, 3), put(2, PutMode::Create), StepOutput::Unknown);
-        assert_eq!(only(successors), Some(present(1, 3)));
+        // A create that cannot apply can only have not applied.
+        assert_eq!(
+            step(present(1, 3), put(2, PutMode::Create), StepOutput::Unknown),
+            None
+        );
     }
 }

@@ -429,9 +429,9 @@ fn synthetic_histories_pass_and_fail_once_a_read_is_corrupted() {
     for seed in 0..40 {
         let shape = Synthetic {
             operations: 1500,
-            keys: 5 + (seed as usize % 20),
+            keys: 1 + (seed as usize % 20),
             overlap: 100 + 50 * (seed % 8),
-            ambiguous: 0.01,
+            ambiguous: 0.02,
             expiries: 0.03,
             seed,
         };
