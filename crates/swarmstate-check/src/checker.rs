@@ -127,9 +127,14 @@ impl fmt::Display for Describe<'_> {
             Input::Delete {
                 expected: Some(revision),
             } => write!(f, "delete at r{revision}")?,
-            Input::Expire { written, revision } => {
-                write!(f, "expiry of r{written} (seen as r{revision})")?
-            }
+            Input::Expire {
+                written,
+                revision: Some(revision),
+            } => write!(f, "expiry of r{written} (seen as r{revision})")?,
+            Input::Expire {
+                written,
+                revision: None,
+            } => write!(f, "possible expiry of r{written} (not seen)")?,
         }
         match &op.output {
             Output::Value(None) => write!(f, " -> absent"),
@@ -163,7 +168,8 @@ pub struct Counts {
     pub operations: usize,
     /// Operations whose outcome is unknown.
     pub ambiguous: usize,
-    /// Expiries observed.
+    /// Expiries observed by the watcher (possible expiries it may have missed count as
+    /// ambiguous).
     pub expiries: usize,
     /// Distinct keys.
     pub keys: usize,
@@ -225,7 +231,15 @@ pub fn check(history: &History, time_limit: Duration) -> Checked {
         expiries: history
             .operations
             .iter()
-            .filter(|op| matches!(op.input, Input::Expire { .. }))
+            .filter(|op| {
+                matches!(
+                    op.input,
+                    Input::Expire {
+                        revision: Some(_),
+                        ..
+                    }
+                )
+            })
             .count(),
         keys: parts.len(),
         elapsed: Duration::ZERO,
@@ -244,13 +258,14 @@ pub fn check(history: &History, time_limit: Duration) -> Checked {
                 break;
             }
             KeyVerdict::Violation(violation) => {
-                let had_ttl = ops
-                    .iter()
-                    .any(|op| matches!(op.input, Input::Put { ttl: Some(_), .. }));
-                verdict = if history.expiries_incomplete && had_ttl {
+                let uncovered = ops.iter().any(|op| {
+                    matches!(op.input, Input::Put { ttl: Some(_), .. }) && op.is_ambiguous()
+                });
+                verdict = if history.expiries_incomplete && uncovered {
                     Verdict::Unknown(format!(
                         "key {key} is not linearizable, but expiries may be missing from the \
-                         history and the key had TTL writes:\n{violation}"
+                         history and the key had a TTL write with an unknown outcome:\n\
+                         {violation}"
                     ))
                 } else {
                     Verdict::Violation(violation)
@@ -559,7 +574,7 @@ fn intern(ops: &[&Operation]) -> (Vec<StepInput>, Vec<StepOutput>) {
             },
             Input::Expire { written, revision } => StepInput::Expire {
                 written: written.get(),
-                revision: revision.get(),
+                revision: revision.map_or(0, Revision::get),
             },
         });
         outputs.push(if op.is_ambiguous() {

@@ -99,23 +99,33 @@ pub fn synthetic(shape: &Synthetic) -> History {
         let roll = rng.below(100);
         if present && rng.chance(shape.expiries) {
             let written = current.unwrap();
-            let expiry = new_revision(&mut revision, &mut rng);
+            // Some expiries were missed by the watcher: recorded with an unknown outcome,
+            // whether or not they happened.
+            let missed = rng.chance(shape.ambiguous * 10.0);
+            let happened = !missed || rng.chance(0.5);
+            let expiry = happened.then(|| new_revision(&mut revision, &mut rng));
             history.push(Operation {
                 client: u64::MAX - i as u64,
                 call: state.written_at,
-                ret: Some(t + rng.below(shape.overlap + 1)),
+                ret: (!missed).then(|| t + rng.below(shape.overlap + 1)),
                 key,
                 input: Input::Expire {
                     written,
-                    revision: expiry,
+                    revision: expiry.filter(|_| !missed),
                 },
-                output: Output::Expired,
+                output: if missed {
+                    Output::Unknown
+                } else {
+                    Output::Expired
+                },
             });
-            *state = Reference {
-                value: None,
-                revision: expiry.get(),
-                written_at: 0,
-            };
+            if let Some(expiry) = expiry {
+                *state = Reference {
+                    value: None,
+                    revision: expiry.get(),
+                    written_at: 0,
+                };
+            }
             continue;
         }
         let slot = match clients.iter().position(|&last| last < t - shape.overlap) {

@@ -41,12 +41,13 @@ pub enum Input {
         expected: Option<Revision>,
     },
     /// The store expired the entry written at `written`; the expiry itself got `revision`.
-    /// Observed by a watcher, not asked by a client.
+    /// Observed by a watcher, not asked by a client. With an unknown outcome (and no
+    /// `revision`) it stands for an expiry the watcher may have missed.
     Expire {
         /// The revision of the write that expired.
         written: Revision,
-        /// The revision of the expiry.
-        revision: Revision,
+        /// The revision of the expiry, when it was seen.
+        revision: Option<Revision>,
     },
 }
 
@@ -99,8 +100,10 @@ impl Operation {
 pub struct History {
     /// The operations, in any order.
     pub operations: Vec<Operation>,
-    /// Whether some expiries may be missing (the recorder's watcher lost events it could not
-    /// replay). A violation on a key that had TTL writes is then reported as unknown.
+    /// Whether the recorder's watcher lost events it could not replay, so that some expiries
+    /// may be missing. The recorder then adds, for every acknowledged TTL write whose expiry
+    /// it did not see, an expiry with an unknown outcome; only a TTL write whose own outcome is
+    /// unknown stays uncovered, so a violation on its key is reported as unknown.
     pub expiries_incomplete: bool,
 }
 
@@ -190,7 +193,7 @@ fn encode_input(input: &Input) -> String {
             format!("put:{mode}:{ttl}:{}", hex(value))
         }
         Input::Delete { expected } => format!("delete:{}", optional(*expected)),
-        Input::Expire { written, revision } => format!("expire:{written}:{revision}"),
+        Input::Expire { written, revision } => format!("expire:{written}:{}", optional(*revision)),
     }
 }
 
@@ -258,7 +261,7 @@ fn parse_input(text: &str) -> Result<Input, String> {
         }),
         ["expire", written, revision] => Ok(Input::Expire {
             written: parse_revision(written)?,
-            revision: parse_revision(revision)?,
+            revision: parse_optional(revision)?,
         }),
         _ => Err(format!("unknown input {text:?}")),
     }
@@ -341,7 +344,11 @@ mod tests {
             Input::Delete { expected: None },
             Input::Expire {
                 written: revision(5),
-                revision: revision(6),
+                revision: Some(revision(6)),
+            },
+            Input::Expire {
+                written: revision(5),
+                revision: None,
             },
         ];
         let outputs = [

@@ -12,6 +12,21 @@
 //! - [`Workload`] and [`run`] — concurrent clients over many keys, recorded and checked, ending
 //!   in a printable [`Report`].
 //!
+//! ```
+//! use std::{sync::Arc, time::Duration};
+//! use swarmstate_check::{Workload, run};
+//! use swarmstate_core::{MemoryStore, StateStore};
+//!
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+//! let workload = Workload { clients: 4, keys: 20, duration: Duration::from_millis(200), ..Workload::default() };
+//! let report = run(store, &workload, async {}).await?;
+//! println!("{report}"); // the verdict and the counts
+//! assert!(report.is_ok());
+//! # Ok::<_, swarmstate_core::Error>(())
+//! # }).unwrap();
+//! ```
+//!
 //! # The model
 //!
 //! Each key is a register holding a value and the revision that wrote it, or nothing and the
@@ -37,4 +52,4 @@ pub use checker::{Checked, Counts, Verdict, Violation, check};
 pub use history::{History, Input, Operation, Output};
 pub use recorder::{DEFAULT_OPERATION_TIMEOUT, Recorder, RecordingClient};
 pub use run::{CHECK_TIME_LIMIT, Report, run};
-pub use workload::Workload;
+pub use workload::{Mix, Workload};

@@ -69,9 +69,18 @@ impl Register {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum StepInput {
     Get,
-    Put { value: ValueId, mode: PutMode },
-    Delete { expected: Option<u64> },
-    Expire { written: u64, revision: u64 },
+    Put {
+        value: ValueId,
+        mode: PutMode,
+    },
+    Delete {
+        expected: Option<u64>,
+    },
+    /// `revision` is 0 for an expiry that may have been missed.
+    Expire {
+        written: u64,
+        revision: u64,
+    },
 }
 
 /// An operation's output with its value interned.
@@ -136,6 +145,9 @@ pub(crate) fn step(state: Register, input: StepInput, output: StepOutput) -> Opt
         }
         (I::Expire { written, revision }, O::Expired) => {
             present_at(state, Some(written))?.changed(None, revision)
+        }
+        (I::Expire { written, .. }, O::Unknown) => {
+            Some(present_at(state, Some(written))?.changed_unknown(None))
         }
         _ => None,
     }

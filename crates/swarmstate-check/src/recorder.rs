@@ -27,6 +27,12 @@ const FINISH_TIMEOUT: Duration = Duration::from_secs(15);
 /// [`WatchEvent::Expire`] of a key the clients touched, as an operation whose window runs from
 /// the call of the write that expired to the moment the watcher saw the expiry. Only one clock
 /// is used, this process's monotonic one.
+///
+/// A watcher that falls behind and cannot resume (a NATS bucket keeps one message per key, so
+/// a burst of overwrites can open a gap) may miss expiries; the history then says so
+/// ([`History::expiries_incomplete`]) and carries a possible expiry, with an unknown outcome,
+/// for every acknowledged TTL write whose expiry was not seen. Give the store a large watch
+/// buffer to make gaps rare.
 #[derive(Debug)]
 pub struct Recorder {
     store: Arc<dyn StateStore>,
@@ -176,15 +182,43 @@ impl Recorder {
                 key: key.clone(),
                 input: Input::Expire {
                     written: *written,
-                    revision: *revision,
+                    revision: Some(*revision),
                 },
                 output: Output::Expired,
             });
         }
+        let incomplete = watched.incomplete || !complete;
+        if incomplete {
+            // The watcher may have missed expiries: every acknowledged TTL write whose expiry
+            // was not seen may have expired, at any point after its call.
+            let seen: HashSet<(&str, Revision)> = watched
+                .expiries
+                .iter()
+                .map(|(key, written, ..)| (key.as_str(), *written))
+                .collect();
+            for op in &operations {
+                if let (Input::Put { ttl: Some(_), .. }, Output::Written(written)) =
+                    (&op.input, &op.output)
+                    && !seen.contains(&(op.key.as_str(), *written))
+                {
+                    expiries.push(Operation {
+                        client: u64::MAX - expiries.len() as u64,
+                        call: op.call,
+                        ret: None,
+                        key: op.key.clone(),
+                        input: Input::Expire {
+                            written: *written,
+                            revision: None,
+                        },
+                        output: Output::Unknown,
+                    });
+                }
+            }
+        }
         operations.extend(expiries);
         History {
             operations,
-            expiries_incomplete: watched.incomplete || !complete,
+            expiries_incomplete: incomplete,
         }
     }
 }
@@ -229,13 +263,23 @@ async fn watch(
                 let resumed = store
                     .watch(&everything, WatchStart::FromRevision(resume_from))
                     .await;
-                match resumed {
-                    Ok(resumed) => events = resumed,
+                events = match resumed {
+                    Ok(resumed) => resumed,
                     Err(_) => {
-                        shared.watched.lock().unwrap().incomplete = true;
-                        return;
+                        // Some changes are gone for good (a NATS bucket keeps one message per
+                        // key). Expiries are still recorded from here on, but only for writes
+                        // seen after the gap: an older `last_put` may be out of date.
+                        {
+                            let mut watched = shared.watched.lock().unwrap();
+                            watched.incomplete = true;
+                            watched.last_put.clear();
+                        }
+                        match store.watch(&everything, WatchStart::Now).await {
+                            Ok(live) => live,
+                            Err(_) => return,
+                        }
                     }
-                }
+                };
             }
         }
     }

@@ -16,13 +16,44 @@ use crate::generate::Rng;
 use crate::history::History;
 use crate::recorder::{Recorder, RecordingClient};
 
+/// How often each kind of operation is chosen, as relative weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mix {
+    /// Reads.
+    pub get: u32,
+    /// Unconditional writes.
+    pub overwrite: u32,
+    /// Writes only if absent.
+    pub create: u32,
+    /// Writes at the revision the client last saw (compare-and-set).
+    pub update: u32,
+    /// Unconditional deletes.
+    pub delete: u32,
+    /// Deletes at the revision the client last saw.
+    pub delete_at: u32,
+}
+
+impl Default for Mix {
+    /// 40 % gets, 15 % overwrites, 10 % creates, 20 % updates, 7 % deletes, 8 % deletes at a
+    /// revision.
+    fn default() -> Self {
+        Mix {
+            get: 40,
+            overwrite: 15,
+            create: 10,
+            update: 20,
+            delete: 7,
+            delete_at: 8,
+        }
+    }
+}
+
 /// A concurrent key-value workload.
 ///
 /// Each client loops until `duration` has passed (or `max_operations` have been started in
 /// all): it picks a key (half of the time from the hottest tenth, so that clients collide) and
-/// does a get (40 %), an overwrite (15 %), a create (10 %), an update at the revision it last
-/// read (20 %, a compare-and-set), or a delete (15 %, half of them at the last read revision).
-/// A share `ttl_fraction` of the writes carries `ttl`. Every value written is unique.
+/// an operation by `mix`; conditional operations use the revision the client last saw for the
+/// key. A share `ttl_fraction` of the writes carries `ttl`. Every value written is unique.
 #[derive(Debug, Clone)]
 pub struct Workload {
     /// Concurrent clients.
@@ -41,6 +72,8 @@ pub struct Workload {
     pub prefix: Option<String>,
     /// Abandon an operation (recorded as ambiguous) after this long.
     pub operation_timeout: Duration,
+    /// How often each kind of operation is chosen.
+    pub mix: Mix,
     /// The seed of the clients' choices.
     pub seed: u64,
 }
@@ -56,6 +89,7 @@ impl Default for Workload {
             ttl: None,
             prefix: None,
             operation_timeout: crate::recorder::DEFAULT_OPERATION_TIMEOUT,
+            mix: Mix::default(),
             seed: 7,
         }
     }
@@ -99,6 +133,7 @@ impl Workload {
                 last_read: vec![None; keys.len()],
                 name: n,
                 sequence: 0,
+                mix: self.mix,
                 ttl,
                 ttl_fraction: self.ttl_fraction,
             };
@@ -133,6 +168,7 @@ struct Client {
     last_read: Vec<Option<Revision>>,
     name: usize,
     sequence: u64,
+    mix: Mix,
     ttl: Duration,
     ttl_fraction: f64,
 }
@@ -148,47 +184,51 @@ impl Client {
         let key = self.keys[index].clone();
         self.sequence += 1;
         let value = Bytes::from(format!("c{}-{}", self.name, self.sequence));
-        let with_ttl = |options: PutOptions, rng: &mut Rng| {
-            if rng.chance(self.ttl_fraction) {
-                options.ttl(self.ttl)
-            } else {
-                options
-            }
-        };
         let expected = self.last_read[index].unwrap_or(Revision::FIRST);
+        let Mix {
+            get,
+            overwrite,
+            create,
+            update,
+            delete,
+            delete_at,
+        } = self.mix;
+        let weights = [get, overwrite, create, update, delete, delete_at];
+        let total: u32 = weights.iter().sum();
+        let mut roll = self.rng.below(u64::from(total.max(1))) as u32;
+        let mut kind = weights.len() - 1;
+        for (at, weight) in weights.into_iter().enumerate() {
+            if roll < weight {
+                kind = at;
+                break;
+            }
+            roll -= weight;
+        }
         // Outcomes are recorded by the recorder; the client only learns revisions from them.
-        match self.rng.below(100) {
-            0..40 => {
+        let options = match kind {
+            0 => {
                 if let Ok(entry) = self.recording.get(&key).await {
                     self.last_read[index] = entry.map(|e| e.revision);
                 }
+                return;
             }
-            40..55 => {
-                let options = with_ttl(PutOptions::overwrite(), &mut self.rng);
-                let written = self.recording.put(&key, value, options).await.ok();
-                self.learn(index, written);
-            }
-            55..65 => {
-                let options = with_ttl(PutOptions::create(), &mut self.rng);
-                let written = self.recording.put(&key, value, options).await.ok();
-                self.learn(index, written);
-            }
-            65..85 => {
-                let options = with_ttl(PutOptions::update(expected), &mut self.rng);
-                let written = self.recording.put(&key, value, options).await.ok();
-                self.learn(index, written);
-            }
+            1 => PutOptions::overwrite(),
+            2 => PutOptions::create(),
+            3 => PutOptions::update(expected),
             _ => {
-                let at = self.rng.chance(0.5).then_some(expected);
+                let at = (kind == 5).then_some(expected);
                 let _ = self.recording.delete(&key, at).await;
                 self.last_read[index] = None;
+                return;
             }
-        }
-    }
-
-    fn learn(&mut self, index: usize, revision: Option<Revision>) {
-        if let Some(revision) = revision {
-            self.last_read[index] = Some(revision);
+        };
+        let options = if self.rng.chance(self.ttl_fraction) {
+            options.ttl(self.ttl)
+        } else {
+            options
+        };
+        if let Ok(written) = self.recording.put(&key, value, options).await {
+            self.last_read[index] = Some(written);
         }
     }
 }

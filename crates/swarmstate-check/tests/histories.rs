@@ -172,7 +172,7 @@ fn an_expiry_removes_the_key_between_the_write_and_the_watcher() {
             Some(1000),
             Input::Expire {
                 written: r(1),
-                revision: r(2),
+                revision: Some(r(2)),
             },
             Output::Expired,
         ),

@@ -237,3 +237,23 @@ async fn an_expiry_seen_by_the_watcher_is_in_the_history() {
     );
     assert!(check(&history, Duration::from_secs(5)).verdict.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expiries_a_lagging_watcher_missed_are_possible_expiries() {
+    // A one-event buffer and a one-event replay history: the watcher lags and cannot resume.
+    let store: Arc<dyn StateStore> =
+        Arc::new(MemoryStore::builder().watch_buffer(1).history(1).build());
+    let history = workload().record(store).await.unwrap();
+    assert!(
+        history.expiries_incomplete,
+        "the watcher should have lagged"
+    );
+    let possible = history
+        .operations
+        .iter()
+        .filter(|op| matches!(op.input, Input::Expire { revision: None, .. }))
+        .count();
+    assert!(possible > 0, "missed expiries must be possible expiries");
+    let checked = check(&history, Duration::from_secs(30));
+    assert!(checked.verdict.is_ok(), "{checked}");
+}

@@ -112,7 +112,13 @@ impl SequentialSpec for Register {
             (Input::Delete { .. }, Output::Deleted(Some(revision))) => {
                 self.remove(input, revision.get())
             }
-            (Input::Expire { revision, .. }, Output::Expired) => self.remove(input, revision.get()),
+            (
+                Input::Expire {
+                    revision: Some(revision),
+                    ..
+                },
+                Output::Expired,
+            ) => self.remove(input, revision.get()),
             (Input::Delete { expected: None }, Output::Deleted(None)) => self.value.is_none(),
             (
                 Input::Put {
