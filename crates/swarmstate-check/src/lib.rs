@@ -1,0 +1,55 @@
+//! Linearizability checking for swarmstate stores: record what concurrent clients asked and
+//! were told, then search for one order of their operations that respects real time and a
+//! simple sequential model. A store that loses an acknowledged write, or serves a read older
+//! than a write acknowledged before the read began, has no such order.
+//!
+//! - [`History`] — the recorded operations; saved to and loaded from a small line format.
+//! - [`Recorder`] — wraps any `Arc<dyn StateStore>` and records what its clients do, plus the
+//!   store's own expiries as seen by a watcher.
+//! - [`check`] — the checker: per key, Wing & Gong's search with Lowe's memoisation
+//!   (porcupine's algorithm), giving [`Verdict::Ok`], [`Verdict::Violation`] with an
+//!   explanation, or [`Verdict::Unknown`] when its time runs out.
+//! - [`Workload`] and [`run`] — concurrent clients over many keys, recorded and checked, ending
+//!   in a printable [`Report`].
+//!
+//! ```
+//! use std::{sync::Arc, time::Duration};
+//! use swarmstate_check::{Workload, run};
+//! use swarmstate_core::{MemoryStore, StateStore};
+//!
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+//! let workload = Workload { clients: 4, keys: 20, duration: Duration::from_millis(200), ..Workload::default() };
+//! let report = run(store, &workload, async {}).await?;
+//! println!("{report}"); // the verdict and the counts
+//! assert!(report.is_ok());
+//! # Ok::<_, swarmstate_core::Error>(())
+//! # }).unwrap();
+//! ```
+//!
+//! # The model
+//!
+//! Each key is a register holding a value and the revision that wrote it, or nothing and the
+//! revision that removed it. A get returns exactly that; a put (overwrite, create, update at a
+//! revision) and a delete (optionally at a revision) change it, and must carry a revision above
+//! the current one, since revisions are store-wide and strictly increasing. A failed
+//! conditional write (`AlreadyExists`, `RevisionMismatch`) must be explained by the state at
+//! its linearization point. An expiry observed by the watcher removes the key only if it is
+//! still at the expired write's revision; it may be linearized between the call of that write
+//! and the moment the watcher saw it. An operation whose outcome is unknown (`Ambiguous`, a
+//! time-out) may apply at any point after its call, or never; its client continues under a new
+//! id. `Unavailable` means nothing was sent, so such an operation is not recorded at all.
+
+mod checker;
+pub mod generate;
+mod history;
+mod model;
+mod recorder;
+mod run;
+mod workload;
+
+pub use checker::{Checked, Counts, Verdict, Violation, check};
+pub use history::{History, Input, Operation, Output};
+pub use recorder::{DEFAULT_OPERATION_TIMEOUT, Recorder, RecordingClient};
+pub use run::{CHECK_TIME_LIMIT, Report, run};
+pub use workload::{Mix, Workload};
