@@ -163,8 +163,8 @@ pub fn lock_waiters_prefix(key: &Key) -> Result<Key> {
 /// ordered by the revision that created them (a refresh keeps the creation revision in the
 /// ticket's value, `<created revision> <owner>`; `0` means the ticket's own revision). Only
 /// the waiter whose ticket is first takes the lock, when a watch of the lock key shows it
-/// absent, with one transaction that creates the lock key and deletes its ticket, so the
-/// hand-over after a release costs one watch event and one write. No waiter polls: every
+/// absent, with a conditional create of the lock key, and then deletes its ticket, so the
+/// hand-over after a release costs one watch event and two writes. No waiter polls: every
 /// waiter watches the lock key and the queue, and only the first one writes. A watch that
 /// lags is answered by re-reading (a fresh snapshot). The tickets are the only keys written
 /// besides the lock key; a watch or listing of exactly the lock key sees only the lock, and
@@ -177,7 +177,7 @@ pub fn lock_waiters_prefix(key: &Key) -> Result<Key> {
 /// current; otherwise the ticket expires. A waiter whose own ticket expired (it stalled past
 /// the ticket's TTL) joins the queue again at the back.
 ///
-/// Uncontended, it costs two writes (the ticket and the taking transaction); the two watches
+/// Uncontended, it costs three writes (the ticket, the lock, the ticket's delete); the two watches
 /// it needs open concurrently with the ticket write. [`acquire_lock`] does not queue: it may
 /// take a free lock ahead of waiters (see there).
 ///
@@ -352,40 +352,42 @@ impl Waiter {
                 .all(|&order| order > ticket.order.get())
     }
 
-    /// Takes the lock and deletes our ticket in one transaction; `None` if someone was faster
-    /// (the lock is there) or our ticket is gone (we queue again).
+    /// Takes the lock with one conditional create, then deletes our ticket; `None` if someone
+    /// was faster (the lock is there).
+    ///
+    /// The two writes are deliberately not one transaction. The create alone decides who
+    /// holds the lock (at most one create of an absent key succeeds), so safety does not need
+    /// the ticket in it; and a multi-write transaction can cost far more than a write (on an
+    /// R1 NATS bucket the server stages every atomic batch on disk, 10–20 ms), which would
+    /// dominate the hand-over. A crash between the two leaves a ticket nobody refreshes: it
+    /// expires within the ticket TTL, which is at most the lock's, so it delays the queue no
+    /// longer than the dead holder's lock does anyway.
     async fn take(&mut self) -> Result<Option<LockGuard>> {
-        let Some(ticket) = &self.ticket else {
+        if self.ticket.is_none() {
             return Ok(None);
-        };
-        let ops = vec![
-            TxnOp::put(&self.lock, self.value.clone())
-                .ttl(self.ttl)
-                .when(Condition::Absent),
-            TxnOp::delete(&ticket.key).when(Condition::At(ticket.revision)),
-        ];
-        match self.store.txn(ops).await {
-            Ok(results) => {
-                self.ticket = None;
-                let Some(TxnResult::Put(revision)) = results.first() else {
-                    unreachable!("a put in a transaction yields Put, got {results:?}");
-                };
+        }
+        let options = PutOptions::create().ttl(self.ttl);
+        match self
+            .store
+            .put(&self.lock, self.value.clone(), options)
+            .await
+        {
+            Ok(revision) => {
+                // Waiters behind us move up once the ticket is gone; an error here only
+                // delays them until it expires.
+                self.leave().await;
                 Ok(Some(LockGuard::new(
                     &self.store,
                     &self.lock,
                     &self.owner,
                     self.value.clone(),
                     self.ttl,
-                    *revision,
+                    revision,
                 )))
             }
-            Err(Error::AlreadyExists { key, .. }) if key == self.lock => {
+            Err(Error::AlreadyExists { .. }) => {
                 // Taken ahead of us by a try-acquire; its release will show on the watch.
                 self.lock_present = Some(true);
-                Ok(None)
-            }
-            Err(Error::RevisionMismatch { key, .. }) if key == ticket.key => {
-                self.rejoin().await?;
                 Ok(None)
             }
             Err(other) => Err(other),

@@ -1,0 +1,201 @@
+//! `swarmstate check`: record what concurrent clients did and saw on a store while faults are
+//! injected, and check the history for linearizability.
+//!
+//! Faults need servers this command controls, so besides `memory://` and `nats://…` (an
+//! existing server, checked without faults) it accepts `nats-local://N`: N fresh `nats-server`
+//! nodes on free `127.0.0.1` ports with temporary storage (an R-N bucket), stopped when the
+//! command ends. Their routes go through loopback proxies so that a partition can be cut.
+
+use std::fmt;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use swarmstate_check::{Workload, run};
+use swarmstate_core::StateStore;
+use swarmstate_nats::NatsStore;
+use swarmstate_nats::testing::{NatsCluster, nats_server_binary};
+use tokio::time::{Instant, sleep, sleep_until};
+
+use crate::open::open_store;
+
+/// The bucket `nats-local://` runs use.
+const LOCAL_BUCKET: &str = "check";
+
+/// A fault `--faults` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// SIGKILL a node (in turn), restart it a second later.
+    Kill,
+    /// SIGKILL the bucket's stream leader, restart it a second later.
+    KillLeader,
+    /// SIGSTOP a node for 3 s, then SIGCONT: a stall past every client timeout.
+    Pause,
+    /// Cut the stream leader off from the other nodes for 6 s, then heal.
+    Partition,
+}
+
+impl FromStr for Fault {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Fault, String> {
+        match text {
+            "kill" => Ok(Fault::Kill),
+            "kill-leader" => Ok(Fault::KillLeader),
+            "pause" => Ok(Fault::Pause),
+            "partition" => Ok(Fault::Partition),
+            other => Err(format!(
+                "unknown fault {other:?}; the faults are kill, kill-leader, pause, partition"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Fault::Kill => "kill",
+            Fault::KillLeader => "kill-leader",
+            Fault::Pause => "pause",
+            Fault::Partition => "partition",
+        })
+    }
+}
+
+/// What `swarmstate check` was asked to do.
+#[derive(Debug, Clone)]
+pub(crate) struct CheckArgs {
+    pub(crate) store: String,
+    pub(crate) clients: usize,
+    pub(crate) keys: usize,
+    pub(crate) duration: Duration,
+    pub(crate) faults: Vec<Fault>,
+    pub(crate) seed: u64,
+}
+
+/// Runs the check and prints the verdict. Exit status: 0 linearizable, 1 a violation, 3 the
+/// checker ran out of time (unknown); errors are 2.
+pub(crate) async fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.clients >= 1, "--clients must be at least 1");
+    anyhow::ensure!(args.keys >= 1, "--keys must be at least 1");
+    let workload = Workload {
+        clients: args.clients,
+        keys: args.keys,
+        duration: args.duration,
+        seed: args.seed,
+        ..Workload::default()
+    };
+    let faults: Vec<String> = args.faults.iter().map(Fault::to_string).collect();
+    eprintln!(
+        "swarmstate check: {} clients over {} keys for {:?} on {}, faults: {}",
+        args.clients,
+        args.keys,
+        args.duration,
+        args.store,
+        if faults.is_empty() {
+            "none".to_owned()
+        } else {
+            faults.join(", ")
+        }
+    );
+    let report = if let Some(nodes) = args.store.strip_prefix("nats-local://") {
+        let nodes: usize = nodes
+            .parse()
+            .ok()
+            .filter(|n| (1..=5).contains(n))
+            .with_context(|| format!("nats-local://N takes 1 to 5 nodes, got {nodes:?}"))?;
+        if nodes == 1 && args.faults.contains(&Fault::Partition) {
+            bail!("a partition needs nats-local://3 (a single node has no one to be cut from)");
+        }
+        if nats_server_binary().is_none() {
+            bail!(
+                "nats-local:// needs nats-server 2.12.1 or newer: run scripts/install-nats-server \
+                 or set SWARMSTATE_NATS_SERVER"
+            );
+        }
+        let mut cluster = NatsCluster::start_partitionable(nodes).await;
+        let store: Arc<dyn StateStore> = Arc::new(
+            NatsStore::builder(cluster.connect_url())
+                .bucket(LOCAL_BUCKET)
+                .replicas(nodes)
+                .connect()
+                .await
+                .context("opening the bucket on the local cluster")?,
+        );
+        let faults = inject(&mut cluster, &args.faults, args.duration);
+        run(store, &workload, faults).await?
+    } else {
+        if !args.faults.is_empty() {
+            bail!(
+                "faults need servers this command starts and stops: use --store nats-local://1 \
+                 or nats-local://3"
+            );
+        }
+        let store = open_store(&args.store).await?;
+        run(store, &workload, async {}).await?
+    };
+    println!("{report}");
+    Ok(if report.is_ok() {
+        ExitCode::SUCCESS
+    } else if report.checked.verdict.is_violation() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::from(3)
+    })
+}
+
+/// Applies `faults` one after another, evenly spread over the run.
+async fn inject(cluster: &mut NatsCluster, faults: &[Fault], duration: Duration) {
+    let started = Instant::now();
+    let slots = u32::try_from(faults.len() + 1).unwrap_or(u32::MAX);
+    let stream = format!("KV_{LOCAL_BUCKET}");
+    for (n, fault) in faults.iter().enumerate() {
+        let at = started + duration * u32::try_from(n + 1).unwrap_or(u32::MAX) / slots;
+        sleep_until(at).await;
+        let leader = cluster.stream_leader(&stream).await.unwrap_or(0);
+        let node = match fault {
+            Fault::Kill => n % cluster.len(),
+            Fault::KillLeader | Fault::Pause | Fault::Partition => leader,
+        };
+        eprintln!("{:6.1} s  {fault} n{node}", started.elapsed().as_secs_f64());
+        match fault {
+            Fault::Kill | Fault::KillLeader => {
+                cluster.node_mut(node).kill();
+                sleep(Duration::from_secs(1)).await;
+                cluster.node_mut(node).restart().await;
+            }
+            Fault::Pause => {
+                cluster.node(node).pause();
+                sleep(Duration::from_secs(3)).await;
+                cluster.node(node).resume();
+            }
+            Fault::Partition => {
+                cluster.isolate(node);
+                sleep(Duration::from_secs(6)).await;
+                cluster.heal();
+            }
+        }
+        eprintln!(
+            "{:6.1} s  {fault} n{node} over",
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_parse_and_print_back() {
+        for text in ["kill", "kill-leader", "pause", "partition"] {
+            assert_eq!(text.parse::<Fault>().unwrap().to_string(), text);
+        }
+        let err = "explode".parse::<Fault>().unwrap_err();
+        assert!(
+            err.contains("explode") && err.contains("kill-leader"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,735 @@
+//! `swarmstate demo`: a swarm of agents that distribute configuration, elect a leader and work
+//! through a queue of items with claims, while some of them are killed halfway. At the end it
+//! checks the invariants the recipes promise and reports each one.
+//!
+//! Every agent is a task with its own view of the store (a config watch, a campaign for
+//! leadership, a worker loop). Killing an agent aborts its task: whatever it held (leadership,
+//! a claim) is left to be released or to expire, and the others take over.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use swarmstate_core::{
+    Condition, ConfigSnapshot, ConfigWatch, Election, Error, ItemState, Key, Leadership, Pattern,
+    StateStore, TxnOp, WatchStart, WorkQueue,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep, timeout};
+
+use crate::open::open_store;
+
+/// How long one campaign waits in the queue before it starts over. Campaigns end early when the
+/// swarm is done; a long wait keeps the waiters' queue order instead of churning tickets.
+const CAMPAIGN_WAIT: Duration = Duration::from_secs(60);
+
+/// What `swarmstate demo` was asked to do.
+#[derive(Debug, Clone)]
+pub(crate) struct DemoArgs {
+    pub(crate) store: String,
+    pub(crate) agents: usize,
+    pub(crate) items: usize,
+    pub(crate) kill: usize,
+    pub(crate) work: Duration,
+}
+
+/// The demo's outcome: each invariant with whether it held and what was seen.
+#[derive(Debug)]
+pub(crate) struct Report {
+    pub(crate) checks: Vec<Check>,
+    pub(crate) elapsed: Duration,
+}
+
+#[derive(Debug)]
+pub(crate) struct Check {
+    pub(crate) name: &'static str,
+    pub(crate) held: bool,
+    pub(crate) detail: String,
+}
+
+impl Report {
+    pub(crate) fn all_held(&self) -> bool {
+        self.checks.iter().all(|check| check.held)
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for check in &self.checks {
+            let mark = if check.held { "ok  " } else { "FAIL" };
+            writeln!(f, "  {mark} {}: {}", check.name, check.detail)?;
+        }
+        write!(f, "finished in {:.1} s", self.elapsed.as_secs_f64())
+    }
+}
+
+/// The keys of one demo run. Each run has its own prefix so runs on a shared store don't mix.
+#[derive(Debug)]
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    fn key(&self, rest: &str) -> Key {
+        Key::new(format!("{}.{rest}", self.prefix)).expect("demo keys are valid")
+    }
+    fn config(&self) -> Pattern {
+        Pattern::new(format!("{}.config.*", self.prefix)).expect("a valid pattern")
+    }
+    fn config_key(&self, name: &str) -> Key {
+        self.key(&format!("config.{name}"))
+    }
+    fn leader(&self) -> Key {
+        self.key("leader")
+    }
+    fn queue(&self) -> Key {
+        self.key("queue")
+    }
+    fn result(&self, item: &str) -> Key {
+        self.key(&format!("results.{item}"))
+    }
+}
+
+/// What the agents did, as the supervisor needs it for the invariants.
+#[derive(Debug, Default)]
+struct Ledger {
+    /// Item id → the agents whose completion was acknowledged.
+    completions: HashMap<String, Vec<String>>,
+    /// Every leadership won: (term, candidate), in the order the wins returned.
+    terms: Vec<(u64, String)>,
+    /// Writes sent by a holder that had lost its lease or leadership, and how many were refused.
+    stale_sent: usize,
+    stale_rejected: usize,
+    stale_accepted: Vec<String>,
+    /// Errors that stopped an agent.
+    agent_errors: Vec<String>,
+}
+
+struct Swarm {
+    store: Arc<dyn StateStore>,
+    keys: Keys,
+    queue: WorkQueue,
+    election: Election,
+    lease: Duration,
+    items: usize,
+    work: Duration,
+    ledger: Mutex<Ledger>,
+    /// Set once every item is done: agents stop.
+    done: watch::Sender<bool>,
+    /// Set for one agent: on its first claim after this, it stalls past its lease and then
+    /// tries to complete anyway.
+    stall: Mutex<Option<String>>,
+}
+
+impl Swarm {
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn done_count(&self) -> usize {
+        self.ledger().completions.len()
+    }
+}
+
+struct Agent {
+    name: String,
+    task: JoinHandle<()>,
+    /// The agent's view of the config. It lives outside the task so the supervisor can compare
+    /// views at the end; killing the agent drops it.
+    config: Option<ConfigWatch<String>>,
+}
+
+/// Runs the demo and returns its report. Progress goes to stderr.
+pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Report> {
+    anyhow::ensure!(args.agents >= 2, "the demo needs at least 2 agents");
+    anyhow::ensure!(
+        args.kill < args.agents,
+        "--kill must leave at least one agent alive ({} of {})",
+        args.kill,
+        args.agents
+    );
+    anyhow::ensure!(args.items >= 1, "the demo needs at least 1 item");
+    let started = Instant::now();
+    let store = open_store(&args.store).await?;
+    let granularity = store.capabilities().ttl_granularity;
+    // Long enough that a healthy agent never loses a lease on a loaded machine, short enough
+    // that takeovers are visible within the run.
+    let lease = (granularity * 2).max(Duration::from_secs(2));
+    let run_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let keys = Keys {
+        prefix: format!("demo.run-{run_id}"),
+    };
+    let swarm = Arc::new(Swarm {
+        queue: WorkQueue::new(store.clone(), keys.queue()).max_attempts(5),
+        election: Election::new(store.clone(), keys.leader()),
+        store,
+        keys,
+        lease,
+        items: args.items,
+        work: args.work,
+        ledger: Mutex::default(),
+        done: watch::channel(false).0,
+        stall: Mutex::new(None),
+    });
+
+    let mut agents = Vec::with_capacity(args.agents);
+    for n in 0..args.agents {
+        let name = format!("agent-{n:02}");
+        let config = ConfigWatch::start(swarm.store.clone(), swarm.keys.config(), decode)
+            .await
+            .with_context(|| format!("starting {name}'s config watch"))?;
+        let task = tokio::spawn(agent(swarm.clone(), name.clone()));
+        agents.push(Agent {
+            name,
+            task,
+            config: Some(config),
+        });
+    }
+
+    let progress = Progress::new();
+    let mut killed: Vec<String> = Vec::new();
+    let deadline = started + Duration::from_secs(50);
+    loop {
+        let done = swarm.done_count();
+        let leader = swarm.election.leader().await.ok().flatten();
+        progress.show(
+            started,
+            done,
+            args.items,
+            args.agents - killed.len(),
+            &leader,
+        );
+        if done >= args.items {
+            break;
+        }
+        if killed.is_empty() && done * 2 >= args.items {
+            killed = kill_halfway(&swarm, &mut agents, args.kill).await?;
+            progress.note(&format!("killed {}", killed.join(", ")));
+        }
+        if Instant::now() > deadline {
+            progress.finish();
+            anyhow::bail!(
+                "the swarm did not finish within 50 s ({done} of {} items done)",
+                args.items
+            );
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+    swarm.done.send_replace(true);
+    progress.finish();
+
+    // Let the survivors wind down: the stalled agent's late completion, the leader's resign.
+    for agent in &mut agents {
+        if !agent.task.is_finished() {
+            let _ = timeout(lease * 3, &mut agent.task).await;
+        }
+    }
+    let checks = check_invariants(&swarm, &agents, &killed).await?;
+    Ok(Report {
+        checks,
+        elapsed: started.elapsed(),
+    })
+}
+
+fn decode(_key: &Key, value: &Bytes) -> Result<String, String> {
+    String::from_utf8(value.to_vec()).map_err(|err| err.to_string())
+}
+
+/// One agent: campaigns for leadership and works the queue at the same time.
+async fn agent(swarm: Arc<Swarm>, name: String) {
+    let outcome = tokio::try_join!(campaign(&swarm, &name), work(&swarm, &name));
+    if let Err(err) = outcome {
+        swarm.ledger().agent_errors.push(format!("{name}: {err}"));
+    }
+}
+
+async fn campaign(swarm: &Swarm, name: &str) -> anyhow::Result<()> {
+    let mut done = swarm.done.subscribe();
+    loop {
+        if *done.borrow() {
+            return Ok(());
+        }
+        let won = tokio::select! {
+            won = swarm.election.campaign(name, swarm.lease, CAMPAIGN_WAIT) => won,
+            () = until_done(&mut done) => return Ok(()),
+        };
+        match won {
+            Ok(leadership) => lead(swarm, name, leadership).await?,
+            Err(Error::LockHeld { .. }) => continue,
+            Err(err) => return Err(err).context("campaigning"),
+        }
+    }
+}
+
+/// The leader's duties: enqueue the items (idempotent, so a new leader simply repeats it) and
+/// publish a new config version every 100 ms, fenced by its term.
+async fn lead(swarm: &Swarm, name: &str, mut leadership: Leadership) -> anyhow::Result<()> {
+    let term = leadership.term();
+    swarm.ledger().terms.push((term.get(), name.to_owned()));
+    let mut version = 0u64;
+    let mut done = swarm.done.subscribe();
+    publish_config(swarm, &leadership, &mut version).await?;
+    for item in 0..swarm.items {
+        if leadership.is_lost() {
+            return Ok(());
+        }
+        swarm
+            .queue
+            .enqueue(&format!("item-{item:04}"), format!("payload {item}"))
+            .await
+            .context("enqueueing")?;
+    }
+    loop {
+        tokio::select! {
+            () = leadership.lost() => return Ok(()),
+            () = until_done(&mut done) => {
+                publish_config(swarm, &leadership, &mut version).await?;
+                return leadership.resign().await.or_else(ignore_lost).context("resigning");
+            }
+            () = sleep(Duration::from_millis(100)) => {
+                publish_config(swarm, &leadership, &mut version).await?;
+            }
+        }
+    }
+}
+
+async fn publish_config(
+    swarm: &Swarm,
+    leadership: &Leadership,
+    version: &mut u64,
+) -> anyhow::Result<()> {
+    let term = leadership.term();
+    let current = swarm
+        .store
+        .get(&swarm.keys.config_key("version"))
+        .await?
+        .and_then(|entry| std::str::from_utf8(&entry.value).ok()?.parse::<u64>().ok());
+    *version = current.unwrap_or(0).max(*version) + 1;
+    let ops = vec![
+        TxnOp::put(&swarm.keys.config_key("version"), version.to_string()),
+        TxnOp::put(
+            &swarm.keys.config_key("leader"),
+            leadership.candidate().to_owned(),
+        ),
+        TxnOp::put(&swarm.keys.config_key("term"), term.to_string()),
+    ];
+    match leadership.fenced_txn(ops).await {
+        Ok(_) => Ok(()),
+        // Leadership just ended; the next leader publishes.
+        Err(Error::LockLost { .. }) => Ok(()),
+        Err(err) => Err(err).context("publishing config"),
+    }
+}
+
+/// Resolves once the swarm is done (or the supervisor is gone).
+async fn until_done(done: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns must not live across an await of the caller.
+    let _ = done.wait_for(|done| *done).await.map(|_| ());
+}
+
+fn ignore_lost(err: Error) -> Result<(), Error> {
+    match err {
+        Error::LockLost { .. } => Ok(()),
+        other => Err(other),
+    }
+}
+
+async fn work(swarm: &Swarm, name: &str) -> anyhow::Result<()> {
+    let done = swarm.done.subscribe();
+    while !*done.borrow() {
+        let claim = swarm
+            .queue
+            .claim_wait(name, swarm.lease, Duration::from_millis(500))
+            .await
+            .context("claiming")?;
+        let Some(claim) = claim else { continue };
+        let stall = {
+            let mut stall = swarm.stall.lock().unwrap_or_else(|e| e.into_inner());
+            if stall.as_deref() == Some(name) {
+                stall.take();
+                true
+            } else {
+                false
+            }
+        };
+        if stall {
+            // Freeze past the lease, as a garbage-collection pause or a swapped-out process
+            // would, then carry on as if nothing happened.
+            sleep(swarm.lease + swarm.store.capabilities().ttl_granularity * 2).await;
+        } else {
+            sleep(swarm.work).await;
+        }
+        let id = claim.id.clone();
+        let result = vec![TxnOp::put(&swarm.keys.result(&id), name.to_owned())];
+        let outcome = swarm.queue.complete_with(claim, result).await;
+        let mut ledger = swarm.ledger();
+        match outcome {
+            Ok(_) => {
+                ledger
+                    .completions
+                    .entry(id.clone())
+                    .or_default()
+                    .push(name.to_owned());
+                if stall {
+                    ledger.stale_sent += 1;
+                    ledger
+                        .stale_accepted
+                        .push(format!("{name} completed {id} after its lease ran out"));
+                }
+            }
+            Err(Error::LockLost { .. }) => {
+                if stall {
+                    ledger.stale_sent += 1;
+                    ledger.stale_rejected += 1;
+                }
+                // Otherwise this worker was slow past its lease; the item is someone else's.
+            }
+            Err(err) => return Err(err).with_context(|| format!("completing {id}")),
+        }
+    }
+    Ok(())
+}
+
+/// Kills `count` agents, the leader first, and replays the dead leader's next fenced write once
+/// a successor has taken over: it must be refused. Also picks one survivor to stall past its
+/// lease on its next claim.
+async fn kill_halfway(
+    swarm: &Swarm,
+    agents: &mut [Agent],
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
+    let leader_key = swarm.keys.leader();
+    let leader = swarm.election.leader().await?;
+    // What the leader's next fenced write would check: the leader key as it is now.
+    let held_at = swarm.store.get(&leader_key).await?;
+    let mut victims: Vec<usize> = Vec::new();
+    if let Some(leader) = &leader {
+        victims.extend(agents.iter().position(|a| a.name == leader.candidate));
+    }
+    let mut n = agents.len();
+    while victims.len() < count && n > 0 {
+        n -= 1;
+        if !victims.contains(&n) {
+            victims.push(n);
+        }
+    }
+    for &victim in &victims {
+        agents[victim].task.abort();
+        agents[victim].config = None;
+    }
+    let survivor = (0..agents.len()).find(|i| !victims.contains(i));
+    if let Some(survivor) = survivor {
+        *swarm.stall.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(agents[survivor].name.clone());
+    }
+
+    if let (Some(old), Some(held_at)) = (leader, held_at) {
+        // Wait for the next leader, then replay the dead leader's write.
+        let waited = Instant::now();
+        loop {
+            match swarm.election.leader().await? {
+                Some(new) if new.term > old.term => break,
+                _ if waited.elapsed() > swarm.lease * 4 => {
+                    anyhow::bail!(
+                        "no new leader within {:?} of killing {}",
+                        swarm.lease * 4,
+                        old.candidate
+                    )
+                }
+                _ => sleep(Duration::from_millis(20)).await,
+            }
+        }
+        let replay = vec![
+            TxnOp::check(&leader_key, Condition::At(held_at.revision)),
+            TxnOp::put(&swarm.keys.config_key("version"), "0"),
+        ];
+        let outcome = swarm.store.txn(replay).await;
+        let mut ledger = swarm.ledger();
+        ledger.stale_sent += 1;
+        match outcome {
+            Err(err) if err.is_conflict() => ledger.stale_rejected += 1,
+            Ok(_) => ledger.stale_accepted.push(format!(
+                "the dead leader {}'s write (term {}) was applied",
+                old.candidate, old.term
+            )),
+            Err(err) => return Err(err).context("replaying the dead leader's write"),
+        }
+    }
+    Ok(victims.iter().map(|&i| agents[i].name.clone()).collect())
+}
+
+async fn check_invariants(
+    swarm: &Swarm,
+    agents: &[Agent],
+    killed: &[String],
+) -> anyhow::Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    // The agents are done or dead: what they recorded is final.
+    let ledger = std::mem::take(&mut *swarm.ledger());
+
+    // Every item done exactly once: one acknowledged completion each, the queue agrees, and
+    // the result written with the completion is there.
+    let statuses = swarm.queue.list().await?;
+    let mut problems = Vec::new();
+    for item in 0..swarm.items {
+        let id = format!("item-{item:04}");
+        match ledger.completions.get(&id).map(Vec::len) {
+            Some(1) => {}
+            Some(n) => problems.push(format!("{id} completed {n} times")),
+            None => problems.push(format!("{id} never completed")),
+        }
+    }
+    let done = statuses
+        .iter()
+        .filter(|status| status.state == ItemState::Done)
+        .count();
+    if statuses.len() != swarm.items || done != swarm.items {
+        problems.push(format!(
+            "the queue holds {} items, {done} done",
+            statuses.len()
+        ));
+    }
+    let mut results = 0;
+    for item in 0..swarm.items {
+        if swarm
+            .store
+            .get(&swarm.keys.result(&format!("item-{item:04}")))
+            .await?
+            .is_some()
+        {
+            results += 1;
+        }
+    }
+    if results != swarm.items {
+        problems.push(format!(
+            "{results} results written for {} items",
+            swarm.items
+        ));
+    }
+    checks.push(Check {
+        name: "every item done exactly once",
+        held: problems.is_empty(),
+        detail: if problems.is_empty() {
+            format!(
+                "{} items, {} completions, {results} results",
+                swarm.items, swarm.items
+            )
+        } else {
+            summarize(&problems)
+        },
+    });
+
+    let mut by_term: BTreeMap<u64, Vec<&str>> = BTreeMap::new();
+    for (term, candidate) in &ledger.terms {
+        by_term.entry(*term).or_default().push(candidate);
+    }
+    let shared: Vec<String> = by_term
+        .iter()
+        .filter(|(_, leaders)| leaders.len() > 1)
+        .map(|(term, leaders)| format!("term {term}: {}", leaders.join(", ")))
+        .collect();
+    let leaders: Vec<String> = by_term
+        .iter()
+        .map(|(term, leaders)| format!("{} ({term})", leaders[0]))
+        .collect();
+    checks.push(Check {
+        name: "at most one leader per term",
+        held: shared.is_empty() && by_term.len() >= 2,
+        detail: if !shared.is_empty() {
+            summarize(&shared)
+        } else if by_term.len() < 2 {
+            format!(
+                "only {} leadership(s); the leader's death was not exercised",
+                by_term.len()
+            )
+        } else {
+            format!("{} terms: {}", by_term.len(), leaders.join(" → "))
+        },
+    });
+
+    checks.push(Check {
+        name: "every stale write rejected",
+        held: ledger.stale_accepted.is_empty() && ledger.stale_sent >= 2,
+        detail: if !ledger.stale_accepted.is_empty() {
+            summarize(&ledger.stale_accepted)
+        } else {
+            format!(
+                "{} of {} rejected (the dead leader's replayed write, a stalled worker's late completion)",
+                ledger.stale_rejected, ledger.stale_sent
+            )
+        },
+    });
+    let agent_errors = ledger.agent_errors.clone();
+
+    // Config converged: every surviving agent's view equals a fresh read of the store.
+    let truth = read_config(swarm).await?;
+    let mut diverged = Vec::new();
+    let mut live = 0;
+    for agent in agents.iter().filter(|a| !killed.contains(&a.name)) {
+        let Some(config) = &agent.config else {
+            continue;
+        };
+        live += 1;
+        let mut receiver = config.subscribe();
+        let caught_up = timeout(Duration::from_secs(5), async {
+            loop {
+                if snapshot_map(&receiver.borrow()) == truth {
+                    return;
+                }
+                if receiver.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        let seen = snapshot_map(&receiver.borrow());
+        if caught_up.is_err() || seen != truth {
+            diverged.push(format!("{} sees {seen:?}", agent.name));
+        }
+    }
+    let version = truth.get("version").cloned().unwrap_or_default();
+    checks.push(Check {
+        name: "config converged everywhere",
+        held: diverged.is_empty() && !truth.is_empty(),
+        detail: if diverged.is_empty() {
+            format!(
+                "{live} live agents all see version {version} ({} keys)",
+                truth.len()
+            )
+        } else {
+            summarize(&diverged)
+        },
+    });
+
+    checks.push(Check {
+        name: "no agent failed",
+        held: agent_errors.is_empty(),
+        detail: if agent_errors.is_empty() {
+            format!(
+                "{} agents, {} killed on purpose",
+                agents.len(),
+                killed.len()
+            )
+        } else {
+            summarize(&agent_errors)
+        },
+    });
+    Ok(checks)
+}
+
+/// The config as a plain map from the last key token to the value.
+fn snapshot_map(snapshot: &ConfigSnapshot<String>) -> BTreeMap<String, String> {
+    snapshot
+        .iter()
+        .map(|(key, value)| (last_token(key), value.clone()))
+        .collect()
+}
+
+async fn read_config(swarm: &Swarm) -> anyhow::Result<BTreeMap<String, String>> {
+    use futures::StreamExt;
+    let mut stream = swarm
+        .store
+        .watch(&swarm.keys.config(), WatchStart::Snapshot)
+        .await?;
+    let mut map = BTreeMap::new();
+    while let Some(event) = stream.next().await {
+        match event {
+            swarmstate_core::WatchEvent::Put(entry) => {
+                map.insert(
+                    last_token(&entry.key),
+                    String::from_utf8_lossy(&entry.value).into_owned(),
+                );
+            }
+            swarmstate_core::WatchEvent::CaughtUp { .. } => break,
+            other => anyhow::bail!("unexpected event in a config snapshot: {other:?}"),
+        }
+    }
+    Ok(map)
+}
+
+fn last_token(key: &Key) -> String {
+    key.as_str()
+        .rsplit('.')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn summarize(problems: &[String]) -> String {
+    let mut text = problems
+        .iter()
+        .take(5)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if problems.len() > 5 {
+        let _ = write!(text, "; and {} more", problems.len() - 5);
+    }
+    text
+}
+
+/// A live status line on a terminal; a line per second otherwise.
+struct Progress {
+    terminal: bool,
+    last: Mutex<Option<Instant>>,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            terminal: std::io::stderr().is_terminal(),
+            last: Mutex::new(None),
+        }
+    }
+
+    fn show(
+        &self,
+        started: Instant,
+        done: usize,
+        items: usize,
+        alive: usize,
+        leader: &Option<swarmstate_core::Leader>,
+    ) {
+        let leader = match leader {
+            Some(leader) => format!("{} (term {})", leader.candidate, leader.term),
+            None => "none".to_owned(),
+        };
+        let line = format!(
+            "{:5.1} s  items {done}/{items}  agents alive {alive}  leader {leader}",
+            started.elapsed().as_secs_f64()
+        );
+        let mut stderr = std::io::stderr();
+        if self.terminal {
+            let _ = write!(stderr, "\r\x1b[2K{line}");
+            let _ = stderr.flush();
+        } else {
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+                *last = Some(Instant::now());
+                let _ = writeln!(stderr, "{line}");
+            }
+        }
+    }
+
+    fn note(&self, text: &str) {
+        let mut stderr = std::io::stderr();
+        if self.terminal {
+            let _ = writeln!(stderr, "\r\x1b[2K{text}");
+        } else {
+            let _ = writeln!(stderr, "{text}");
+        }
+    }
+
+    fn finish(&self) {
+        if self.terminal {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Choosing a backend from a store URL.
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use swarmstate_core::{MemoryStore, StateStore};
+use swarmstate_nats::NatsStore;
+
+/// The store URL commands use when none is given.
+pub(crate) const DEFAULT_STORE: &str = "memory://";
+
+/// Opens the store `url` names: `memory://` (a fresh in-process store, gone when the command
+/// ends) or `nats://HOST:PORT[,HOST:PORT...]/BUCKET`.
+pub(crate) async fn open_store(url: &str) -> anyhow::Result<Arc<dyn StateStore>> {
+    if url == "memory://" {
+        return Ok(Arc::new(MemoryStore::new()));
+    }
+    if url.starts_with("nats://") {
+        let store = NatsStore::open(url)
+            .await
+            .with_context(|| format!("opening the NATS store {url}"))?;
+        return Ok(Arc::new(store));
+    }
+    let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
+    bail!(
+        "unsupported store URL {url:?} (scheme {scheme:?}); use memory:// or \
+         nats://HOST:PORT/BUCKET"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_url_opens_an_empty_store() {
+        let store = open_store("memory://").await.unwrap();
+        assert_eq!(store.capabilities().backend, "memory");
+    }
+
+    #[tokio::test]
+    async fn unknown_scheme_is_a_clear_error() {
+        let err = open_store("redis://localhost").await.unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("redis"), "{message}");
+        assert!(message.contains("nats://"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn malformed_nats_url_is_an_error_naming_it() {
+        let err = open_store("nats:///bucket").await.unwrap_err();
+        assert!(format!("{err:#}").contains("nats:///bucket"), "{err:#}");
+    }
+}
