@@ -206,6 +206,7 @@ pub(crate) async fn watch(
             WatchStart::Snapshot => 1,
         },
         contiguous: matches!(start, WatchStart::FromRevision(_)),
+        unexplained: Default::default(),
     };
     tokio::spawn(task.run(messages, snapshot.then_some((pending, floor))));
     Ok(events)
@@ -220,6 +221,26 @@ struct Feed {
     // Whether every sequence from `next` on must arrive: true once the watch is live (or
     // from its start revision), since the consumer covers the whole stream.
     contiguous: bool,
+    // Sequences that never arrived and that no read barrier has claimed yet (see `run`).
+    unexplained: std::collections::BTreeSet<u64>,
+}
+
+/// Missing sequences a watch waits to see explained before it gives up and lags.
+const MAX_UNEXPLAINED: usize = 1024;
+
+/// The sequence a read barrier (a reserved `_swarmstate.barrier.*` message) says it replaced.
+fn replaced_barrier(store: &NatsStore, message: &async_nats::jetstream::Message) -> Option<u64> {
+    let subject = message.subject.strip_prefix(store.inner.prefix.as_str())?;
+    if !subject.starts_with(wire::BARRIER_KEYS) {
+        return None;
+    }
+    message
+        .headers
+        .as_ref()?
+        .get(wire::REPLACES)?
+        .as_str()
+        .parse()
+        .ok()
 }
 
 impl Feed {
@@ -270,11 +291,20 @@ impl Feed {
                 continue;
             }
             // The consumer sees every message of the stream, so a hole in the sequence is a
-            // message removed (overwritten, one message per key) before it was delivered: say
-            // so rather than skip it.
+            // message removed (overwritten, one message per key) before it was delivered. Reads
+            // leave such holes on purpose: each read's barrier replaces the previous barrier on
+            // its reserved subject, and says which one. A hole no barrier claims by the time
+            // the watch has caught up may have been a change the watcher selects: say so
+            // rather than skip it.
             if self.contiguous && sequence > self.next {
-                self.lag_here();
-                return;
+                if self.unexplained.len() + (sequence - self.next) as usize > MAX_UNEXPLAINED {
+                    self.lag_here();
+                    return;
+                }
+                self.unexplained.extend(self.next..sequence);
+            }
+            if let Some(replaced) = replaced_barrier(&self.store, &message) {
+                self.unexplained.remove(&replaced);
             }
             let in_snapshot = catching_up.is_some();
             if let Some(event) = event {
@@ -287,6 +317,14 @@ impl Feed {
             self.next = sequence + 1;
             if !in_snapshot {
                 self.contiguous = true;
+            }
+            if pending == 0
+                && let Some(&first) = self.unexplained.first()
+            {
+                // Every message stored so far was delivered, and the barriers among them
+                // claimed all but these holes.
+                self.feed.lag(Revision::new(first).expect("never 0"));
+                return;
             }
             if let Some((_, floor)) = catching_up
                 && pending == 0

@@ -17,6 +17,12 @@ pub(crate) const KV_OPERATION: &str = "KV-Operation";
 pub(crate) const BATCH_ID: &str = "Nats-Batch-Id";
 pub(crate) const BATCH_SEQUENCE: &str = "Nats-Batch-Sequence";
 pub(crate) const BATCH_COMMIT: &str = "Nats-Batch-Commit";
+/// On a read's commit barrier: the sequence of the barrier it replaced on the same reserved
+/// subject (history 1 removes that one), so that a watcher can tell the hole it leaves from a
+/// lost change to a key.
+pub(crate) const REPLACES: &str = "Swarmstate-Replaces";
+/// The reserved keys that carry reads' commit barriers, one subject per client and slot.
+pub(crate) const BARRIER_KEYS: &str = "_swarmstate.barrier.";
 
 /// JetStream's "wrong last sequence" error; on R3 a lost race may also come back as 10164.
 const WRONG_LAST_SEQUENCE: u64 = 10071;
@@ -107,6 +113,12 @@ impl ApiError {
             self.err_code,
             WRONG_LAST_SEQUENCE | WRONG_LAST_SEQUENCE_CLUSTERED
         )
+    }
+
+    /// Refused without comparing, because another conditional write to the subject was still
+    /// in flight: it says nothing about the subject's sequence.
+    pub(crate) fn is_in_flight(&self) -> bool {
+        self.err_code == WRONG_LAST_SEQUENCE_CLUSTERED
     }
 
     pub(crate) fn into_error(self, operation: &str) -> Error {

@@ -2,12 +2,20 @@
 //! that has just restarted answers direct gets before it has caught up. `NatsStore::get` goes
 //! to the stream leader and never returns a value older than an acknowledged write;
 //! `NatsStore::get_stale` may.
+//!
+//! A default read leaves a commit barrier in the bucket, on a reserved key that replaces the
+//! previous one; the watch test below holds watchers to not mistaking the holes that leaves for
+//! lost changes.
 
 use std::time::{Duration, Instant};
 
-use swarmstate_core::{Key, Revision, StateStore, StateStoreExt};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+use swarmstate_core::{Key, Pattern, Revision, StateStore, StateStoreExt, WatchEvent, WatchStart};
 use swarmstate_nats::NatsStore;
-use swarmstate_nats::testing::{NatsCluster, require_server};
+use swarmstate_nats::testing::{NatsCluster, NatsServer, require_server};
 
 const BUCKET: &str = "reads";
 
@@ -110,4 +118,81 @@ async fn default_reads_are_never_stale_while_opt_in_stale_reads_may_be() {
     assert!(default_reads > 0);
     writer.close().await.unwrap();
     reader.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_holes_concurrent_reads_leave_do_not_lag_a_watcher() {
+    if require_server().is_none() {
+        return;
+    }
+    let server = NatsServer::start().await;
+    let store = NatsStore::builder(server.url())
+        .bucket(BUCKET)
+        .connect()
+        .await
+        .expect("store connects");
+    let watched = Key::new("reads.watched").unwrap();
+    store.set(&watched, "0").await.unwrap();
+    // Readers on one client share its barrier slots, so barriers replace each other as fast as
+    // the server commits them, while a writer's changes are interleaved with them.
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..16)
+        .map(|_| {
+            let (store, key, stop) = (store.clone(), watched.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut reads = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    store.get(&key).await.expect("a read on a healthy server");
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    // A watch from a revision the readers are about to reach: its consumer starts a moment
+    // later, behind barriers that were replaced meanwhile, and must catch up through their
+    // holes. (A start revision already behind a replaced barrier is refused as compacted.)
+    let mut live = loop {
+        let next = store.set(&watched, "0").await.unwrap().next();
+        match store
+            .watch(&Pattern::All, WatchStart::FromRevision(next))
+            .await
+        {
+            Ok(events) => break events,
+            Err(swarmstate_core::Error::Compacted { .. }) => continue,
+            Err(err) => panic!("watch: {err}"),
+        }
+    };
+    let mut written = Vec::new();
+    for i in 1..=40 {
+        written.push(store.set(&watched, i.to_string()).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stop.store(true, Ordering::Release);
+    let mut reads = 0;
+    for reader in readers {
+        reads += reader.await.expect("reader");
+    }
+    let mut seen = Vec::new();
+    while seen.len() < written.len() {
+        let event = tokio::time::timeout(Duration::from_secs(10), live.next())
+            .await
+            .expect("the watcher keeps receiving")
+            .expect("the watch stream does not end");
+        match event {
+            WatchEvent::Put(entry) => seen.push(entry.revision),
+            other => panic!(
+                "after {} of {} changes: {other:?}",
+                seen.len(),
+                written.len()
+            ),
+        }
+    }
+    eprintln!("{reads} reads beside {} watched writes", written.len());
+    assert_eq!(seen, written, "every change, in order, nothing else");
+    assert!(
+        reads > 100,
+        "only {reads} reads: the barriers were not exercised"
+    );
+    store.close().await.unwrap();
 }
