@@ -231,9 +231,11 @@ impl NatsStore {
 #[derive(Debug)]
 struct BarrierSlot {
     id: u64,
-    // The sequence of the last barrier acknowledged on this subject: the message the next
-    // barrier replaces. `None` before the first.
-    last: Option<u64>,
+    // The sequences of the barriers acknowledged on this subject, newest first, at most
+    // `wire::REPLACES_KEPT`: the newest is the message the next barrier replaces, the others
+    // were replaced before. Each barrier lists them all, so that a watcher that missed several
+    // in a row can still tell every hole they left.
+    earlier: std::collections::VecDeque<u64>,
     used: std::time::Instant,
 }
 
@@ -305,8 +307,11 @@ impl NatsStore {
             self.subject(key).as_str(),
         );
         headers.insert(wire::TTL, format!("{}s", BARRIER_TTL.as_secs()).as_str());
-        if let Some(replaced) = slot.last {
-            headers.insert(wire::REPLACES, replaced.to_string().as_str());
+        if !slot.earlier.is_empty() {
+            headers.insert(
+                wire::REPLACES,
+                wire::encode_sequences(&slot.earlier).as_str(),
+            );
         }
         let subject = format!(
             "{}{}{}.{}",
@@ -316,7 +321,7 @@ impl NatsStore {
             slot.id
         );
         // On any failure below the slot is dropped, not given back: whether its barrier was
-        // stored is unknown, so the next one could not say which message it replaces.
+        // stored is unknown, so the next one could not say which messages it replaces.
         let reply = wire::request(
             &self.inner.client,
             self.inner.request_timeout,
@@ -336,7 +341,8 @@ impl NatsStore {
         })?;
         let outcome = wire::parse_ack(&reply.payload, &operation)?;
         if let Ok(ack) = &outcome {
-            slot.last = Some(ack.sequence);
+            slot.earlier.push_front(ack.sequence);
+            slot.earlier.truncate(wire::REPLACES_KEPT);
             slot.used = std::time::Instant::now();
         }
         self.give_back(slot);
@@ -359,7 +365,7 @@ impl NatsStore {
         slots.next_id += 1;
         BarrierSlot {
             id: slots.next_id,
-            last: None,
+            earlier: Default::default(),
             used: std::time::Instant::now(),
         }
     }

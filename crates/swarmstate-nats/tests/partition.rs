@@ -344,24 +344,22 @@ fn write_from_the_cut_off_side(
 type Read = (Instant, Result<Option<Bytes>, String>);
 
 /// Reads `key` through `store` (a client of a cut-off node) until `stop` is set.
-fn read_from_the_cut_off_side(
+async fn read_from_the_cut_off_side(
     store: NatsStore,
     key: Key,
     stop: Arc<AtomicBool>,
-) -> JoinHandle<Vec<Read>> {
-    tokio::spawn(async move {
-        let mut reads = Vec::new();
-        while !stop.load(Ordering::Acquire) {
-            let sent = Instant::now();
-            let read = match store.get(&key).await {
-                Ok(found) => Ok(found.map(|entry| entry.value)),
-                Err(err) => Err(err.to_string()),
-            };
-            reads.push((sent, read));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        reads
-    })
+) -> Vec<Read> {
+    let mut reads = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        let sent = Instant::now();
+        let read = match store.get(&key).await {
+            Ok(found) => Ok(found.map(|entry| entry.value)),
+            Err(err) => Err(err.to_string()),
+        };
+        reads.push((sent, read));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    reads
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,10 +396,22 @@ async fn an_isolated_stream_leader_acknowledges_nothing_while_the_majority_carri
     let stop = Arc::new(AtomicBool::new(false));
     let cut_off_writes =
         write_from_the_cut_off_side(stores[old_leader].clone(), "isolated", stop.clone());
-    let cut_off_reads =
-        read_from_the_cut_off_side(stores[old_leader].clone(), shared.clone(), stop.clone());
-    let cut_off_leader_reads =
-        read_from_the_cut_off_side(leader_reads.clone(), shared.clone(), stop.clone());
+    // A default read through the cut-off side takes a request timeout to fail; several
+    // readers, started apart, make sure some are sent after the majority's write.
+    let cut_off_reads: Vec<_> = (0..4)
+        .map(|reader| {
+            let (store, shared, stop) = (stores[old_leader].clone(), shared.clone(), stop.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(REQUEST_TIMEOUT * reader / 4).await;
+                read_from_the_cut_off_side(store, shared, stop).await
+            })
+        })
+        .collect();
+    let cut_off_leader_reads = tokio::spawn(read_from_the_cut_off_side(
+        leader_reads.clone(),
+        shared.clone(),
+        stop.clone(),
+    ));
     assert_connectivity(&cluster, &[&[old_leader], &majority], "isolated").await;
 
     let failover = loop {
@@ -456,7 +466,10 @@ async fn an_isolated_stream_leader_acknowledges_nothing_while_the_majority_carri
         "no write went through the isolated node"
     );
     writes.unknown.extend(cut_off.ambiguous);
-    let reads = cut_off_reads.await.expect("the isolated reader");
+    let mut reads = Vec::new();
+    for reader in cut_off_reads {
+        reads.extend(reader.await.expect("an isolated reader"));
+    }
     let leader_mode_reads = cut_off_leader_reads
         .await
         .expect("the isolated leader reader");
