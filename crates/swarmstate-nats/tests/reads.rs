@@ -196,3 +196,115 @@ async fn the_holes_concurrent_reads_leave_do_not_lag_a_watcher() {
     );
     store.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hole_a_changed_key_leaves_still_lags_the_watcher_where_it_missed_a_change() {
+    if require_server().is_none() {
+        return;
+    }
+    let server = NatsServer::start().await;
+    let store = NatsStore::builder(server.url())
+        .bucket(BUCKET)
+        .connect()
+        .await
+        .expect("store connects");
+    let hot = Key::new("reads.hot").unwrap();
+    let mut lags = 0;
+    for attempt in 0..5 {
+        let stop = Arc::new(AtomicBool::new(false));
+        // Readers leave barrier holes; writers overwrite one watched key, so some holes are
+        // changes the watcher selects.
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let (store, key, stop) = (store.clone(), hot.clone(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Acquire) {
+                        store.get(&key).await.expect("a read on a healthy server");
+                    }
+                })
+            })
+            .collect();
+        let from = store.set(&hot, "start").await.unwrap().next();
+        let events = match store
+            .watch(&Pattern::All, WatchStart::FromRevision(from))
+            .await
+        {
+            Ok(events) => events,
+            Err(swarmstate_core::Error::Compacted { .. }) => {
+                stop.store(true, Ordering::Release);
+                continue;
+            }
+            Err(err) => panic!("watch: {err}"),
+        };
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let (store, key) = (store.clone(), hot.clone());
+                tokio::spawn(async move {
+                    let mut written = Vec::new();
+                    for i in 0..10 {
+                        written.push(store.set(&key, format!("w{w}-{i}")).await.unwrap());
+                    }
+                    written
+                })
+            })
+            .collect();
+        let mut written = Vec::new();
+        for writer in writers {
+            written.extend(writer.await.expect("writer"));
+        }
+        stop.store(true, Ordering::Release);
+        for reader in readers {
+            reader.await.expect("reader");
+        }
+        written.sort_unstable();
+        let last = *written.last().unwrap();
+        let (delivered, lagged) = follow(events, last).await;
+        assert!(
+            delivered.windows(2).all(|pair| pair[0] < pair[1]),
+            "attempt {attempt}: out of order: {delivered:?}"
+        );
+        match lagged {
+            Some(resume_from) => {
+                lags += 1;
+                assert!(
+                    delivered.iter().all(|revision| *revision < resume_from),
+                    "attempt {attempt}: delivered {delivered:?} at or after Lagged {resume_from}"
+                );
+                let missed: Vec<_> = written
+                    .iter()
+                    .filter(|w| **w < resume_from && !delivered.contains(w))
+                    .collect();
+                assert!(
+                    missed.is_empty(),
+                    "attempt {attempt}: {missed:?} skipped silently before Lagged {resume_from}"
+                );
+            }
+            None => assert_eq!(delivered, written, "attempt {attempt}: every change"),
+        }
+    }
+    eprintln!("{lags} of 5 watches lagged over a missed change; the others saw every change");
+    store.close().await.unwrap();
+}
+
+/// The revisions of the puts a watch delivers up to `last`, and where it lagged if it did.
+async fn follow(
+    mut events: swarmstate_core::WatchStream,
+    last: Revision,
+) -> (Vec<Revision>, Option<Revision>) {
+    let mut delivered = Vec::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("the watch keeps going")
+            .expect("the watch ends only with Lagged");
+        match event {
+            WatchEvent::Put(entry) if entry.revision >= last => {
+                delivered.push(entry.revision);
+                return (delivered, None);
+            }
+            WatchEvent::Put(entry) => delivered.push(entry.revision),
+            WatchEvent::Lagged { resume_from } => return (delivered, Some(resume_from)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
