@@ -4,8 +4,9 @@
 //! `NatsStore::get_stale` may.
 //!
 //! A default read leaves a commit barrier in the bucket, on a reserved key that replaces the
-//! previous one; the watch test below holds watchers to not mistaking the holes that leaves for
-//! lost changes.
+//! previous one; the watch tests below hold watchers to not mistaking the holes that leaves for
+//! lost changes, while still lagging, at the first change they missed, over the holes that
+//! overwritten keys leave.
 
 use std::time::{Duration, Instant};
 
