@@ -138,9 +138,8 @@ async fn list_keys(
             None => break,
         };
         *pending = message.info().map(|i| i.pending).unwrap_or(0);
-        if let Some((_, _, Some(WatchEvent::Put(entry)))) = decode(store, pattern, &message)
-            && entry.expires_in != Some(std::time::Duration::ZERO)
-        {
+        // Like `get`, listing trusts the server on expiry (see `wire::live_entry`).
+        if let Some((_, _, Some(WatchEvent::Put(entry)))) = decode(store, pattern, &message) {
             keys.push(entry.key);
         }
     }

@@ -110,7 +110,13 @@ pub(crate) fn expires_in(headers: Option<&HeaderMap>, published_nanos: i128) -> 
     Some(Duration::from_nanos(left.clamp(0, u64::MAX as i128) as u64))
 }
 
-/// The entry a stored message holds, or `None` for a delete, expiry, or a value past its TTL.
+/// The entry a stored message holds, or `None` for a delete or an expiry marker.
+///
+/// A value past its TTL by this machine's clock is still returned (with `expires_in` zero)
+/// until the server removes it: the server decides when it expires, and a conditional write
+/// at its revision succeeds until then. Hiding it earlier would let a read report the key
+/// absent and a later update at the old revision bring it back, which no order of the two
+/// explains.
 pub(crate) fn live_entry(
     key: &Key,
     sequence: u64,
@@ -122,9 +128,6 @@ pub(crate) fn live_entry(
         return None;
     }
     let expires_in = expires_in(headers, published_nanos);
-    if expires_in == Some(Duration::ZERO) {
-        return None;
-    }
     Some(Entry {
         key: key.clone(),
         value: payload.clone(),
