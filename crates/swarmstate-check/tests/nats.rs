@@ -3,17 +3,15 @@
 //! linearizable; reads through `NatsStore::get_stale` from a follower that missed writes are
 //! not, while default reads through the same follower are.
 //!
-//! The workloads here write no TTLs: `NatsStore` reports an entry absent once its TTL has
-//! passed by the message's timestamp, while the server still accepts an update at that
-//! entry's revision until it has expired the message itself, so an update can bring back an
-//! entry a read saw expire, and the checker flags that.
+//! The workloads write a share of their values with 1 s TTLs and delete at revisions, so
+//! expiry and conditional deletes are checked too.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use swarmstate_check::{Mix, Recorder, RecordingClient, Workload, check, run};
+use swarmstate_check::{Recorder, RecordingClient, Workload, check, run};
 use swarmstate_core::{
     Capabilities, Entry, Key, KeyStream, Pattern, PutOptions, Result, Revision, StateStore, TxnOp,
     TxnResult, WatchStart, WatchStream,
@@ -50,7 +48,6 @@ async fn the_workload_on_a_single_node_is_linearizable() {
         clients: 8,
         keys: 100,
         duration: Duration::from_secs(4),
-        ttl_fraction: 0.0,
         operation_timeout: Duration::from_secs(5),
         ..Workload::default()
     };
@@ -80,16 +77,7 @@ async fn the_workload_on_r3_with_the_leader_killed_and_restarted_is_linearizable
         clients: 6,
         keys: 100,
         duration: Duration::from_secs(14),
-        ttl_fraction: 0.0,
         operation_timeout: Duration::from_secs(5),
-        // No deletes at a revision: on R3 `NatsStore::delete` with an expected revision that
-        // loses to a concurrent write reports `RevisionMismatch` with `actual` equal to
-        // `expected` (it re-reads before the winning write is visible), which no order
-        // explains, and the checker flags it.
-        mix: Mix {
-            delete_at: 0,
-            ..Mix::default()
-        },
         ..Workload::default()
     };
     let killed = std::sync::Mutex::new(None);

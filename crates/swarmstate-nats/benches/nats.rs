@@ -10,11 +10,16 @@
 //! | row              | `natsstore` (through `Arc<dyn StateStore>`) | `raw_async_nats`                              |
 //! |------------------|---------------------------------------------|-----------------------------------------------|
 //! | `put`            | `put`, overwrite                            | `kv::Store::put`                              |
-//! | `get`            | `get` (a read from the stream leader)       | `Stream::get_last_raw_message_by_subject`     |
+//! | `get`            | `get`, linearizable (the default): a read from the stream leader plus a commit barrier | `Stream::get_last_raw_message_by_subject` |
+//! | `get_leader`     | `get` with `ReadConsistency::Leader`: the read from the stream leader only | `Stream::get_last_raw_message_by_subject` |
 //! | `cas`            | `put` at the current revision               | `kv::Store::update(key, value, revision)`     |
 //! | `lock`           | `acquire_lock` + `release`, a new key       | publish expecting sequence 0 with `Nats-TTL`, then a delete expecting its revision |
 //! | `lock_reused`    | `acquire_lock` + `release`, the same key    | the same, expecting the sequence of its own last delete |
 //! | `lock_reused_kv` | as `lock_reused`                            | `kv::Store::create_with_ttl` + `delete_expect_revision` |
+//!
+//! `get_leader` does the same work as its baseline, so the ≤ 10% goal applies to it; `get` does
+//! more (a replicated write per read, see `ReadConsistency`) and its overhead is the price of
+//! linearizability, reported rather than held to the goal.
 //!
 //! `lock_reused` is the common case: a lock key is taken and released over and over. A release
 //! leaves a delete marker, so the next create finds a message where it expected none. The raw
@@ -45,8 +50,8 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use swarmstate_core::{Key, PutOptions, Revision, StateStore, acquire_lock};
-use swarmstate_nats::NatsStore;
 use swarmstate_nats::testing::{NatsServer, require_server};
+use swarmstate_nats::{NatsStore, ReadConsistency};
 
 const BUCKET: &str = "bench";
 const IN_FLIGHT: [usize; 2] = [1, 16];
@@ -61,6 +66,8 @@ type Op = Arc<dyn Fn(usize, u64) -> BoxFuture<'static, ()> + Send + Sync>;
 /// Both sides, connected to the same server and bucket.
 struct Env {
     store: Arc<dyn StateStore>,
+    /// The same bucket through a store whose reads are `ReadConsistency::Leader`.
+    leader_store: Arc<dyn StateStore>,
     context: jetstream::Context,
     kv: kv::Store,
     stream: stream::Stream,
@@ -158,7 +165,7 @@ fn put_row(env: &Env, prefix: &str, in_flight: usize) -> Row {
     }
 }
 
-async fn get_row(env: &Env, prefix: &str, in_flight: usize) -> Row {
+async fn get_row(env: &Env, prefix: &str, in_flight: usize, leader_only: bool) -> Row {
     let store_keys = store_keys(&keys(prefix, "store", in_flight, KEYS_PER_TASK));
     let raw_subjects: Arc<Vec<Vec<String>>> = Arc::new(
         keys(prefix, "raw", in_flight, KEYS_PER_TASK)
@@ -180,7 +187,11 @@ async fn get_row(env: &Env, prefix: &str, in_flight: usize) -> Row {
         )
         .await;
     }
-    let store = env.store.clone();
+    let store = if leader_only {
+        env.leader_store.clone()
+    } else {
+        env.store.clone()
+    };
     let natsstore: Op = Arc::new(move |task, i| {
         let (store, keys) = (store.clone(), store_keys.clone());
         Box::pin(async move {
@@ -200,7 +211,7 @@ async fn get_row(env: &Env, prefix: &str, in_flight: usize) -> Row {
         })
     });
     Row {
-        name: "get".into(),
+        name: if leader_only { "get_leader" } else { "get" }.into(),
         in_flight,
         natsstore,
         raw,
@@ -372,8 +383,8 @@ async fn noise_row(env: &Env, row: &str, prefix: &str, in_flight: usize) -> Row 
     let (a, b) = match row {
         "put" => (put_row(env, &a, in_flight), put_row(env, &b, in_flight)),
         _ => (
-            get_row(env, &a, in_flight).await,
-            get_row(env, &b, in_flight).await,
+            get_row(env, &a, in_flight, false).await,
+            get_row(env, &b, in_flight, false).await,
         ),
     };
     Row {
@@ -500,6 +511,12 @@ fn describe(requests: Requests) -> String {
     format!("{:.1} pub + {:.1} read", requests.publishes, requests.api)
 }
 
+/// Whether the ≤ 10% goal applies: not to the noise floor, nor to the linearizable read, which
+/// does more work than its baseline by design.
+fn has_goal(row: &str) -> bool {
+    !row.starts_with("A/A") && row != "get"
+}
+
 fn print_table(outcomes: &[Outcome]) {
     println!();
     println!(
@@ -524,7 +541,13 @@ fn print_table(outcomes: &[Outcome]) {
             overhead * 100.0,
             sorted[n / 4] * 100.0,
             sorted[(3 * n) / 4] * 100.0,
-            if overhead <= 0.10 { "yes" } else { "no" },
+            if !has_goal(&o.name) {
+                "(no goal)"
+            } else if overhead <= 0.10 {
+                "yes"
+            } else {
+                "no"
+            },
             describe(o.natsstore_requests),
             describe(o.raw_requests),
         );
@@ -554,10 +577,18 @@ fn main() {
             .await
             .expect("open NatsStore");
         let store: Arc<dyn StateStore> = Arc::new(store);
+        let leader_store = NatsStore::builder(server.url())
+            .bucket(BUCKET)
+            .read_consistency(ReadConsistency::Leader)
+            .connect()
+            .await
+            .expect("open NatsStore with leader reads");
+        let leader_store: Arc<dyn StateStore> = Arc::new(leader_store);
         let context = jetstream::new(server.connect().await);
         let observer = server.connect().await;
         let env = Env {
             store,
+            leader_store,
             kv: context.get_key_value(BUCKET).await.expect("kv bucket"),
             stream: context
                 .get_stream(format!("KV_{BUCKET}"))
@@ -572,6 +603,7 @@ fn main() {
             "A/A get",
             "put",
             "get",
+            "get_leader",
             "cas",
             "lock",
             "lock_reused",
@@ -591,7 +623,8 @@ fn main() {
                     "A/A put" => noise_row(&env, "put", &prefix, in_flight).await,
                     "A/A get" => noise_row(&env, "get", &prefix, in_flight).await,
                     "put" => put_row(&env, &prefix, in_flight),
-                    "get" => get_row(&env, &prefix, in_flight).await,
+                    "get" => get_row(&env, &prefix, in_flight, false).await,
+                    "get_leader" => get_row(&env, &prefix, in_flight, true).await,
                     "cas" => cas_row(&env, &prefix, in_flight).await,
                     "lock" => lock_row(&env, &prefix, in_flight),
                     "lock_reused" => lock_reused_row(&env, &prefix, in_flight, false),

@@ -15,6 +15,36 @@ const MARKER_TTL: Duration = Duration::from_secs(3600);
 /// How long the server remembers a message id for deduplication (idempotency keys).
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(120);
 
+/// How [`StateStore::get`](swarmstate_core::StateStore::get) on a [`NatsStore`] is answered.
+///
+/// Writes, [`StateStore::txn`](swarmstate_core::StateStore::txn) and conditional writes are
+/// the same in both modes: their conditions are checked by the stream leader when the write
+/// commits, whatever a read returned before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ReadConsistency {
+    /// The default. A read never returns a value older than a write acknowledged before the
+    /// read began, even through a stream leader that was deposed and does not know it yet.
+    ///
+    /// The leader's answer is confirmed by a commit barrier: one small message to a reserved
+    /// key of this client (`_swarmstate.barrier.*`), conditioned on the key still being at the
+    /// sequence that was read, committed through the stream's Raft quorum. If the key moved in
+    /// between, the read is taken again; if the barrier cannot be committed (no quorum, a
+    /// partition), the read fails with [`Error::Unavailable`] instead of answering. A read
+    /// therefore costs a leader read plus a replicated write.
+    #[default]
+    Linearizable,
+    /// One read from the node that believes it is the stream leader, nothing more: the cost of
+    /// the raw JetStream call.
+    ///
+    /// What it gives up: a leader cut off from the rest of its cluster keeps answering reads
+    /// from its own state until it notices that it lost its quorum (about the Raft election
+    /// timeout, a few seconds), while the majority may already have elected a new leader and
+    /// acknowledged newer writes. Reads through it in that window can be stale. Without
+    /// partitions or leader changes it answers like `Linearizable`.
+    Leader,
+}
+
 /// Builds a [`NatsStore`]: `NatsStore::builder("nats://127.0.0.1:4222").bucket("swarm")
 /// .replicas(3).connect().await?`.
 #[derive(Debug, Clone)]
@@ -25,6 +55,7 @@ pub struct NatsStoreBuilder {
     pub(crate) max_value_size: usize,
     pub(crate) request_timeout: Duration,
     pub(crate) watch_buffer: usize,
+    pub(crate) read_consistency: ReadConsistency,
 }
 
 impl NatsStoreBuilder {
@@ -36,6 +67,7 @@ impl NatsStoreBuilder {
             max_value_size: swarmstate_core::DEFAULT_MAX_VALUE_SIZE,
             request_timeout: Duration::from_secs(5),
             watch_buffer: swarmstate_core::DEFAULT_WATCH_BUFFER,
+            read_consistency: ReadConsistency::default(),
         }
     }
 
@@ -68,6 +100,14 @@ impl NatsStoreBuilder {
     /// Events a watcher may have buffered before it is lagged (default 64).
     pub fn watch_buffer(mut self, events: usize) -> Self {
         self.watch_buffer = events.max(1);
+        self
+    }
+
+    /// How `get` is answered (default [`ReadConsistency::Linearizable`]; see there for what
+    /// [`ReadConsistency::Leader`] gives up). [`NatsStore::get_stale`] is the faster read any
+    /// replica may answer, in either mode.
+    pub fn read_consistency(mut self, consistency: ReadConsistency) -> Self {
+        self.read_consistency = consistency;
         self
     }
 

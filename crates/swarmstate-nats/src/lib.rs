@@ -27,5 +27,5 @@ mod wire;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use config::{DEFAULT_BUCKET, IDEMPOTENCY_WINDOW, NatsStoreBuilder};
+pub use config::{DEFAULT_BUCKET, IDEMPOTENCY_WINDOW, NatsStoreBuilder, ReadConsistency};
 pub use store::NatsStore;

@@ -15,7 +15,7 @@ use swarmstate_core::{
 };
 use tokio::sync::watch as signal;
 
-use crate::config::{NatsStoreBuilder, parse_url};
+use crate::config::{NatsStoreBuilder, ReadConsistency, parse_url};
 use crate::txn;
 use crate::wire::{self, ApiError};
 
@@ -24,8 +24,9 @@ use crate::wire::{self, ApiError};
 /// Durable as the server is configured: run the servers with `jetstream { sync_interval:
 /// always }` and the bucket with 3 replicas for writes that survive a crash.
 ///
-/// Reads ([`get`](StateStore::get)) go to the stream leader and are linearizable;
-/// [`NatsStore::get_stale`] is the opt-in fast read any replica may answer.
+/// Reads ([`get`](StateStore::get)) go to the stream leader and are linearizable by default,
+/// confirmed by a commit barrier (see [`ReadConsistency`]); [`NatsStore::get_stale`] is the
+/// opt-in fast read any replica may answer.
 #[derive(Debug, Clone)]
 pub struct NatsStore {
     pub(crate) inner: Arc<Inner>,
@@ -42,6 +43,12 @@ pub(crate) struct Inner {
     pub(crate) max_value_size: usize,
     pub(crate) request_timeout: Duration,
     pub(crate) watch_buffer: usize,
+    read_consistency: ReadConsistency,
+    // Invariant: unique per store (a NUID), a valid key token; names this client's barrier keys.
+    client_id: String,
+    // Barrier slots not in use. A slot is one reserved subject, used by one read at a time, so
+    // that each barrier knows which earlier barrier it replaces.
+    barrier_slots: std::sync::Mutex<BarrierSlots>,
     closed: AtomicBool,
     // Keys this client last saw absent, with the sequence of the tombstone or marker that made
     // them so: a create tries that sequence first and saves a rejected round trip and a read
@@ -81,6 +88,8 @@ impl NatsStore {
         builder: NatsStoreBuilder,
     ) -> NatsStore {
         let (closing, _) = signal::channel(false);
+        let inbox = client.new_inbox();
+        let client_id = inbox.rsplit('.').next().unwrap_or(&inbox).to_owned();
         NatsStore {
             inner: Arc::new(Inner {
                 client,
@@ -91,6 +100,9 @@ impl NatsStore {
                 max_value_size: builder.max_value_size,
                 request_timeout: builder.request_timeout,
                 watch_buffer: builder.watch_buffer,
+                read_consistency: builder.read_consistency,
+                client_id,
+                barrier_slots: Default::default(),
                 closed: AtomicBool::new(false),
                 absent_at: Default::default(),
                 closing,
@@ -215,6 +227,159 @@ impl NatsStore {
     }
 }
 
+/// A reserved subject that carries this client's read barriers, one read at a time.
+#[derive(Debug)]
+struct BarrierSlot {
+    id: u64,
+    // The sequences of the barriers acknowledged on this subject, newest first, at most
+    // `wire::REPLACES_KEPT`: the newest is the message the next barrier replaces, the others
+    // were replaced before. Each barrier lists them all, so that a watcher that missed several
+    // in a row can still tell every hole they left.
+    earlier: std::collections::VecDeque<u64>,
+    used: std::time::Instant,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct BarrierSlots {
+    idle: Vec<BarrierSlot>,
+    next_id: u64,
+}
+
+/// How long a read barrier stays in the bucket when its slot is not used again: long enough
+/// that a reused slot finds its own last barrier there (see [`NatsStore::take_slot`]), short
+/// enough that the slots of clients that went away do not pile up.
+const BARRIER_TTL: Duration = Duration::from_secs(600);
+
+impl NatsStore {
+    /// A linearizable read: the key's last message as the stream leader has it, confirmed by a
+    /// commit barrier.
+    ///
+    /// The barrier is a message to a reserved subject of this client carrying
+    /// `Nats-Expected-Last-Subject-Sequence(-Subject)`: the key must still be at the sequence
+    /// that was read. The check is made by the stream leader when it proposes the message to
+    /// the stream's Raft group, against everything it has applied, and a proposal only commits
+    /// in the term it was made in. So an acknowledged barrier proves that, at a moment between
+    /// the read and the acknowledgement, a leader holding the quorum had the key at the
+    /// sequence read: the read is linearized there. A deposed leader cannot commit the
+    /// barrier, so its stale answer is never returned.
+    async fn get_linearizable(&self, key: &Key) -> Result<Option<Entry>> {
+        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let last = self.last(key).await?;
+            let at = last.as_ref().map_or(0, |l| l.sequence);
+            let refused = match self.barrier(key, at).await? {
+                Ok(()) => return Ok(last.and_then(|l| l.live)),
+                Err(refused) if refused.is_conflict() => refused,
+                Err(other) => return Err(other.into_error(&format!("get {key}"))),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Unavailable {
+                    message: format!(
+                        "get {key}: the read could not be confirmed within {:?}: {}",
+                        self.inner.request_timeout, refused.description
+                    ),
+                });
+            }
+            // The key moved since the read: read again at once. A refusal because another
+            // conditional write to the key is in flight says nothing yet: give it a moment.
+            if refused.is_in_flight() {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Publishes a commit barrier expecting `key` at sequence `at` (0: no message). `Ok(Err)`
+    /// when the server refused it (nothing was stored); a barrier without an answer is
+    /// [`Error::Unavailable`]: whether or not it was stored, it confirmed nothing.
+    async fn barrier(&self, key: &Key, at: u64) -> Result<Result<(), ApiError>> {
+        self.ensure_open()?;
+        let operation = format!("get {key}");
+        let mut slot = self.take_slot();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            wire::EXPECTED_LAST_SUBJECT_SEQUENCE,
+            at.to_string().as_str(),
+        );
+        headers.insert(
+            wire::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+            self.subject(key).as_str(),
+        );
+        headers.insert(wire::TTL, format!("{}s", BARRIER_TTL.as_secs()).as_str());
+        if !slot.earlier.is_empty() {
+            headers.insert(
+                wire::REPLACES,
+                wire::encode_sequences(&slot.earlier).as_str(),
+            );
+        }
+        let subject = format!(
+            "{}{}{}.{}",
+            self.inner.prefix,
+            wire::BARRIER_KEYS,
+            self.inner.client_id,
+            slot.id
+        );
+        // On any failure below the slot is dropped, not given back: whether its barrier was
+        // stored is unknown, so the next one could not say which messages it replaces.
+        let reply = wire::request(
+            &self.inner.client,
+            self.inner.request_timeout,
+            &operation,
+            subject,
+            headers,
+            Bytes::new(),
+        )
+        .await
+        .map_err(|err| match err {
+            Error::Ambiguous { message, .. } => Error::Unavailable {
+                message: format!(
+                    "{operation}: the read was not confirmed by the stream's quorum: {message}"
+                ),
+            },
+            other => other,
+        })?;
+        let outcome = wire::parse_ack(&reply.payload, &operation)?;
+        if let Ok(ack) = &outcome {
+            slot.earlier.push_front(ack.sequence);
+            slot.earlier.truncate(wire::REPLACES_KEPT);
+            slot.used = std::time::Instant::now();
+        }
+        self.give_back(slot);
+        Ok(outcome.map(|_| ()))
+    }
+
+    fn take_slot(&self) -> BarrierSlot {
+        let mut slots = self
+            .inner
+            .barrier_slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        while let Some(slot) = slots.idle.pop() {
+            // Its last barrier may have expired (leaving a marker the next one would replace
+            // unannounced): start a new slot rather than guess.
+            if slot.used.elapsed() < BARRIER_TTL / 2 {
+                return slot;
+            }
+        }
+        slots.next_id += 1;
+        BarrierSlot {
+            id: slots.next_id,
+            earlier: Default::default(),
+            used: std::time::Instant::now(),
+        }
+    }
+
+    fn give_back(&self, slot: BarrierSlot) {
+        let mut slots = self
+            .inner
+            .barrier_slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        slots.idle.push(slot);
+    }
+}
+
 /// The reserved key that records an applied write with an idempotency key: written in the
 /// same atomic batch as the write, right after it, so the write's revision is the record's
 /// minus one. It expires after the idempotency window.
@@ -270,9 +435,18 @@ impl StateStore for NatsStore {
         }
     }
 
+    /// Linearizable by default: never older than a write acknowledged before the call began,
+    /// at the cost of a leader read plus a replicated barrier write (see
+    /// [`ReadConsistency`]). Errors: [`Error::Unavailable`] when the read cannot be answered
+    /// or confirmed (no stream leader, no quorum, a partition, or a key that kept changing for
+    /// the whole request timeout); retrying is safe. With [`ReadConsistency::Leader`], only
+    /// the leader read.
     #[tracing::instrument(skip_all, fields(key = %key))]
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        Ok(self.last(key).await?.and_then(|last| last.live))
+        match self.inner.read_consistency {
+            ReadConsistency::Linearizable => self.get_linearizable(key).await,
+            ReadConsistency::Leader => Ok(self.last(key).await?.and_then(|last| last.live)),
+        }
     }
 
     #[tracing::instrument(skip_all, fields(key = %key))]
@@ -414,6 +588,15 @@ impl StateStore for NatsStore {
                 Err(err) if err.is_conflict() => {
                     if let Some(expected) = expected {
                         let actual = self.last(key).await?.and_then(|l| l.live);
+                        // Refused without comparing (a read's barrier or another conditional
+                        // write to the key was in flight) and still at the expected revision:
+                        // try again.
+                        if err.is_in_flight()
+                            && actual.as_ref().map(|e| e.revision) == Some(expected)
+                        {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                            continue;
+                        }
                         return Err(Error::RevisionMismatch {
                             key: key.clone(),
                             expected,

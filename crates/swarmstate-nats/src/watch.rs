@@ -138,9 +138,8 @@ async fn list_keys(
             None => break,
         };
         *pending = message.info().map(|i| i.pending).unwrap_or(0);
-        if let Some((_, _, Some(WatchEvent::Put(entry)))) = decode(store, pattern, &message)
-            && entry.expires_in != Some(std::time::Duration::ZERO)
-        {
+        // Like `get`, listing trusts the server on expiry (see `wire::live_entry`).
+        if let Some((_, _, Some(WatchEvent::Put(entry)))) = decode(store, pattern, &message) {
             keys.push(entry.key);
         }
     }
@@ -235,6 +234,8 @@ pub(crate) async fn watch(
             WatchStart::Snapshot => 1,
         },
         contiguous: matches!(start, WatchStart::FromRevision(_)),
+        unexplained: Default::default(),
+        held: Vec::new(),
     };
     let store = store.clone();
     tokio::spawn(async move {
@@ -249,11 +250,34 @@ struct Feed {
     store: NatsStore,
     pattern: Pattern,
     feed: WatchFeed,
-    // Invariant: the first revision the watcher has not been given; never 0.
+    // Invariant: the first revision not yet looked at; never 0. The watcher has been given
+    // every selected change below it, except those held back in `held`.
     next: u64,
     // Whether every sequence from `next` on must arrive: true once the watch is live (or
     // from its start revision), since the consumer covers the whole stream.
     contiguous: bool,
+    // Sequences that never arrived and that no read barrier has claimed yet (see `run`).
+    unexplained: std::collections::BTreeSet<u64>,
+    // Events after the first unexplained hole, held back until it is claimed: if it never is,
+    // the watch lags there, and the watcher must not have seen anything after it.
+    held: Vec<WatchEvent>,
+}
+
+/// Missing sequences, and events behind them, a watch keeps while it waits for read barriers
+/// to claim the holes; beyond that it lags.
+const MAX_UNEXPLAINED: usize = 1024;
+
+/// The sequences a read barrier (a reserved `_swarmstate.barrier.*` message) says were
+/// earlier barriers of its slot: holes there are not changes to any key.
+fn claimed_barriers(store: &NatsStore, message: &async_nats::jetstream::Message) -> Vec<u64> {
+    let claimed = || {
+        let subject = message.subject.strip_prefix(store.inner.prefix.as_str())?;
+        if !subject.starts_with(wire::BARRIER_KEYS) {
+            return None;
+        }
+        wire::decode_sequences(message.headers.as_ref()?.get(wire::REPLACES)?.as_str())
+    };
+    claimed().unwrap_or_default()
 }
 
 impl Feed {
@@ -262,7 +286,7 @@ impl Feed {
         let mut catching_up = snapshot;
         if let Some((0, floor)) = catching_up {
             catching_up = None;
-            if !self.send(WatchEvent::CaughtUp {
+            if !self.deliver(WatchEvent::CaughtUp {
                 revision: Revision::new(floor),
             }) {
                 return;
@@ -298,23 +322,33 @@ impl Feed {
             else {
                 continue;
             };
-            // Already given to the watcher, or from before the watch began: a recreated
-            // consumer that had delivered nothing starts over from the stream's first message.
+            // Already looked at, or from before the watch began: a recreated consumer that
+            // had delivered nothing starts over from the stream's first message.
             if sequence < self.next {
                 continue;
             }
             // The consumer sees every message of the stream, so a hole in the sequence is a
-            // message removed (overwritten, one message per key) before it was delivered: say
-            // so rather than skip it.
+            // message removed (overwritten, one message per key) before it was delivered.
+            // Reads leave such holes on purpose: each read's barrier replaces the previous one
+            // on its reserved subject, and lists the earlier barriers of that subject. A hole
+            // no barrier has claimed by the time the watch has caught up may have been a change
+            // the watcher selects: say so (lag there) rather than skip it.
             if self.contiguous && sequence > self.next {
-                self.lag_here();
-                return;
+                let gap = (sequence - self.next) as usize;
+                if self.unexplained.len() + gap > MAX_UNEXPLAINED {
+                    self.lag_here();
+                    return;
+                }
+                self.unexplained.extend(self.next..sequence);
+            }
+            for claimed in claimed_barriers(&self.store, &message) {
+                self.unexplained.remove(&claimed);
             }
             let in_snapshot = catching_up.is_some();
             if let Some(event) = event {
                 // A snapshot lists what exists; deletes and expiries before it are not changes.
                 let skip = in_snapshot && !matches!(event, WatchEvent::Put(_));
-                if !skip && !self.send(event) {
+                if !skip && !self.deliver(event) {
                     return;
                 }
             }
@@ -322,11 +356,21 @@ impl Feed {
             if !in_snapshot {
                 self.contiguous = true;
             }
+            if self.unexplained.is_empty() {
+                if !self.release_held() {
+                    return;
+                }
+            } else if pending == 0 || self.held.len() > MAX_UNEXPLAINED {
+                // Every message stored so far was looked at (or too much is waiting), and
+                // the barriers among them left these holes unclaimed.
+                self.lag_here();
+                return;
+            }
             if let Some((_, floor)) = catching_up
                 && pending == 0
             {
                 catching_up = None;
-                if !self.send(WatchEvent::CaughtUp {
+                if !self.deliver(WatchEvent::CaughtUp {
                     revision: Revision::new(floor.max(sequence)),
                 }) {
                     return;
@@ -335,13 +379,30 @@ impl Feed {
         }
     }
 
-    /// Hands one event to the watcher; false once the watch is over.
+    /// Hands one event to the watcher, or holds it back behind an unclaimed hole; false once
+    /// the watch is over.
+    fn deliver(&mut self, event: WatchEvent) -> bool {
+        if !self.unexplained.is_empty() {
+            self.held.push(event);
+            return true;
+        }
+        self.send(event)
+    }
+
+    /// Hands the held-back events to the watcher, in order; false once the watch is over.
+    fn release_held(&mut self) -> bool {
+        let held = std::mem::take(&mut self.held);
+        held.into_iter().all(|event| self.send(event))
+    }
+
     fn send(&mut self, event: WatchEvent) -> bool {
         let fallback = Revision::new(self.next).expect("never 0");
         self.feed.send(event, fallback).is_ok()
     }
 
+    /// Ends the watch at the first revision the watcher has not been given.
     fn lag_here(&self) {
-        self.feed.lag(Revision::new(self.next).expect("never 0"));
+        let first = self.unexplained.first().copied().unwrap_or(self.next);
+        self.feed.lag(Revision::new(first).expect("never 0"));
     }
 }

@@ -17,6 +17,16 @@ pub(crate) const KV_OPERATION: &str = "KV-Operation";
 pub(crate) const BATCH_ID: &str = "Nats-Batch-Id";
 pub(crate) const BATCH_SEQUENCE: &str = "Nats-Batch-Sequence";
 pub(crate) const BATCH_COMMIT: &str = "Nats-Batch-Commit";
+/// On a read's commit barrier: the sequences of the earlier barriers on the same reserved
+/// subject, newest first (the newest is the one this barrier replaces, history 1 removing it;
+/// the others were replaced before), so that a watcher can tell the holes they leave from lost
+/// changes to keys. See [`encode_sequences`].
+pub(crate) const REPLACES: &str = "Swarmstate-Replaces";
+/// How many earlier barriers a barrier lists: a watcher that missed more of one client's
+/// barriers in a row than this lags.
+pub(crate) const REPLACES_KEPT: usize = 128;
+/// The reserved keys that carry reads' commit barriers, one subject per client and slot.
+pub(crate) const BARRIER_KEYS: &str = "_swarmstate.barrier.";
 
 /// JetStream's "wrong last sequence" error; on R3 a lost race may also come back as 10164.
 const WRONG_LAST_SEQUENCE: u64 = 10071;
@@ -47,6 +57,36 @@ pub(crate) fn kind(headers: Option<&HeaderMap>) -> Kind {
     }
 }
 
+/// Strictly decreasing sequences as text: the first, then each one's distance below the one
+/// before it (`"1050 3 7"` is 1050, 1047, 1040), which keeps a list of nearby sequences short.
+pub(crate) fn encode_sequences<'a>(sequences: impl IntoIterator<Item = &'a u64>) -> String {
+    let mut text = String::new();
+    let mut previous = None;
+    for &sequence in sequences {
+        let number = previous.map_or(sequence, |previous: u64| previous - sequence);
+        if previous.is_some() {
+            text.push(' ');
+        }
+        text.push_str(&number.to_string());
+        previous = Some(sequence);
+    }
+    text
+}
+
+/// The sequences [`encode_sequences`] wrote; `None` for anything else.
+pub(crate) fn decode_sequences(text: &str) -> Option<Vec<u64>> {
+    let mut sequences: Vec<u64> = Vec::new();
+    for number in text.split(' ') {
+        let number: u64 = number.parse().ok()?;
+        let sequence = match sequences.last() {
+            None => number,
+            Some(previous) => previous.checked_sub(number).filter(|_| number > 0)?,
+        };
+        sequences.push(sequence);
+    }
+    Some(sequences)
+}
+
 /// TTLs are whole seconds on NATS, rounded up.
 pub(crate) fn ttl_seconds(ttl: Duration) -> u64 {
     ttl.as_nanos().div_ceil(1_000_000_000).max(1) as u64
@@ -70,7 +110,13 @@ pub(crate) fn expires_in(headers: Option<&HeaderMap>, published_nanos: i128) -> 
     Some(Duration::from_nanos(left.clamp(0, u64::MAX as i128) as u64))
 }
 
-/// The entry a stored message holds, or `None` for a delete, expiry, or a value past its TTL.
+/// The entry a stored message holds, or `None` for a delete or an expiry marker.
+///
+/// A value past its TTL by this machine's clock is still returned (with `expires_in` zero)
+/// until the server removes it: the server decides when it expires, and a conditional write
+/// at its revision succeeds until then. Hiding it earlier would let a read report the key
+/// absent and a later update at the old revision bring it back, which no order of the two
+/// explains.
 pub(crate) fn live_entry(
     key: &Key,
     sequence: u64,
@@ -82,9 +128,6 @@ pub(crate) fn live_entry(
         return None;
     }
     let expires_in = expires_in(headers, published_nanos);
-    if expires_in == Some(Duration::ZERO) {
-        return None;
-    }
     Some(Entry {
         key: key.clone(),
         value: payload.clone(),
@@ -107,6 +150,12 @@ impl ApiError {
             self.err_code,
             WRONG_LAST_SEQUENCE | WRONG_LAST_SEQUENCE_CLUSTERED
         )
+    }
+
+    /// Refused without comparing, because another conditional write to the subject was still
+    /// in flight: it says nothing about the subject's sequence.
+    pub(crate) fn is_in_flight(&self) -> bool {
+        self.err_code == WRONG_LAST_SEQUENCE_CLUSTERED
     }
 
     pub(crate) fn into_error(self, operation: &str) -> Error {
@@ -219,6 +268,18 @@ mod tests {
         .unwrap_err();
         assert!(err.is_conflict(), "{err:?}");
         assert!(parse_ack(b"not json", "put").is_err());
+    }
+
+    #[test]
+    fn barrier_sequences_round_trip() {
+        let sequences = [1050u64, 1047, 1040, 3, 1];
+        let text = encode_sequences(&sequences);
+        assert_eq!(text, "1050 3 7 1037 2");
+        assert_eq!(decode_sequences(&text), Some(sequences.to_vec()));
+        assert_eq!(decode_sequences("7"), Some(vec![7]));
+        for bad in ["", "x", "5 6", "5 0", "5  1"] {
+            assert_eq!(decode_sequences(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

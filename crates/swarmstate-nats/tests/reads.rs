@@ -2,12 +2,21 @@
 //! that has just restarted answers direct gets before it has caught up. `NatsStore::get` goes
 //! to the stream leader and never returns a value older than an acknowledged write;
 //! `NatsStore::get_stale` may.
+//!
+//! A default read leaves a commit barrier in the bucket, on a reserved key that replaces the
+//! previous one; the watch tests below hold watchers to not mistaking the holes that leaves for
+//! lost changes, while still lagging, at the first change they missed, over the holes that
+//! overwritten keys leave.
 
 use std::time::{Duration, Instant};
 
-use swarmstate_core::{Key, Revision, StateStore, StateStoreExt};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+use swarmstate_core::{Key, Pattern, Revision, StateStore, StateStoreExt, WatchEvent, WatchStart};
 use swarmstate_nats::NatsStore;
-use swarmstate_nats::testing::{NatsCluster, require_server};
+use swarmstate_nats::testing::{NatsCluster, NatsServer, require_server};
 
 const BUCKET: &str = "reads";
 
@@ -110,4 +119,193 @@ async fn default_reads_are_never_stale_while_opt_in_stale_reads_may_be() {
     assert!(default_reads > 0);
     writer.close().await.unwrap();
     reader.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_holes_concurrent_reads_leave_do_not_lag_a_watcher() {
+    if require_server().is_none() {
+        return;
+    }
+    let server = NatsServer::start().await;
+    let store = NatsStore::builder(server.url())
+        .bucket(BUCKET)
+        .connect()
+        .await
+        .expect("store connects");
+    let watched = Key::new("reads.watched").unwrap();
+    store.set(&watched, "0").await.unwrap();
+    // Readers on one client share its barrier slots, so barriers replace each other as fast as
+    // the server commits them, while a writer's changes are interleaved with them.
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..16)
+        .map(|_| {
+            let (store, key, stop) = (store.clone(), watched.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut reads = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    store.get(&key).await.expect("a read on a healthy server");
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    // A watch from a revision the readers are about to reach: its consumer starts a moment
+    // later, behind barriers that were replaced meanwhile, and must catch up through their
+    // holes. (A start revision already behind a replaced barrier is refused as compacted.)
+    let mut live = loop {
+        let next = store.set(&watched, "0").await.unwrap().next();
+        match store
+            .watch(&Pattern::All, WatchStart::FromRevision(next))
+            .await
+        {
+            Ok(events) => break events,
+            Err(swarmstate_core::Error::Compacted { .. }) => continue,
+            Err(err) => panic!("watch: {err}"),
+        }
+    };
+    let mut written = Vec::new();
+    for i in 1..=40 {
+        written.push(store.set(&watched, i.to_string()).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stop.store(true, Ordering::Release);
+    let mut reads = 0;
+    for reader in readers {
+        reads += reader.await.expect("reader");
+    }
+    let mut seen = Vec::new();
+    while seen.len() < written.len() {
+        let event = tokio::time::timeout(Duration::from_secs(10), live.next())
+            .await
+            .expect("the watcher keeps receiving")
+            .expect("the watch stream does not end");
+        match event {
+            WatchEvent::Put(entry) => seen.push(entry.revision),
+            other => panic!(
+                "after {} of {} changes: {other:?}",
+                seen.len(),
+                written.len()
+            ),
+        }
+    }
+    eprintln!("{reads} reads beside {} watched writes", written.len());
+    assert_eq!(seen, written, "every change, in order, nothing else");
+    assert!(
+        reads > 100,
+        "only {reads} reads: the barriers were not exercised"
+    );
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hole_a_changed_key_leaves_still_lags_the_watcher_where_it_missed_a_change() {
+    if require_server().is_none() {
+        return;
+    }
+    let server = NatsServer::start().await;
+    let store = NatsStore::builder(server.url())
+        .bucket(BUCKET)
+        .connect()
+        .await
+        .expect("store connects");
+    let hot = Key::new("reads.hot").unwrap();
+    let mut lags = 0;
+    for attempt in 0..5 {
+        let stop = Arc::new(AtomicBool::new(false));
+        // Readers leave barrier holes; writers overwrite one watched key, so some holes are
+        // changes the watcher selects.
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let (store, key, stop) = (store.clone(), hot.clone(), stop.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Acquire) {
+                        store.get(&key).await.expect("a read on a healthy server");
+                    }
+                })
+            })
+            .collect();
+        let from = store.set(&hot, "start").await.unwrap().next();
+        let events = match store
+            .watch(&Pattern::All, WatchStart::FromRevision(from))
+            .await
+        {
+            Ok(events) => events,
+            Err(swarmstate_core::Error::Compacted { .. }) => {
+                stop.store(true, Ordering::Release);
+                continue;
+            }
+            Err(err) => panic!("watch: {err}"),
+        };
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let (store, key) = (store.clone(), hot.clone());
+                tokio::spawn(async move {
+                    let mut written = Vec::new();
+                    for i in 0..10 {
+                        written.push(store.set(&key, format!("w{w}-{i}")).await.unwrap());
+                    }
+                    written
+                })
+            })
+            .collect();
+        let mut written = Vec::new();
+        for writer in writers {
+            written.extend(writer.await.expect("writer"));
+        }
+        stop.store(true, Ordering::Release);
+        for reader in readers {
+            reader.await.expect("reader");
+        }
+        written.sort_unstable();
+        let last = *written.last().unwrap();
+        let (delivered, lagged) = follow(events, last).await;
+        assert!(
+            delivered.windows(2).all(|pair| pair[0] < pair[1]),
+            "attempt {attempt}: out of order: {delivered:?}"
+        );
+        match lagged {
+            Some(resume_from) => {
+                lags += 1;
+                assert!(
+                    delivered.iter().all(|revision| *revision < resume_from),
+                    "attempt {attempt}: delivered {delivered:?} at or after Lagged {resume_from}"
+                );
+                let missed: Vec<_> = written
+                    .iter()
+                    .filter(|w| **w < resume_from && !delivered.contains(w))
+                    .collect();
+                assert!(
+                    missed.is_empty(),
+                    "attempt {attempt}: {missed:?} skipped silently before Lagged {resume_from}"
+                );
+            }
+            None => assert_eq!(delivered, written, "attempt {attempt}: every change"),
+        }
+    }
+    eprintln!("{lags} of 5 watches lagged over a missed change; the others saw every change");
+    store.close().await.unwrap();
+}
+
+/// The revisions of the puts a watch delivers up to `last`, and where it lagged if it did.
+async fn follow(
+    mut events: swarmstate_core::WatchStream,
+    last: Revision,
+) -> (Vec<Revision>, Option<Revision>) {
+    let mut delivered = Vec::new();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("the watch keeps going")
+            .expect("the watch ends only with Lagged");
+        match event {
+            WatchEvent::Put(entry) if entry.revision >= last => {
+                delivered.push(entry.revision);
+                return (delivered, None);
+            }
+            WatchEvent::Put(entry) => delivered.push(entry.revision),
+            WatchEvent::Lagged { resume_from } => return (delivered, Some(resume_from)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
 }
