@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use swarmstate_check::{Workload, run};
 use swarmstate_core::StateStore;
 use swarmstate_nats::NatsStore;
-use swarmstate_nats::testing::{NatsCluster, nats_server_binary};
+use swarmstate_nats::testing::{NatsCluster, NatsServer, nats_server_binary};
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::open::open_store;
@@ -114,16 +114,16 @@ pub(crate) async fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                  or set SWARMSTATE_NATS_SERVER"
             );
         }
-        let mut cluster = NatsCluster::start_partitionable(nodes).await;
+        let mut local = Local::start(nodes).await;
         let store: Arc<dyn StateStore> = Arc::new(
-            NatsStore::builder(cluster.connect_url())
+            NatsStore::builder(local.url())
                 .bucket(LOCAL_BUCKET)
                 .replicas(nodes)
                 .connect()
                 .await
                 .context("opening the bucket on the local cluster")?,
         );
-        let faults = inject(&mut cluster, &args.faults, args.duration);
+        let faults = inject(&mut local, &args.faults, args.duration);
         run(store, &workload, faults).await?
     } else {
         if !args.faults.is_empty() {
@@ -145,35 +145,88 @@ pub(crate) async fn run_check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Applies `faults` one after another, evenly spread over the run.
-async fn inject(cluster: &mut NatsCluster, faults: &[Fault], duration: Duration) {
+/// The servers a `nats-local://N` run starts: one plain node, or a cluster whose routes can
+/// be cut.
+enum Local {
+    Single(NatsServer),
+    Cluster(NatsCluster),
+}
+
+impl Local {
+    async fn start(nodes: usize) -> Local {
+        if nodes == 1 {
+            Local::Single(NatsServer::start().await)
+        } else {
+            Local::Cluster(NatsCluster::start_partitionable(nodes).await)
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Local::Single(server) => server.url(),
+            Local::Cluster(cluster) => cluster.connect_url(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Local::Single(_) => 1,
+            Local::Cluster(cluster) => cluster.len(),
+        }
+    }
+
+    fn node_mut(&mut self, index: usize) -> &mut NatsServer {
+        match self {
+            Local::Single(server) => server,
+            Local::Cluster(cluster) => cluster.node_mut(index),
+        }
+    }
+
+    async fn leader(&self, stream: &str) -> usize {
+        match self {
+            Local::Single(_) => 0,
+            // A cluster still electing answers slowly; any node will do for a kill then.
+            Local::Cluster(cluster) => {
+                tokio::time::timeout(Duration::from_secs(2), cluster.stream_leader(stream))
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            }
+        }
+    }
+}
+
+/// Applies `faults` one after another, spread over the first two thirds of the run, so that
+/// each has ended (and the servers recovered) while the clients still run.
+async fn inject(local: &mut Local, faults: &[Fault], duration: Duration) {
     let started = Instant::now();
-    let slots = u32::try_from(faults.len() + 1).unwrap_or(u32::MAX);
     let stream = format!("KV_{LOCAL_BUCKET}");
+    let count = faults.len() as f64;
     for (n, fault) in faults.iter().enumerate() {
-        let at = started + duration * u32::try_from(n + 1).unwrap_or(u32::MAX) / slots;
-        sleep_until(at).await;
-        let leader = cluster.stream_leader(&stream).await.unwrap_or(0);
+        sleep_until(started + duration.mul_f64(0.1 + 0.6 * n as f64 / count)).await;
         let node = match fault {
-            Fault::Kill => n % cluster.len(),
-            Fault::KillLeader | Fault::Pause | Fault::Partition => leader,
+            Fault::Kill => n % local.len(),
+            Fault::KillLeader | Fault::Pause | Fault::Partition => local.leader(&stream).await,
         };
         eprintln!("{:6.1} s  {fault} n{node}", started.elapsed().as_secs_f64());
         match fault {
             Fault::Kill | Fault::KillLeader => {
-                cluster.node_mut(node).kill();
+                local.node_mut(node).kill();
                 sleep(Duration::from_secs(1)).await;
-                cluster.node_mut(node).restart().await;
+                local.node_mut(node).restart().await;
             }
             Fault::Pause => {
-                cluster.node(node).pause();
+                local.node_mut(node).pause();
                 sleep(Duration::from_secs(3)).await;
-                cluster.node(node).resume();
+                local.node_mut(node).resume();
             }
             Fault::Partition => {
-                cluster.isolate(node);
-                sleep(Duration::from_secs(6)).await;
-                cluster.heal();
+                if let Local::Cluster(cluster) = local {
+                    cluster.isolate(node);
+                    sleep(Duration::from_secs(6)).await;
+                    cluster.heal();
+                }
             }
         }
         eprintln!(
