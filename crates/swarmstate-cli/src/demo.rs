@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -121,9 +122,11 @@ struct Swarm {
     ledger: Mutex<Ledger>,
     /// Set once every item is done: agents stop.
     done: watch::Sender<bool>,
-    /// Set for one agent: on its first claim after this, it stalls past its lease and then
-    /// tries to complete anyway.
-    stall: Mutex<Option<String>>,
+    /// The agent that, on its first claim past halfway, stalls past its lease and then tries
+    /// to complete anyway. It does not campaign, so it is never the leader that gets killed.
+    staller: String,
+    /// Set by the worker whose completion reaches half the items.
+    halfway: AtomicBool,
 }
 
 impl Swarm {
@@ -176,12 +179,13 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Report> {
         work: args.work,
         ledger: Mutex::default(),
         done: watch::channel(false).0,
-        stall: Mutex::new(None),
+        staller: agent_name(1),
+        halfway: AtomicBool::new(false),
     });
 
     let mut agents = Vec::with_capacity(args.agents);
     for n in 0..args.agents {
-        let name = format!("agent-{n:02}");
+        let name = agent_name(n);
         let config = ConfigWatch::start(swarm.store.clone(), swarm.keys.config(), decode)
             .await
             .with_context(|| format!("starting {name}'s config watch"))?;
@@ -196,20 +200,22 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Report> {
     let progress = Progress::new();
     let mut killed: Vec<String> = Vec::new();
     let deadline = started + Duration::from_secs(50);
-    loop {
+    for tick in 0u64.. {
         let done = swarm.done_count();
-        let leader = swarm.election.leader().await.ok().flatten();
-        progress.show(
-            started,
-            done,
-            args.items,
-            args.agents - killed.len(),
-            &leader,
-        );
+        if tick % 5 == 0 || done >= args.items {
+            let leader = swarm.election.leader().await.ok().flatten();
+            progress.show(
+                started,
+                done,
+                args.items,
+                args.agents - killed.len(),
+                &leader,
+            );
+        }
         if done >= args.items {
             break;
         }
-        if killed.is_empty() && done * 2 >= args.items {
+        if killed.is_empty() && swarm.halfway.load(Ordering::Acquire) {
             killed = kill_halfway(&swarm, &mut agents, args.kill).await?;
             progress.note(&format!("killed {}", killed.join(", ")));
         }
@@ -220,7 +226,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Report> {
                 args.items
             );
         }
-        sleep(Duration::from_millis(100)).await;
+        sleep(Duration::from_millis(20)).await;
     }
     swarm.done.send_replace(true);
     progress.finish();
@@ -238,13 +244,23 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Report> {
     })
 }
 
+fn agent_name(n: usize) -> String {
+    format!("agent-{n:02}")
+}
+
 fn decode(_key: &Key, value: &Bytes) -> Result<String, String> {
     String::from_utf8(value.to_vec()).map_err(|err| err.to_string())
 }
 
 /// One agent: campaigns for leadership and works the queue at the same time.
 async fn agent(swarm: Arc<Swarm>, name: String) {
-    let outcome = tokio::try_join!(campaign(&swarm, &name), work(&swarm, &name));
+    let campaigns = async {
+        if name == swarm.staller {
+            return Ok(());
+        }
+        campaign(&swarm, &name).await
+    };
+    let outcome = tokio::try_join!(campaigns, work(&swarm, &name));
     if let Err(err) = outcome {
         swarm.ledger().agent_errors.push(format!("{name}: {err}"));
     }
@@ -343,6 +359,7 @@ fn ignore_lost(err: Error) -> Result<(), Error> {
 
 async fn work(swarm: &Swarm, name: &str) -> anyhow::Result<()> {
     let done = swarm.done.subscribe();
+    let mut stalled = false;
     while !*done.borrow() {
         let claim = swarm
             .queue
@@ -350,15 +367,8 @@ async fn work(swarm: &Swarm, name: &str) -> anyhow::Result<()> {
             .await
             .context("claiming")?;
         let Some(claim) = claim else { continue };
-        let stall = {
-            let mut stall = swarm.stall.lock().unwrap_or_else(|e| e.into_inner());
-            if stall.as_deref() == Some(name) {
-                stall.take();
-                true
-            } else {
-                false
-            }
-        };
+        let stall = name == swarm.staller && !stalled && swarm.halfway.load(Ordering::Acquire);
+        stalled |= stall;
         if stall {
             // Freeze past the lease, as a garbage-collection pause or a swapped-out process
             // would, then carry on as if nothing happened.
@@ -377,6 +387,9 @@ async fn work(swarm: &Swarm, name: &str) -> anyhow::Result<()> {
                     .entry(id.clone())
                     .or_default()
                     .push(name.to_owned());
+                if ledger.completions.len() * 2 >= swarm.items {
+                    swarm.halfway.store(true, Ordering::Release);
+                }
                 if stall {
                     ledger.stale_sent += 1;
                     ledger
@@ -397,9 +410,8 @@ async fn work(swarm: &Swarm, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Kills `count` agents, the leader first, and replays the dead leader's next fenced write once
-/// a successor has taken over: it must be refused. Also picks one survivor to stall past its
-/// lease on its next claim.
+/// Kills `count` agents, the leader first (never the staller), and replays the dead leader's
+/// next fenced write once a successor has taken over: it must be refused.
 async fn kill_halfway(
     swarm: &Swarm,
     agents: &mut [Agent],
@@ -416,18 +428,13 @@ async fn kill_halfway(
     let mut n = agents.len();
     while victims.len() < count && n > 0 {
         n -= 1;
-        if !victims.contains(&n) {
+        if !victims.contains(&n) && agents[n].name != swarm.staller {
             victims.push(n);
         }
     }
     for &victim in &victims {
         agents[victim].task.abort();
         agents[victim].config = None;
-    }
-    let survivor = (0..agents.len()).find(|i| !victims.contains(i));
-    if let Some(survivor) = survivor {
-        *swarm.stall.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(agents[survivor].name.clone());
     }
 
     if let (Some(old), Some(held_at)) = (leader, held_at) {

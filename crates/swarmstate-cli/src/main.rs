@@ -39,7 +39,7 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         kill: usize,
         /// How long one item takes to process.
-        #[arg(long, default_value = "5ms", value_parser = parse_duration)]
+        #[arg(long, default_value = "20ms", value_parser = parse_duration)]
         work: Duration,
     },
     /// Hold a lock while a command runs (or until Ctrl-C without one). Prints

@@ -786,11 +786,18 @@ impl Watcher {
 async fn written(store: &NatsStore, attempted: &[Key]) -> Vec<Entry> {
     let mut entries = Vec::new();
     for key in attempted {
-        if let Some(entry) = store
-            .get(key)
-            .await
-            .unwrap_or_else(|err| panic!("get {key}: {err}"))
-        {
+        // A linearizable read writes a barrier, so right after a kill it can meet a cluster
+        // still recovering (503); a read is safe to retry.
+        let started = Instant::now();
+        let read = loop {
+            match store.get(key).await {
+                Err(err) if is_fault_outcome(&err) && started.elapsed() < RECONNECT_TIMEOUT => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => break other,
+            }
+        };
+        if let Some(entry) = read.unwrap_or_else(|err| panic!("get {key}: {err}")) {
             assert_eq!(&entry.value[..], key.as_str().as_bytes());
             entries.push(entry);
         }
