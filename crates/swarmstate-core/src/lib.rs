@@ -1,6 +1,8 @@
 //! Shared state for agent swarms: the [`StateStore`] contract every backend keeps, the
-//! in-process [`MemoryStore`], locks with fencing tokens, and (behind the `conformance`
-//! feature) the conformance suite every backend runs.
+//! in-process [`MemoryStore`], the recipes built only on that contract (locks with fencing
+//! tokens and a fair blocking acquire, [`Election`], [`WorkQueue`], [`ConfigWatch`],
+//! [`TtlCache`]), and (behind the `conformance` feature) the conformance suite every backend
+//! runs.
 //!
 //! Keys are validated once ([`Key::new`]); values are opaque [`bytes::Bytes`]; every change
 //! gets a store-wide, strictly increasing [`Revision`]. Writes can be conditional
