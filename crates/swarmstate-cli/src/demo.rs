@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
+use futures::StreamExt;
 use swarmstate_core::{
     Condition, ConfigSnapshot, ConfigWatch, Election, Error, ItemState, Key, Leadership, Pattern,
     StateStore, TxnOp, WatchStart, WorkQueue,
@@ -438,20 +439,25 @@ async fn kill_halfway(
     }
 
     if let (Some(old), Some(held_at)) = (leader, held_at) {
-        // Wait for the next leader, then replay the dead leader's write.
-        let waited = Instant::now();
-        loop {
-            match swarm.election.leader().await? {
-                Some(new) if new.term > old.term => break,
-                _ if waited.elapsed() > swarm.lease * 4 => {
-                    anyhow::bail!(
-                        "no new leader within {:?} of killing {}",
-                        swarm.lease * 4,
-                        old.candidate
-                    )
+        // Wait for the next leader (the election's own change stream, not a polling loop),
+        // then replay the dead leader's write.
+        let limit = swarm.lease * 4;
+        let mut changes = swarm.election.observe().await?;
+        let successor = timeout(limit, async {
+            while let Some(change) = changes.next().await {
+                if matches!(change?, Some(new) if new.term > old.term) {
+                    return Ok(());
                 }
-                _ => sleep(Duration::from_millis(20)).await,
             }
+            anyhow::bail!("the election's change stream ended")
+        })
+        .await;
+        match successor {
+            Ok(outcome) => outcome?,
+            Err(_) => anyhow::bail!(
+                "no new leader within {limit:?} of killing {}",
+                old.candidate
+            ),
         }
         let replay = vec![
             TxnOp::check(&leader_key, Condition::At(held_at.revision)),
@@ -640,7 +646,6 @@ fn snapshot_map(snapshot: &ConfigSnapshot<String>) -> BTreeMap<String, String> {
 }
 
 async fn read_config(swarm: &Swarm) -> anyhow::Result<BTreeMap<String, String>> {
-    use futures::StreamExt;
     let mut stream = swarm
         .store
         .watch(&swarm.keys.config(), WatchStart::Snapshot)
