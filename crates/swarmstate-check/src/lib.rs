@@ -51,5 +51,5 @@ mod workload;
 pub use checker::{Checked, Counts, Verdict, Violation, check};
 pub use history::{History, Input, Operation, Output};
 pub use recorder::{DEFAULT_OPERATION_TIMEOUT, Recorder, RecordingClient};
-pub use run::{CHECK_TIME_LIMIT, Report, run};
+pub use run::{CHECK_TIME_LIMIT, Expiries, Report, run};
 pub use workload::{Mix, Workload};

@@ -190,20 +190,21 @@ impl Recorder {
         let incomplete = watched.incomplete || !complete;
         if incomplete {
             // The watcher may have missed expiries: every acknowledged TTL write whose expiry
-            // was not seen may have expired, at any point after its call.
+            // was not seen may have expired, but not before its TTL had passed since its call
+            // (an entry never disappears before its TTL), so an early expiry still fails.
             let seen: HashSet<(&str, Revision)> = watched
                 .expiries
                 .iter()
                 .map(|(key, written, ..)| (key.as_str(), *written))
                 .collect();
             for op in &operations {
-                if let (Input::Put { ttl: Some(_), .. }, Output::Written(written)) =
+                if let (Input::Put { ttl: Some(ttl), .. }, Output::Written(written)) =
                     (&op.input, &op.output)
                     && !seen.contains(&(op.key.as_str(), *written))
                 {
                     expiries.push(Operation {
                         client: u64::MAX - expiries.len() as u64,
-                        call: op.call,
+                        call: op.call + ttl.as_nanos() as u64,
                         ret: None,
                         key: op.key.clone(),
                         input: Input::Expire {

@@ -69,3 +69,44 @@ fn check_on_a_local_node_killed_mid_run_is_linearizable() {
         "the fault did not run:\n{stderr}"
     );
 }
+
+/// The issue this guards: on R3, an overwrite that lands at the deadline of the value it
+/// replaces was purged by the server's late expiry marker, and refusals through a deposed
+/// leader reported old state. A short run with partitions, a killed leader and TTL writes (a
+/// tenth of the writes carry one) must stay linearizable and report its expiries.
+#[test]
+fn check_on_three_local_nodes_with_a_partition_and_a_killed_leader_is_linearizable() {
+    require_server().expect("nats-server is required for the nats-local:// check");
+    let output = check(&[
+        "--store",
+        "nats-local://3",
+        "--clients",
+        "8",
+        "--keys",
+        "40",
+        "--duration",
+        "15s",
+        "--faults",
+        "partition,kill-leader",
+        "--seed",
+        "7",
+    ]);
+    assert_linearizable(&output);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("partition") && stderr.contains("kill"),
+        "the faults did not run:\n{stderr}"
+    );
+    let expiries = stdout
+        .lines()
+        .find(|line| line.starts_with("expiries: "))
+        .unwrap_or_else(|| panic!("no expiry summary:\n{stdout}"));
+    let ttl_writes: u64 = expiries
+        .split('(')
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable expiry summary: {expiries}"));
+    assert!(ttl_writes > 0, "no write carried a TTL: {expiries}");
+}

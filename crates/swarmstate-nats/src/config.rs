@@ -140,6 +140,7 @@ impl NatsStoreBuilder {
             .map_err(|err| Error::Unavailable {
                 message: format!("cannot connect to {}: {err}", self.urls),
             })?;
+        check_max_payload(&client, self.max_value_size)?;
         let context = jetstream::new(client.clone());
         let stream = open_stream(&context, &self).await?;
         Ok(NatsStore::from_parts(client, context, stream, self))
@@ -174,6 +175,24 @@ pub(crate) fn parse_url(url: &str) -> Result<NatsStoreBuilder> {
         builder = builder.bucket(bucket);
     }
     Ok(builder)
+}
+
+/// Room a write needs beside its value: the subject, and headers such as the expected
+/// sequence, the TTL and a batch's id.
+const MESSAGE_OVERHEAD: usize = 4 * 1024;
+
+/// The server's `max_payload` counts headers, and every write carries some: a value at the
+/// largest size the store accepts must still fit.
+fn check_max_payload(client: &async_nats::Client, max_value_size: usize) -> Result<()> {
+    let max_payload = client.server_info().max_payload;
+    if max_payload != 0 && max_payload < max_value_size + MESSAGE_OVERHEAD {
+        return Err(Error::InvalidInput {
+            message: format!(
+                "the server's max_payload is {max_payload} bytes, too small for values of up to                  {max_value_size} bytes plus {MESSAGE_OVERHEAD} bytes of headers: set                  `max_payload: 2MB` in the server configuration, or a smaller                  NatsStoreBuilder::max_value_size"
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn check_bucket_name(bucket: &str) -> Result<()> {

@@ -19,6 +19,7 @@
 //! ```
 
 mod config;
+mod expiry;
 mod store;
 mod txn;
 mod watch;

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
@@ -16,6 +16,7 @@ use swarmstate_core::{
 use tokio::sync::watch as signal;
 
 use crate::config::{NatsStoreBuilder, ReadConsistency, parse_url};
+use crate::expiry::{Held, Seen};
 use crate::txn;
 use crate::wire::{self, ApiError};
 
@@ -50,10 +51,10 @@ pub(crate) struct Inner {
     // that each barrier knows which earlier barrier it replaces.
     barrier_slots: std::sync::Mutex<BarrierSlots>,
     closed: AtomicBool,
-    // Keys this client last saw absent, with the sequence of the tombstone or marker that made
-    // them so: a create tries that sequence first and saves a rejected round trip and a read
-    // (re-taking a lock this client released). A stale hint only costs the fallback.
-    absent_at: std::sync::Mutex<std::collections::HashMap<Key, u64>>,
+    // The last message of keys this client wrote or read, so that a write knows what it
+    // replaces without reading it first (see `crate::expiry`). A stale entry costs one refused
+    // write and a read.
+    pub(crate) seen: std::sync::Mutex<std::collections::HashMap<Key, Seen>>,
     // Flips to true on close; every watch task listens to it.
     pub(crate) closing: signal::Sender<bool>,
 }
@@ -63,6 +64,8 @@ pub(crate) struct Inner {
 pub(crate) struct Last {
     pub(crate) sequence: u64,
     pub(crate) live: Option<Entry>,
+    /// When the value's TTL ends, on this machine's monotonic clock, if it has one.
+    pub(crate) deadline: Option<Instant>,
 }
 
 impl NatsStore {
@@ -104,7 +107,7 @@ impl NatsStore {
                 client_id,
                 barrier_slots: Default::default(),
                 closed: AtomicBool::new(false),
-                absent_at: Default::default(),
+                seen: Default::default(),
                 closing,
             }),
         }
@@ -135,35 +138,6 @@ impl NatsStore {
         }
     }
 
-    fn remember_absent(&self, key: &Key, sequence: Option<u64>) {
-        let mut hints = self
-            .inner
-            .absent_at
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match sequence {
-            Some(sequence) => {
-                // Hints are an optimisation: start over rather than grow without bound.
-                if hints.len() >= ABSENT_HINTS {
-                    hints.clear();
-                }
-                hints.insert(key.clone(), sequence);
-            }
-            None => {
-                hints.remove(key);
-            }
-        }
-    }
-
-    fn absent_hint(&self, key: &Key) -> Option<u64> {
-        let hints = self
-            .inner
-            .absent_at
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        hints.get(key).copied()
-    }
-
     pub(crate) fn subject(&self, key: &Key) -> String {
         format!("{}{}", self.inner.prefix, key)
     }
@@ -179,22 +153,36 @@ impl NatsStore {
     /// The last message on the key's subject, read from the stream leader.
     pub(crate) async fn last(&self, key: &Key) -> Result<Option<Last>> {
         self.ensure_open()?;
+        // Fail at once without a connection, as a write does, rather than wait for a time-out.
+        if self.inner.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(Error::Unavailable {
+                message: format!("get {key}: not connected to NATS"),
+            });
+        }
         match self
             .inner
             .stream
             .get_last_raw_message_by_subject(&self.subject(key))
             .await
         {
-            Ok(message) => Ok(Some(Last {
-                sequence: message.sequence,
-                live: wire::live_entry(
+            Ok(message) => {
+                let live = wire::live_entry(
                     key,
                     message.sequence,
                     Some(&message.headers),
                     &message.payload,
                     message.time.unix_timestamp_nanos(),
-                ),
-            })),
+                );
+                let deadline = live
+                    .as_ref()
+                    .and_then(|entry| entry.expires_in)
+                    .map(|left| Instant::now() + left);
+                Ok(Some(Last {
+                    sequence: message.sequence,
+                    live,
+                    deadline,
+                }))
+            }
             Err(err)
                 if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
             {
@@ -263,26 +251,40 @@ impl NatsStore {
     /// sequence read: the read is linearized there. A deposed leader cannot commit the
     /// barrier, so its stale answer is never returned.
     async fn get_linearizable(&self, key: &Key) -> Result<Option<Entry>> {
-        let deadline = tokio::time::Instant::now() + self.inner.request_timeout;
+        Ok(self
+            .confirmed_last(key, &format!("get {key}"))
+            .await?
+            .and_then(|last| last.live))
+    }
+
+    /// The key's last message as [`get_linearizable`](Self::get_linearizable) reads it:
+    /// confirmed by a commit barrier, so it may be reported as the key's state at a moment
+    /// within the call (a refusal's `actual` revision, an absent key a delete finds). It is
+    /// remembered for the next write.
+    pub(crate) async fn confirmed_last(&self, key: &Key, operation: &str) -> Result<Option<Last>> {
+        let deadline = Instant::now() + self.inner.request_timeout;
         let mut pause = Duration::from_millis(1);
         loop {
             let last = self.last(key).await?;
             let at = last.as_ref().map_or(0, |l| l.sequence);
-            let refused = match self.barrier(key, at).await? {
-                Ok(()) => return Ok(last.and_then(|l| l.live)),
+            let refused = match self.barrier(key, at, operation).await? {
+                Ok(()) => {
+                    self.remember(key, Seen::of(last.as_ref()));
+                    return Ok(last);
+                }
                 Err(refused) if refused.is_conflict() => refused,
-                Err(other) => return Err(other.into_error(&format!("get {key}"))),
+                Err(other) => return Err(other.into_error(operation)),
             };
-            if tokio::time::Instant::now() >= deadline {
+            if Instant::now() >= deadline {
                 return Err(Error::Unavailable {
                     message: format!(
-                        "get {key}: the read could not be confirmed within {:?}: {}",
+                        "{operation}: the read could not be confirmed within {:?}: {}",
                         self.inner.request_timeout, refused.description
                     ),
                 });
             }
             // The key moved since the read: read again at once. A refusal because another
-            // conditional write to the key is in flight says nothing yet: give it a moment.
+            // write to the key is in flight says nothing yet: give it a moment.
             if refused.is_in_flight() {
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_millis(50));
@@ -290,12 +292,23 @@ impl NatsStore {
         }
     }
 
+    /// A confirmed read as a [`Seen`].
+    pub(crate) async fn confirmed_seen(&self, key: &Key, operation: &str) -> Result<Seen> {
+        Ok(Seen::of(
+            self.confirmed_last(key, operation).await?.as_ref(),
+        ))
+    }
+
     /// Publishes a commit barrier expecting `key` at sequence `at` (0: no message). `Ok(Err)`
     /// when the server refused it (nothing was stored); a barrier without an answer is
     /// [`Error::Unavailable`]: whether or not it was stored, it confirmed nothing.
-    async fn barrier(&self, key: &Key, at: u64) -> Result<Result<(), ApiError>> {
+    pub(crate) async fn barrier(
+        &self,
+        key: &Key,
+        at: u64,
+        operation: &str,
+    ) -> Result<Result<(), ApiError>> {
         self.ensure_open()?;
-        let operation = format!("get {key}");
         let mut slot = self.take_slot();
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -325,7 +338,7 @@ impl NatsStore {
         let reply = wire::request(
             &self.inner.client,
             self.inner.request_timeout,
-            &operation,
+            operation,
             subject,
             headers,
             Bytes::new(),
@@ -339,7 +352,7 @@ impl NatsStore {
             },
             other => other,
         })?;
-        let outcome = wire::parse_ack(&reply.payload, &operation)?;
+        let outcome = wire::parse_ack(&reply.payload, operation)?;
         if let Ok(ack) = &outcome {
             slot.earlier.push_front(ack.sequence);
             slot.earlier.truncate(wire::REPLACES_KEPT);
@@ -414,9 +427,6 @@ impl NatsStore {
     }
 }
 
-/// How many absent-key hints a store keeps.
-const ABSENT_HINTS: usize = 4096;
-
 fn revision(sequence: u64) -> Result<Revision> {
     Revision::new(sequence)
         .ok_or_else(|| Error::backend(std::io::Error::other("the server acknowledged sequence 0")))
@@ -449,12 +459,17 @@ impl StateStore for NatsStore {
         }
     }
 
+    /// Every write names the message it replaces and is never sent over a value whose TTL is
+    /// about to end (see `crate::expiry`); a refusal is reported only after a confirmed read
+    /// (a leader that a partition deposed can refuse from old state), and its `actual`
+    /// revision is the confirmed one.
     #[tracing::instrument(skip_all, fields(key = %key))]
     async fn put(&self, key: &Key, value: Bytes, options: PutOptions) -> Result<Revision> {
         options.validate()?;
         validate_value(key, &value, self.inner.max_value_size)?;
         self.ensure_open()?;
         let operation = format!("put {key}");
+        let give_up = Instant::now() + self.inner.request_timeout;
         let record = options
             .idempotency_key
             .as_ref()
@@ -468,22 +483,44 @@ impl StateStore for NatsStore {
                 None => {}
             }
         }
-        let mut expected = match options.mode {
-            PutMode::Overwrite => None,
-            PutMode::Create => Some(self.absent_hint(key).unwrap_or(0)),
-            PutMode::Update(revision) => Some(revision.get()),
+        // What the write replaces, as far as this client knows.
+        let mut replaces = match (options.mode, self.seen(key)) {
+            // A create lands only where there is no value, never on one about to expire; a
+            // wrong guess costs one refusal.
+            (PutMode::Create, Some(seen)) if seen.value().is_none() => seen,
+            (PutMode::Create, _) => Seen::NONE,
+            (PutMode::Update(wanted), Some(seen)) if seen.holds(wanted) => seen,
+            (PutMode::Overwrite, Some(seen)) => seen,
+            _ => self.read_seen(key).await?,
         };
+        let mut pause = Duration::from_millis(1);
         loop {
-            let mut headers = HeaderMap::new();
-            if let Some(expected) = expected {
-                headers.insert(
-                    wire::EXPECTED_LAST_SUBJECT_SEQUENCE,
-                    expected.to_string().as_str(),
-                );
+            if let PutMode::Update(wanted) = options.mode
+                && !replaces.holds(wanted)
+            {
+                let confirmed = self.confirmed_seen(key, &operation).await?;
+                if !confirmed.holds(wanted) {
+                    return Err(Error::RevisionMismatch {
+                        key: key.clone(),
+                        expected: wanted,
+                        actual: confirmed.value(),
+                    });
+                }
+                replaces = confirmed;
             }
+            if replaces.expiring(Instant::now()) {
+                replaces = self.outlast(key, replaces, give_up, &operation).await?;
+                continue;
+            }
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                wire::EXPECTED_LAST_SUBJECT_SEQUENCE,
+                replaces.sequence.to_string().as_str(),
+            );
             if let Some(ttl) = options.ttl {
                 headers.insert(wire::TTL, format!("{}s", wire::ttl_seconds(ttl)).as_str());
             }
+            let sent = Instant::now();
             let outcome = match &record {
                 None => {
                     self.publish(&operation, key, headers, value.clone())
@@ -506,12 +543,38 @@ impl StateStore for NatsStore {
             };
             match outcome {
                 Ok(sequence) => {
-                    if options.mode == PutMode::Create {
-                        self.remember_absent(key, None);
+                    if replaces.acknowledged_late(Instant::now()) {
+                        self.forget(key);
+                        self.confirm_written(key, sequence, give_up, &operation)
+                            .await?;
                     }
+                    self.remember(
+                        key,
+                        Seen {
+                            sequence,
+                            held: Held::Value {
+                                deadline: options.ttl.map(|ttl| sent + ttl),
+                            },
+                        },
+                    );
                     return revision(sequence);
                 }
-                Err(err) if err.is_conflict() => {}
+                Err(err) if err.is_conflict() => {
+                    self.forget(key);
+                    if Instant::now() >= give_up {
+                        return Err(Error::Unavailable {
+                            message: format!(
+                                "{operation}: refused for {:?} while the key kept changing: {}",
+                                self.inner.request_timeout, err.description
+                            ),
+                        });
+                    }
+                    // Another write to the key was in flight: give it a moment.
+                    if err.is_in_flight() {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(50));
+                    }
+                }
                 Err(err) => return Err(err.into_error(&operation)),
             }
             if let Some(record) = &record {
@@ -522,88 +585,94 @@ impl StateStore for NatsStore {
                     None => record_at = 0,
                 }
             }
-            let live = self.last(key).await?;
-            match options.mode {
-                PutMode::Create => match live {
-                    Some(Last {
-                        live: Some(entry), ..
-                    }) => {
-                        return Err(Error::AlreadyExists {
-                            key: key.clone(),
-                            revision: entry.revision,
-                        });
-                    }
-                    // Absent over a tombstone, an expiry marker, or a value past its TTL:
-                    // create on top of exactly that message.
-                    Some(last) => expected = Some(last.sequence),
-                    None => expected = Some(0),
-                },
-                PutMode::Update(wanted) => {
-                    let actual = live.and_then(|l| l.live).map(|e| e.revision);
-                    if actual != Some(wanted) {
-                        return Err(Error::RevisionMismatch {
-                            key: key.clone(),
-                            expected: wanted,
-                            actual,
-                        });
-                    }
-                    // Still at the wanted revision: only the record moved; try again.
+            replaces = self.read_seen(key).await?;
+            if options.mode == PutMode::Create && replaces.value().is_some() {
+                let confirmed = self.confirmed_seen(key, &operation).await?;
+                if let Some(revision) = confirmed.value() {
+                    return Err(Error::AlreadyExists {
+                        key: key.clone(),
+                        revision,
+                    });
                 }
-                // Without a condition on the key only the record can have conflicted.
-                PutMode::Overwrite if record.is_some() => {}
-                PutMode::Overwrite => {
-                    return Err(Error::backend(std::io::Error::other(format!(
-                        "{operation}: unconditional write reported a conflict"
-                    ))));
-                }
+                replaces = confirmed;
             }
         }
     }
 
+    /// As [`put`](Self::put): the tombstone names the message it replaces, waits out a value
+    /// about to expire, and a refusal or an absent key is reported from a confirmed read.
     #[tracing::instrument(skip_all, fields(key = %key))]
     async fn delete(&self, key: &Key, expected: Option<Revision>) -> Result<Option<Revision>> {
         self.ensure_open()?;
         let operation = format!("delete {key}");
+        let give_up = Instant::now() + self.inner.request_timeout;
+        let mut replaces = match (expected, self.seen(key)) {
+            (Some(wanted), Some(seen)) if seen.holds(wanted) => seen,
+            _ => self.read_seen(key).await?,
+        };
+        let mut pause = Duration::from_millis(1);
         loop {
-            let at = match expected {
-                Some(expected) => expected.get(),
-                None => match self.last(key).await? {
-                    Some(Last {
-                        live: Some(entry), ..
-                    }) => entry.revision.get(),
-                    _ => return Ok(None),
-                },
-            };
+            match expected {
+                Some(wanted) if !replaces.holds(wanted) => {
+                    let confirmed = self.confirmed_seen(key, &operation).await?;
+                    if !confirmed.holds(wanted) {
+                        return Err(Error::RevisionMismatch {
+                            key: key.clone(),
+                            expected: wanted,
+                            actual: confirmed.value(),
+                        });
+                    }
+                    replaces = confirmed;
+                }
+                None if replaces.value().is_none() => {
+                    replaces = self.confirmed_seen(key, &operation).await?;
+                    if replaces.value().is_none() {
+                        return Ok(None);
+                    }
+                }
+                _ => {}
+            }
+            if replaces.expiring(Instant::now()) {
+                replaces = self.outlast(key, replaces, give_up, &operation).await?;
+                continue;
+            }
             let mut headers = HeaderMap::new();
             headers.insert(wire::KV_OPERATION, "DEL");
             headers.insert(
                 wire::EXPECTED_LAST_SUBJECT_SEQUENCE,
-                at.to_string().as_str(),
+                replaces.sequence.to_string().as_str(),
             );
             match self.publish(&operation, key, headers, Bytes::new()).await? {
                 Ok(sequence) => {
-                    self.remember_absent(key, Some(sequence));
+                    if replaces.acknowledged_late(Instant::now()) {
+                        self.forget(key);
+                        self.confirm_written(key, sequence, give_up, &operation)
+                            .await?;
+                    }
+                    self.remember(
+                        key,
+                        Seen {
+                            sequence,
+                            held: Held::Nothing,
+                        },
+                    );
                     return revision(sequence).map(Some);
                 }
                 Err(err) if err.is_conflict() => {
-                    if let Some(expected) = expected {
-                        let actual = self.last(key).await?.and_then(|l| l.live);
-                        // Refused without comparing (a read's barrier or another conditional
-                        // write to the key was in flight) and still at the expected revision:
-                        // try again.
-                        if err.is_in_flight()
-                            && actual.as_ref().map(|e| e.revision) == Some(expected)
-                        {
-                            tokio::time::sleep(Duration::from_millis(1)).await;
-                            continue;
-                        }
-                        return Err(Error::RevisionMismatch {
-                            key: key.clone(),
-                            expected,
-                            actual: actual.map(|e| e.revision),
+                    self.forget(key);
+                    if Instant::now() >= give_up {
+                        return Err(Error::Unavailable {
+                            message: format!(
+                                "{operation}: refused for {:?} while the key kept changing: {}",
+                                self.inner.request_timeout, err.description
+                            ),
                         });
                     }
-                    // The key changed between our read and our delete: decide again.
+                    if err.is_in_flight() {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_millis(50));
+                    }
+                    replaces = self.read_seen(key).await?;
                 }
                 Err(err) => return Err(err.into_error(&operation)),
             }

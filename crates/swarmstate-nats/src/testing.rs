@@ -326,6 +326,7 @@ impl NatsServer {
         let mut text = format!(
             "server_name: {name}\n\
              listen: \"127.0.0.1:{port}\"\n\
+             max_payload: 2MB\n\
              jetstream {{\n  store_dir: {store}\n  sync_interval: always\n}}\n",
             name = quote(&self.name),
             port = self.port,

@@ -7,21 +7,27 @@
 //! under the stream's lock, so the batch applies whole or not at all.
 //!
 //! Conditions are first decided on a fresh read of every key; the batch then pins each key
-//! it depends on to the sequence that was read. If anything moved in between, the commit
-//! fails and the transaction is decided again from a new read.
+//! it depends on or writes to the sequence that was read. If anything moved in between, the
+//! commit fails and the transaction is decided again from a new read. A conflict is reported
+//! only after a confirmed read of the key (a deposed leader can answer from old state), and a
+//! key holding a value whose TTL is about to end is not written until the server expired it
+//! (see `crate::expiry`).
+
+use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use swarmstate_core::{Condition, Error, Result, TxnAction, TxnOp, TxnResult};
+use swarmstate_core::{Condition, Error, Key, Result, TxnAction, TxnOp, TxnResult};
 
 use crate::NatsStore;
+use crate::expiry::Seen;
 use crate::store::{Last, conflict_for};
 use crate::wire;
 
 /// A key the batch must find at a given last sequence (0: no message at all).
 #[derive(Debug, Clone)]
 struct Pin {
-    subject: String,
+    key: Key,
     sequence: u64,
 }
 
@@ -38,18 +44,46 @@ pub(crate) struct Message {
 pub(crate) const CHECK_ONLY: usize = usize::MAX;
 
 pub(crate) async fn apply(store: &NatsStore, ops: &[TxnOp]) -> Result<Vec<TxnResult>> {
+    let give_up = Instant::now() + store.inner.request_timeout;
+    let mut pause = Duration::from_millis(1);
     loop {
         let reads = futures::future::try_join_all(ops.iter().map(|op| store.last(&op.key)));
         let lasts: Vec<Option<Last>> = reads.await?;
-        for (op, last) in ops.iter().zip(&lasts) {
-            if let Some(conflict) = conflict_for(op, last.as_ref()) {
+        if let Some(op) = ops
+            .iter()
+            .zip(&lasts)
+            .find_map(|(op, last)| conflict_for(op, last.as_ref()).map(|_| op))
+        {
+            let confirmed = store.confirmed_last(&op.key, "txn").await?;
+            if let Some(conflict) = conflict_for(op, confirmed.as_ref()) {
                 return Err(conflict);
             }
+            continue;
+        }
+        if let Some((op, last)) = ops.iter().zip(&lasts).find(|(op, last)| {
+            !matches!(op.action, TxnAction::Check)
+                && Seen::of(last.as_ref()).expiring(Instant::now())
+        }) {
+            store
+                .outlast(&op.key, Seen::of(last.as_ref()), give_up, "txn")
+                .await?;
+            continue;
         }
         let (mut messages, results, pins) = plan(store, ops, &lasts);
-        if messages.is_empty() && pins.len() <= 1 {
-            // Nothing to write and at most one key to check: the read above was the check.
-            return Ok(results);
+        if messages.is_empty() {
+            match pins.as_slice() {
+                [] => return Ok(results),
+                // Nothing to write and one key to check: a commit barrier is the check.
+                [pin] => match store.barrier(&pin.key, pin.sequence, "txn").await? {
+                    Ok(()) => return Ok(results),
+                    Err(err) if err.is_conflict() => {
+                        refused_again(&err, give_up, &mut pause, store).await?;
+                        continue;
+                    }
+                    Err(err) => return Err(err.into_error("txn")),
+                },
+                _ => {}
+            }
         }
         attach(store, &mut messages, pins);
         if messages.len() > swarmstate_core::MAX_TXN_OPS {
@@ -66,23 +100,57 @@ pub(crate) async fn apply(store: &NatsStore, ops: &[TxnOp]) -> Result<Vec<TxnRes
         match publish_batch(store, "txn", &messages).await? {
             Ok(last_sequence) => {
                 let first = last_sequence + 1 - messages.len() as u64;
+                let acked = Instant::now();
                 for (offset, message) in messages.iter().enumerate() {
                     if message.op == CHECK_ONLY {
                         continue;
                     }
-                    let revision = swarmstate_core::Revision::new(first + offset as u64)
-                        .expect("sequences start at 1");
-                    results[message.op] = match ops[message.op].action {
+                    let sequence = first + offset as u64;
+                    let op = &ops[message.op];
+                    if Seen::of(lasts[message.op].as_ref()).acknowledged_late(acked) {
+                        store.forget(&op.key);
+                        store
+                            .confirm_written(&op.key, sequence, give_up, "txn")
+                            .await?;
+                    }
+                    let revision =
+                        swarmstate_core::Revision::new(sequence).expect("sequences start at 1");
+                    results[message.op] = match op.action {
                         TxnAction::Delete => TxnResult::Deleted(revision),
                         _ => TxnResult::Put(revision),
                     };
                 }
                 return Ok(results);
             }
-            Err(err) if err.is_conflict() => continue,
+            Err(err) if err.is_conflict() => {
+                refused_again(&err, give_up, &mut pause, store).await?
+            }
             Err(err) => return Err(err.into_error("txn")),
         }
     }
+}
+
+/// After a refused batch or barrier: gives up once the request timeout has passed, and waits
+/// a moment when the refusal was only because another write was in flight.
+async fn refused_again(
+    refused: &wire::ApiError,
+    give_up: Instant,
+    pause: &mut Duration,
+    store: &NatsStore,
+) -> Result<()> {
+    if Instant::now() >= give_up {
+        return Err(Error::Unavailable {
+            message: format!(
+                "txn: refused for {:?} while its keys kept changing: {}",
+                store.inner.request_timeout, refused.description
+            ),
+        });
+    }
+    if refused.is_in_flight() {
+        tokio::time::sleep(*pause).await;
+        *pause = (*pause * 2).min(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// The messages to write, the provisional results, and the keys that must stay as read.
@@ -102,12 +170,11 @@ fn plan(
         match &op.action {
             TxnAction::Put { value, ttl } => {
                 let mut headers = HeaderMap::new();
-                if conditioned {
-                    headers.insert(
-                        wire::EXPECTED_LAST_SUBJECT_SEQUENCE,
-                        read.to_string().as_str(),
-                    );
-                }
+                // Even without a condition: a write must know what it replaces.
+                headers.insert(
+                    wire::EXPECTED_LAST_SUBJECT_SEQUENCE,
+                    read.to_string().as_str(),
+                );
                 if let Some(ttl) = ttl {
                     headers.insert(wire::TTL, format!("{}s", wire::ttl_seconds(*ttl)).as_str());
                 }
@@ -137,7 +204,7 @@ fn plan(
             TxnAction::Delete => {
                 // Absent as read; it must still be absent when the batch commits.
                 pins.push(Pin {
-                    subject,
+                    key: op.key.clone(),
                     sequence: read,
                 });
                 results.push(TxnResult::NotFound);
@@ -145,7 +212,7 @@ fn plan(
             TxnAction::Check => {
                 if conditioned {
                     pins.push(Pin {
-                        subject,
+                        key: op.key.clone(),
                         sequence: read,
                     });
                 }
@@ -172,11 +239,11 @@ fn attach(store: &NatsStore, messages: &mut Vec<Message>, pins: Vec<Pin>) {
         let Some(pin) = pins.next() else {
             return;
         };
-        pin.put_on(&mut carrier.headers);
+        pin.put_on(store, &mut carrier.headers);
     }
     for (index, pin) in pins.enumerate() {
         let mut headers = HeaderMap::new();
-        pin.put_on(&mut headers);
+        pin.put_on(store, &mut headers);
         messages.push(Message {
             subject: format!("{}_swarmstate.txn.{index}", store.inner.prefix),
             headers,
@@ -187,14 +254,14 @@ fn attach(store: &NatsStore, messages: &mut Vec<Message>, pins: Vec<Pin>) {
 }
 
 impl Pin {
-    fn put_on(self, headers: &mut HeaderMap) {
+    fn put_on(self, store: &NatsStore, headers: &mut HeaderMap) {
         headers.insert(
             wire::EXPECTED_LAST_SUBJECT_SEQUENCE,
             self.sequence.to_string().as_str(),
         );
         headers.insert(
             wire::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
-            self.subject.as_str(),
+            store.subject(&self.key).as_str(),
         );
     }
 }

@@ -593,3 +593,101 @@ async fn after_a_heal_the_cluster_accepts_writes_through_every_node() {
     assert_connectivity(&cluster, &[&[0, 1, 2]], "healed").await;
     writes.check_on_every_node(&stores).await;
 }
+
+/// A refusal is an answer about the key's state, so it must be as linearizable as a read. A
+/// stream leader cut off from the majority (and not yet aware of it) refuses conditional writes
+/// from its own, old state without going through the quorum; the store must confirm a refusal
+/// before reporting it, so that through the isolated leader every refused write either fails
+/// (`Unavailable` or `Ambiguous`) or names the revision the majority wrote, never the one the
+/// isolated leader still holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_through_an_isolated_stream_leader_never_reports_its_old_state() {
+    let Some(_) = require_server() else { return };
+    let cluster = NatsCluster::start_partitionable(3).await;
+    assert_connectivity(&cluster, &[&[0, 1, 2]], "started").await;
+    let stores = store_per_node(&cluster).await;
+    let leader = leader_seen_by(&cluster, 0, FAILOVER_TIMEOUT).await;
+    let majority: Vec<usize> = (0..3).filter(|&node| node != leader).collect();
+    let shared = key("refusals.shared");
+    let old = stores[leader]
+        .set(&shared, Bytes::from("old"))
+        .await
+        .unwrap_or_else(|err| panic!("the first write of {shared}: {err}"));
+    // Every replica has it before the cut, so the majority's next write comes after it.
+    for &node in &majority {
+        let started = Instant::now();
+        while stores[node]
+            .get_stale(&shared)
+            .await
+            .ok()
+            .flatten()
+            .map(|e| e.revision)
+            != Some(old)
+        {
+            assert!(
+                started.elapsed() < CATCH_UP_TIMEOUT,
+                "n{node} never had {shared} at {old}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    cluster.isolate(leader);
+    let mut writes = Writes::default();
+    writes
+        .put_until_acked(&stores[majority[0]], "majority", FAILOVER_TIMEOUT)
+        .await;
+    let new = loop {
+        match stores[majority[0]].set(&shared, Bytes::from("new")).await {
+            Ok(revision) => break revision,
+            Err(err) => assert!(is_fault_outcome(&err), "put {shared}: {err}"),
+        }
+    };
+    // A revision the key never had, so that every conditional write below is refused.
+    let never = Revision::new(old.get() + 1_000_000).expect("not 0");
+    let isolated = &stores[leader];
+    let mut outcomes = Vec::new();
+    let started = Instant::now();
+    // The isolated leader answers from its old state until it notices that it lost its
+    // quorum, a few seconds at most; keep asking a while longer.
+    while started.elapsed() < REQUEST_TIMEOUT * 4 {
+        let update = isolated.update(&shared, Bytes::from("x"), never).await;
+        let create = isolated.create(&shared, Bytes::from("x")).await;
+        let delete = isolated.delete(&shared, Some(never)).await.map(|_| ());
+        for (operation, outcome) in [
+            ("update", update.map(|_| ())),
+            ("create", create.map(|_| ())),
+            ("delete", delete),
+        ] {
+            let err = outcome.expect_err("a write through the isolated node applied");
+            let reported = match &err {
+                Error::RevisionMismatch { actual, .. } => *actual,
+                Error::AlreadyExists { revision, .. } => Some(*revision),
+                other => {
+                    assert!(is_fault_outcome(other), "{operation} {shared}: {other}");
+                    None
+                }
+            };
+            assert_ne!(
+                reported,
+                Some(old),
+                "STALE REFUSAL: {operation} {shared} through the isolated n{leader} reported \
+                 revision {old}, overwritten by the majority at {new}: {err}"
+            );
+            assert!(
+                reported.is_none() || reported == Some(new),
+                "{operation} {shared} reported a revision no write produced: {err}"
+            );
+            outcomes.push((operation, err.to_string()));
+        }
+    }
+    eprintln!(
+        "{} refused writes through the isolated n{leader}, the first: {:?}",
+        outcomes.len(),
+        outcomes.first()
+    );
+    cluster.heal();
+    assert_connectivity(&cluster, &[&[0, 1, 2]], "healed").await;
+    writes.acked.push((shared, Bytes::from("new"), new));
+    writes.check_on_every_node(&stores).await;
+}
