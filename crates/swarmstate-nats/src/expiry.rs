@@ -46,6 +46,7 @@ use swarmstate_core::{Error, Key, Result, Revision};
 
 use crate::NatsStore;
 use crate::store::Last;
+use crate::wire;
 
 /// A write is not sent over a value whose TTL ends sooner than this: it waits for the expiry.
 pub(crate) const SEND_MARGIN: Duration = Duration::from_millis(500);
@@ -160,15 +161,16 @@ impl NatsStore {
     /// Waits until the value `seen` holds is no longer about to expire: the server expired it
     /// (or something replaced it). Returns the key's new last message.
     ///
-    /// Errors: [`Error::Unavailable`] if that has not happened by `give_up` (a stream without
+    /// Errors: [`Error::Unavailable`] if that has not happened when `attempts` gives up (a stream without
     /// a leader expires nothing); nothing was written.
     pub(crate) async fn outlast(
         &self,
         key: &Key,
         mut seen: Seen,
-        give_up: Instant,
+        attempts: &mut wire::Attempts,
         operation: &str,
     ) -> Result<Seen> {
+        let give_up = attempts.give_up();
         while seen.expiring(Instant::now()) {
             if Instant::now() >= give_up {
                 return Err(Error::Unavailable {
@@ -202,10 +204,9 @@ impl NatsStore {
         &self,
         key: &Key,
         written: u64,
-        give_up: Instant,
+        attempts: &mut wire::Attempts,
         operation: &str,
     ) -> Result<()> {
-        let mut pause = Duration::from_millis(1);
         loop {
             let outcome = match self.barrier(key, written, operation).await {
                 Ok(outcome) => outcome,
@@ -221,9 +222,8 @@ impl NatsStore {
             };
             match outcome {
                 Ok(()) => return Ok(()),
-                Err(refused) if refused.is_in_flight() && Instant::now() < give_up => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(50));
+                Err(refused) if refused.is_in_flight() && !attempts.expired() => {
+                    attempts.pause_if_in_flight(&refused).await;
                 }
                 Err(refused) => {
                     let now = self.read_seen(key).await.ok();

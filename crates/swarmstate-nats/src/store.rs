@@ -262,34 +262,37 @@ impl NatsStore {
     /// within the call (a refusal's `actual` revision, an absent key a delete finds). It is
     /// remembered for the next write.
     pub(crate) async fn confirmed_last(&self, key: &Key, operation: &str) -> Result<Option<Last>> {
-        let deadline = Instant::now() + self.inner.request_timeout;
-        let mut pause = Duration::from_millis(1);
+        let mut attempts = wire::Attempts::new(self.inner.request_timeout);
         loop {
             let last = self.last(key).await?;
             let at = last.as_ref().map_or(0, |l| l.sequence);
-            let refused = match self.barrier(key, at, operation).await? {
+            match self.barrier(key, at, operation).await? {
                 Ok(()) => {
                     self.remember(key, Seen::of(last.as_ref()));
                     return Ok(last);
                 }
-                Err(refused) if refused.is_conflict() => refused,
+                // The key moved since the read: read again.
+                Err(refused) if refused.is_conflict() => {
+                    attempts
+                        .after(&refused, || {
+                            format!(
+                                "{operation}: the read could not be confirmed within {:?}",
+                                self.inner.request_timeout
+                            )
+                        })
+                        .await?
+                }
                 Err(other) => return Err(other.into_error(operation)),
-            };
-            if Instant::now() >= deadline {
-                return Err(Error::Unavailable {
-                    message: format!(
-                        "{operation}: the read could not be confirmed within {:?}: {}",
-                        self.inner.request_timeout, refused.description
-                    ),
-                });
-            }
-            // The key moved since the read: read again at once. A refusal because another
-            // write to the key is in flight says nothing yet: give it a moment.
-            if refused.is_in_flight() {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(50));
             }
         }
+    }
+
+    /// What a write that was refused until its time ran out reports.
+    fn kept_changing(&self, operation: &str) -> String {
+        format!(
+            "{operation}: refused for {:?} while the key kept changing",
+            self.inner.request_timeout
+        )
     }
 
     /// A confirmed read as a [`Seen`].
@@ -469,7 +472,7 @@ impl StateStore for NatsStore {
         validate_value(key, &value, self.inner.max_value_size)?;
         self.ensure_open()?;
         let operation = format!("put {key}");
-        let give_up = Instant::now() + self.inner.request_timeout;
+        let mut attempts = wire::Attempts::new(self.inner.request_timeout);
         let record = options
             .idempotency_key
             .as_ref()
@@ -493,7 +496,6 @@ impl StateStore for NatsStore {
             (PutMode::Overwrite, Some(seen)) => seen,
             _ => self.read_seen(key).await?,
         };
-        let mut pause = Duration::from_millis(1);
         loop {
             if let PutMode::Update(wanted) = options.mode
                 && !replaces.holds(wanted)
@@ -509,7 +511,9 @@ impl StateStore for NatsStore {
                 replaces = confirmed;
             }
             if replaces.expiring(Instant::now()) {
-                replaces = self.outlast(key, replaces, give_up, &operation).await?;
+                replaces = self
+                    .outlast(key, replaces, &mut attempts, &operation)
+                    .await?;
                 continue;
             }
             let mut headers = HeaderMap::new();
@@ -545,7 +549,7 @@ impl StateStore for NatsStore {
                 Ok(sequence) => {
                     if replaces.acknowledged_late(Instant::now()) {
                         self.forget(key);
-                        self.confirm_written(key, sequence, give_up, &operation)
+                        self.confirm_written(key, sequence, &mut attempts, &operation)
                             .await?;
                     }
                     self.remember(
@@ -561,19 +565,9 @@ impl StateStore for NatsStore {
                 }
                 Err(err) if err.is_conflict() => {
                     self.forget(key);
-                    if Instant::now() >= give_up {
-                        return Err(Error::Unavailable {
-                            message: format!(
-                                "{operation}: refused for {:?} while the key kept changing: {}",
-                                self.inner.request_timeout, err.description
-                            ),
-                        });
-                    }
-                    // Another write to the key was in flight: give it a moment.
-                    if err.is_in_flight() {
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_millis(50));
-                    }
+                    attempts
+                        .after(&err, || self.kept_changing(&operation))
+                        .await?;
                 }
                 Err(err) => return Err(err.into_error(&operation)),
             }
@@ -605,12 +599,11 @@ impl StateStore for NatsStore {
     async fn delete(&self, key: &Key, expected: Option<Revision>) -> Result<Option<Revision>> {
         self.ensure_open()?;
         let operation = format!("delete {key}");
-        let give_up = Instant::now() + self.inner.request_timeout;
+        let mut attempts = wire::Attempts::new(self.inner.request_timeout);
         let mut replaces = match (expected, self.seen(key)) {
             (Some(wanted), Some(seen)) if seen.holds(wanted) => seen,
             _ => self.read_seen(key).await?,
         };
-        let mut pause = Duration::from_millis(1);
         loop {
             match expected {
                 Some(wanted) if !replaces.holds(wanted) => {
@@ -633,7 +626,9 @@ impl StateStore for NatsStore {
                 _ => {}
             }
             if replaces.expiring(Instant::now()) {
-                replaces = self.outlast(key, replaces, give_up, &operation).await?;
+                replaces = self
+                    .outlast(key, replaces, &mut attempts, &operation)
+                    .await?;
                 continue;
             }
             let mut headers = HeaderMap::new();
@@ -646,7 +641,7 @@ impl StateStore for NatsStore {
                 Ok(sequence) => {
                     if replaces.acknowledged_late(Instant::now()) {
                         self.forget(key);
-                        self.confirm_written(key, sequence, give_up, &operation)
+                        self.confirm_written(key, sequence, &mut attempts, &operation)
                             .await?;
                     }
                     self.remember(
@@ -660,18 +655,9 @@ impl StateStore for NatsStore {
                 }
                 Err(err) if err.is_conflict() => {
                     self.forget(key);
-                    if Instant::now() >= give_up {
-                        return Err(Error::Unavailable {
-                            message: format!(
-                                "{operation}: refused for {:?} while the key kept changing: {}",
-                                self.inner.request_timeout, err.description
-                            ),
-                        });
-                    }
-                    if err.is_in_flight() {
-                        tokio::time::sleep(pause).await;
-                        pause = (pause * 2).min(Duration::from_millis(50));
-                    }
+                    attempts
+                        .after(&err, || self.kept_changing(&operation))
+                        .await?;
                     replaces = self.read_seen(key).await?;
                 }
                 Err(err) => return Err(err.into_error(&operation)),

@@ -13,7 +13,7 @@
 //! key holding a value whose TTL is about to end is not written until the server expired it
 //! (see `crate::expiry`).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
@@ -44,8 +44,7 @@ pub(crate) struct Message {
 pub(crate) const CHECK_ONLY: usize = usize::MAX;
 
 pub(crate) async fn apply(store: &NatsStore, ops: &[TxnOp]) -> Result<Vec<TxnResult>> {
-    let give_up = Instant::now() + store.inner.request_timeout;
-    let mut pause = Duration::from_millis(1);
+    let mut attempts = wire::Attempts::new(store.inner.request_timeout);
     loop {
         let reads = futures::future::try_join_all(ops.iter().map(|op| store.last(&op.key)));
         let lasts: Vec<Option<Last>> = reads.await?;
@@ -65,7 +64,7 @@ pub(crate) async fn apply(store: &NatsStore, ops: &[TxnOp]) -> Result<Vec<TxnRes
                 && Seen::of(last.as_ref()).expiring(Instant::now())
         }) {
             store
-                .outlast(&op.key, Seen::of(last.as_ref()), give_up, "txn")
+                .outlast(&op.key, Seen::of(last.as_ref()), &mut attempts, "txn")
                 .await?;
             continue;
         }
@@ -77,7 +76,7 @@ pub(crate) async fn apply(store: &NatsStore, ops: &[TxnOp]) -> Result<Vec<TxnRes
                 [pin] => match store.barrier(&pin.key, pin.sequence, "txn").await? {
                     Ok(()) => return Ok(results),
                     Err(err) if err.is_conflict() => {
-                        refused_again(&err, give_up, &mut pause, store).await?;
+                        attempts.after(&err, || kept_changing(store)).await?;
                         continue;
                     }
                     Err(err) => return Err(err.into_error("txn")),
@@ -110,7 +109,7 @@ pub(crate) async fn apply(store: &NatsStore, ops: &[TxnOp]) -> Result<Vec<TxnRes
                     if Seen::of(lasts[message.op].as_ref()).acknowledged_late(acked) {
                         store.forget(&op.key);
                         store
-                            .confirm_written(&op.key, sequence, give_up, "txn")
+                            .confirm_written(&op.key, sequence, &mut attempts, "txn")
                             .await?;
                     }
                     let revision =
@@ -122,35 +121,18 @@ pub(crate) async fn apply(store: &NatsStore, ops: &[TxnOp]) -> Result<Vec<TxnRes
                 }
                 return Ok(results);
             }
-            Err(err) if err.is_conflict() => {
-                refused_again(&err, give_up, &mut pause, store).await?
-            }
+            Err(err) if err.is_conflict() => attempts.after(&err, || kept_changing(store)).await?,
             Err(err) => return Err(err.into_error("txn")),
         }
     }
 }
 
-/// After a refused batch or barrier: gives up once the request timeout has passed, and waits
-/// a moment when the refusal was only because another write was in flight.
-async fn refused_again(
-    refused: &wire::ApiError,
-    give_up: Instant,
-    pause: &mut Duration,
-    store: &NatsStore,
-) -> Result<()> {
-    if Instant::now() >= give_up {
-        return Err(Error::Unavailable {
-            message: format!(
-                "txn: refused for {:?} while its keys kept changing: {}",
-                store.inner.request_timeout, refused.description
-            ),
-        });
-    }
-    if refused.is_in_flight() {
-        tokio::time::sleep(*pause).await;
-        *pause = (*pause * 2).min(Duration::from_millis(50));
-    }
-    Ok(())
+/// What a transaction refused until its time ran out reports.
+fn kept_changing(store: &NatsStore) -> String {
+    format!(
+        "txn: refused for {:?} while its keys kept changing",
+        store.inner.request_timeout
+    )
 }
 
 /// The messages to write, the provisional results, and the keys that must stay as read.

@@ -38,14 +38,18 @@ fn overwrite_delay(trial: u64) -> Duration {
     OVERWRITE_AT + SPREAD * (trial * 37 % TRIALS) as u32 / TRIALS as u32
 }
 
-async fn cluster_and_store() -> (NatsCluster, NatsStore) {
-    let cluster = NatsCluster::start(3).await;
-    let store = NatsStore::builder(cluster.connect_url())
+async fn store_on(cluster: &NatsCluster) -> NatsStore {
+    NatsStore::builder(cluster.connect_url())
         .bucket(BUCKET)
         .replicas(3)
         .connect()
         .await
-        .unwrap_or_else(|err| panic!("connecting: {err}"));
+        .unwrap_or_else(|err| panic!("connecting: {err}"))
+}
+
+async fn cluster_and_store() -> (NatsCluster, NatsStore) {
+    let cluster = NatsCluster::start(3).await;
+    let store = store_on(&cluster).await;
     (cluster, store)
 }
 
@@ -126,12 +130,7 @@ async fn an_overwrite_at_the_deadline_of_the_value_it_replaces_is_never_lost() {
     let Some(_) = require_server() else { return };
     let (cluster, writer) = cluster_and_store().await;
     // Half the overwrites go through a second store that has not seen the value it replaces.
-    let other = NatsStore::builder(cluster.connect_url())
-        .bucket(BUCKET)
-        .replicas(3)
-        .connect()
-        .await
-        .unwrap_or_else(|err| panic!("connecting: {err}"));
+    let other = store_on(&cluster).await;
     const ROUNDS: usize = 3;
     for round in 0..ROUNDS {
         let mut trials = Vec::new();
