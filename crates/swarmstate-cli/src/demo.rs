@@ -95,6 +95,9 @@ impl Keys {
     fn result(&self, item: &str) -> Key {
         self.key(&format!("results.{item}"))
     }
+    fn results(&self) -> Pattern {
+        Pattern::new(format!("{}.results.*", self.prefix)).expect("a valid pattern")
+    }
 }
 
 /// What the agents did, as the supervisor needs it for the invariants.
@@ -133,10 +136,6 @@ struct Swarm {
 impl Swarm {
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
         self.ledger.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn done_count(&self) -> usize {
-        self.ledger().completions.len()
     }
 }
 
@@ -184,6 +183,11 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Report> {
         halfway: AtomicBool::new(false),
     });
 
+    // Progress is what the store holds, not what agents were told: a completion can apply
+    // just as its agent is killed, and then no agent hears of it.
+    let results = ConfigWatch::start(swarm.store.clone(), swarm.keys.results(), decode)
+        .await
+        .context("starting the supervisor's watch of the results")?;
     let mut agents = Vec::with_capacity(args.agents);
     for n in 0..args.agents {
         let name = agent_name(n);
@@ -202,7 +206,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Report> {
     let mut killed: Vec<String> = Vec::new();
     let deadline = started + Duration::from_secs(50);
     for tick in 0u64.. {
-        let done = swarm.done_count();
+        let done = results.current().len();
         if tick % 5 == 0 || done >= args.items {
             let leader = swarm.election.leader().await.ok().flatten();
             progress.show(
@@ -223,8 +227,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Report> {
         if Instant::now() > deadline {
             progress.finish();
             anyhow::bail!(
-                "the swarm did not finish within 50 s ({done} of {} items done)",
-                args.items
+                "the swarm did not finish within 50 s ({done} of {} items done){}",
+                args.items,
+                unfinished(&swarm).await
             );
         }
         sleep(Duration::from_millis(20)).await;
@@ -239,6 +244,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Report> {
         }
     }
     let checks = check_invariants(&swarm, &agents, &killed).await?;
+    drop(results);
     Ok(Report {
         checks,
         elapsed: started.elapsed(),
@@ -342,6 +348,28 @@ async fn publish_config(
         // Leadership just ended; the next leader publishes.
         Err(Error::LockLost { .. }) => Ok(()),
         Err(err) => Err(err).context("publishing config"),
+    }
+}
+
+/// The items the queue does not show done, one per line, for an error message.
+async fn unfinished(swarm: &Swarm) -> String {
+    match swarm.queue.list().await {
+        Ok(items) => items
+            .iter()
+            .filter(|item| item.state != ItemState::Done)
+            .map(|item| {
+                format!(
+                    "\n  {} {:?} attempts {} claimant {:?} lease left {:?} last error {:?}",
+                    item.id,
+                    item.state,
+                    item.attempts,
+                    item.claimant,
+                    item.lease_left,
+                    item.last_error
+                )
+            })
+            .collect(),
+        Err(err) => format!("\n  (the queue could not be listed: {err})"),
     }
 }
 
@@ -487,16 +515,24 @@ async fn check_invariants(
     // The agents are done or dead: what they recorded is final.
     let ledger = std::mem::take(&mut *swarm.ledger());
 
-    // Every item done exactly once: one acknowledged completion each, the queue agrees, and
-    // the result written with the completion is there.
+    // Every item done exactly once: one acknowledged completion each (or none, when the
+    // completion applied just as its agent was killed: the result then names a killed agent),
+    // the queue agrees, and the result written with the completion is there.
     let statuses = swarm.queue.list().await?;
     let mut problems = Vec::new();
+    let mut unacknowledged = 0;
     for item in 0..swarm.items {
         let id = format!("item-{item:04}");
         match ledger.completions.get(&id).map(Vec::len) {
             Some(1) => {}
             Some(n) => problems.push(format!("{id} completed {n} times")),
-            None => problems.push(format!("{id} never completed")),
+            None => {
+                let by = swarm.store.get(&swarm.keys.result(&id)).await?;
+                match by.map(|entry| String::from_utf8_lossy(&entry.value).into_owned()) {
+                    Some(agent) if killed.contains(&agent) => unacknowledged += 1,
+                    _ => problems.push(format!("{id} never completed")),
+                }
+            }
         }
     }
     let done = statuses
@@ -531,7 +567,8 @@ async fn check_invariants(
         held: problems.is_empty(),
         detail: if problems.is_empty() {
             format!(
-                "{} items, {} completions, {results} results",
+                "{} items, {} completions ({unacknowledged} applied as their agent was killed), \
+                 {results} results",
                 swarm.items, swarm.items
             )
         } else {
