@@ -161,18 +161,17 @@ impl NatsStore {
     /// Waits until the value `seen` holds is no longer about to expire: the server expired it
     /// (or something replaced it). Returns the key's new last message.
     ///
-    /// Errors: [`Error::Unavailable`] if that has not happened when `attempts` gives up (a stream without
-    /// a leader expires nothing); nothing was written.
+    /// Errors: [`Error::Unavailable`] if that has not happened when `attempts` gives up (a
+    /// stream without a leader expires nothing); nothing was written.
     pub(crate) async fn outlast(
         &self,
         key: &Key,
         mut seen: Seen,
-        attempts: &mut wire::Attempts,
+        attempts: &wire::Attempts,
         operation: &str,
     ) -> Result<Seen> {
-        let give_up = attempts.give_up();
         while seen.expiring(Instant::now()) {
-            if Instant::now() >= give_up {
+            if attempts.expired() {
                 return Err(Error::Unavailable {
                     message: format!(
                         "{operation}: the value it replaces (revision {}) reached the end of its \
@@ -187,7 +186,7 @@ impl NatsStore {
                     deadline.saturating_duration_since(Instant::now())
                 })
                 .max(EXPIRY_POLL);
-            tokio::time::sleep_until((Instant::now() + wake).min(give_up).into()).await;
+            tokio::time::sleep_until((Instant::now() + wake).min(attempts.give_up()).into()).await;
             seen = self.read_seen(key).await?;
         }
         Ok(seen)

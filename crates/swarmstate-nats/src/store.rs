@@ -511,9 +511,7 @@ impl StateStore for NatsStore {
                 replaces = confirmed;
             }
             if replaces.expiring(Instant::now()) {
-                replaces = self
-                    .outlast(key, replaces, &mut attempts, &operation)
-                    .await?;
+                replaces = self.outlast(key, replaces, &attempts, &operation).await?;
                 continue;
             }
             let mut headers = HeaderMap::new();
@@ -626,9 +624,7 @@ impl StateStore for NatsStore {
                 _ => {}
             }
             if replaces.expiring(Instant::now()) {
-                replaces = self
-                    .outlast(key, replaces, &mut attempts, &operation)
-                    .await?;
+                replaces = self.outlast(key, replaces, &attempts, &operation).await?;
                 continue;
             }
             let mut headers = HeaderMap::new();

@@ -64,7 +64,7 @@ pub(crate) async fn apply(store: &NatsStore, ops: &[TxnOp]) -> Result<Vec<TxnRes
                 && Seen::of(last.as_ref()).expiring(Instant::now())
         }) {
             store
-                .outlast(&op.key, Seen::of(last.as_ref()), &mut attempts, "txn")
+                .outlast(&op.key, Seen::of(last.as_ref()), &attempts, "txn")
                 .await?;
             continue;
         }
