@@ -29,10 +29,11 @@ const FINISH_TIMEOUT: Duration = Duration::from_secs(15);
 /// is used, this process's monotonic one.
 ///
 /// A watcher that falls behind and cannot resume (a NATS bucket keeps one message per key, so
-/// a burst of overwrites can open a gap) may miss expiries; the history then says so
-/// ([`History::expiries_incomplete`]) and carries a possible expiry, with an unknown outcome,
-/// for every acknowledged TTL write whose expiry was not seen. Give the store a large watch
-/// buffer to make gaps rare.
+/// a burst of overwrites can open a gap) may miss expiries; it then takes a snapshot, so that
+/// expiries after the gap are still recorded, and the history says so
+/// ([`History::expiries_incomplete`]) and carries a possible expiry, with an unknown outcome and
+/// a window opening no earlier than the write's call plus its TTL, for every acknowledged TTL
+/// write whose expiry was not seen. Give the store a large watch buffer to make gaps rare.
 #[derive(Debug)]
 pub struct Recorder {
     store: Arc<dyn StateStore>,
@@ -268,14 +269,15 @@ async fn watch(
                     Ok(resumed) => resumed,
                     Err(_) => {
                         // Some changes are gone for good (a NATS bucket keeps one message per
-                        // key). Expiries are still recorded from here on, but only for writes
-                        // seen after the gap: an older `last_put` may be out of date.
+                        // key). An older `last_put` may be out of date: forget it, and take a
+                        // snapshot, whose entries name each key's current write, so that
+                        // expiries from here on are still recorded for them.
                         {
                             let mut watched = shared.watched.lock().unwrap();
                             watched.incomplete = true;
                             watched.last_put.clear();
                         }
-                        match store.watch(&everything, WatchStart::Now).await {
+                        match store.watch(&everything, WatchStart::Snapshot).await {
                             Ok(live) => live,
                             Err(_) => return,
                         }
