@@ -20,6 +20,7 @@
 
 mod config;
 mod expiry;
+mod refused;
 mod store;
 mod txn;
 mod watch;

@@ -46,10 +46,12 @@ pub(crate) struct Inner {
     pub(crate) watch_buffer: usize,
     read_consistency: ReadConsistency,
     // Invariant: unique per store (a NUID), a valid key token; names this client's barrier keys.
-    client_id: String,
+    pub(crate) client_id: String,
     // Barrier slots not in use. A slot is one reserved subject, used by one read at a time, so
     // that each barrier knows which earlier barrier it replaces.
     barrier_slots: std::sync::Mutex<BarrierSlots>,
+    // Numbers this client's writes: `<client_id>.<n>` is a write's `Nats-Msg-Id`.
+    pub(crate) writes: std::sync::atomic::AtomicU64,
     closed: AtomicBool,
     // The last message of keys this client wrote or read, so that a write knows what it
     // replaces without reading it first (see `crate::expiry`). A stale entry costs one refused
@@ -66,6 +68,8 @@ pub(crate) struct Last {
     pub(crate) live: Option<Entry>,
     /// When the value's TTL ends, on this machine's monotonic clock, if it has one.
     pub(crate) deadline: Option<Instant>,
+    /// The `Nats-Msg-Id` of the write that stored it, if any.
+    pub(crate) write_id: Option<String>,
 }
 
 impl NatsStore {
@@ -106,6 +110,7 @@ impl NatsStore {
                 read_consistency: builder.read_consistency,
                 client_id,
                 barrier_slots: Default::default(),
+                writes: Default::default(),
                 closed: AtomicBool::new(false),
                 seen: Default::default(),
                 closing,
@@ -177,10 +182,15 @@ impl NatsStore {
                     .as_ref()
                     .and_then(|entry| entry.expires_in)
                     .map(|left| Instant::now() + left);
+                let write_id = message
+                    .headers
+                    .get(wire::MSG_ID)
+                    .map(|id| id.as_str().to_owned());
                 Ok(Some(Last {
                     sequence: message.sequence,
                     live,
                     deadline,
+                    write_id,
                 }))
             }
             Err(err)
@@ -194,7 +204,7 @@ impl NatsStore {
         }
     }
 
-    async fn publish(
+    pub(crate) async fn publish(
         &self,
         operation: &str,
         key: &Key,
@@ -288,18 +298,11 @@ impl NatsStore {
     }
 
     /// What a write that was refused until its time ran out reports.
-    fn kept_changing(&self, operation: &str) -> String {
+    pub(crate) fn kept_changing(&self, operation: &str) -> String {
         format!(
             "{operation}: refused for {:?} while the key kept changing",
             self.inner.request_timeout
         )
-    }
-
-    /// A confirmed read as a [`Seen`].
-    pub(crate) async fn confirmed_seen(&self, key: &Key, operation: &str) -> Result<Seen> {
-        Ok(Seen::of(
-            self.confirmed_last(key, operation).await?.as_ref(),
-        ))
     }
 
     /// Publishes a commit barrier expecting `key` at sequence `at` (0: no message). `Ok(Err)`
@@ -486,6 +489,11 @@ impl StateStore for NatsStore {
                 None => {}
             }
         }
+        // Every attempt carries it (see `crate::refused`); a write with a record has the
+        // record to tell whether an earlier attempt applied.
+        let id = record.is_none().then(|| self.write_id());
+        // Set once an attempt was refused: it may have been applied anyway.
+        let mut refused = None;
         // What the write replaces, as far as this client knows.
         let mut replaces = match (options.mode, self.seen(key)) {
             // A create lands only where there is no value, never on one about to expire; a
@@ -500,7 +508,14 @@ impl StateStore for NatsStore {
             if let PutMode::Update(wanted) = options.mode
                 && !replaces.holds(wanted)
             {
-                let confirmed = self.confirmed_seen(key, &operation).await?;
+                let last = self.confirmed_last(key, &operation).await?;
+                if let Some(sequence) = self
+                    .applied_anyway(key, refused, last.as_ref(), &operation)
+                    .await?
+                {
+                    return revision(sequence);
+                }
+                let confirmed = Seen::of(last.as_ref());
                 if !confirmed.holds(wanted) {
                     return Err(Error::RevisionMismatch {
                         key: key.clone(),
@@ -521,6 +536,9 @@ impl StateStore for NatsStore {
             );
             if let Some(ttl) = options.ttl {
                 headers.insert(wire::TTL, format!("{}s", wire::ttl_seconds(ttl)).as_str());
+            }
+            if let Some(id) = &id {
+                headers.insert(wire::MSG_ID, id.as_str());
             }
             let sent = Instant::now();
             let outcome = match &record {
@@ -563,9 +581,13 @@ impl StateStore for NatsStore {
                 }
                 Err(err) if err.is_conflict() => {
                     self.forget(key);
-                    attempts
-                        .after(&err, || self.kept_changing(&operation))
-                        .await?;
+                    refused = id.as_deref();
+                    if attempts.expired() {
+                        return revision(
+                            self.out_of_attempts(key, refused, &err, &operation).await?,
+                        );
+                    }
+                    attempts.pause_if_in_flight(&err).await;
                 }
                 Err(err) => return Err(err.into_error(&operation)),
             }
@@ -579,7 +601,14 @@ impl StateStore for NatsStore {
             }
             replaces = self.read_seen(key).await?;
             if options.mode == PutMode::Create && replaces.value().is_some() {
-                let confirmed = self.confirmed_seen(key, &operation).await?;
+                let last = self.confirmed_last(key, &operation).await?;
+                if let Some(sequence) = self
+                    .applied_anyway(key, refused, last.as_ref(), &operation)
+                    .await?
+                {
+                    return revision(sequence);
+                }
+                let confirmed = Seen::of(last.as_ref());
                 if let Some(revision) = confirmed.value() {
                     return Err(Error::AlreadyExists {
                         key: key.clone(),
@@ -598,30 +627,38 @@ impl StateStore for NatsStore {
         self.ensure_open()?;
         let operation = format!("delete {key}");
         let mut attempts = wire::Attempts::new(self.inner.request_timeout);
+        let id = self.write_id();
+        // Set once an attempt was refused: it may have been applied anyway.
+        let mut refused = None;
         let mut replaces = match (expected, self.seen(key)) {
             (Some(wanted), Some(seen)) if seen.holds(wanted) => seen,
             _ => self.read_seen(key).await?,
         };
         loop {
-            match expected {
-                Some(wanted) if !replaces.holds(wanted) => {
-                    let confirmed = self.confirmed_seen(key, &operation).await?;
-                    if !confirmed.holds(wanted) {
+            let fits = match expected {
+                Some(wanted) => replaces.holds(wanted),
+                None => replaces.value().is_some(),
+            };
+            if !fits {
+                let last = self.confirmed_last(key, &operation).await?;
+                if let Some(sequence) = self
+                    .applied_anyway(key, refused, last.as_ref(), &operation)
+                    .await?
+                {
+                    return revision(sequence).map(Some);
+                }
+                replaces = Seen::of(last.as_ref());
+                match expected {
+                    Some(wanted) if !replaces.holds(wanted) => {
                         return Err(Error::RevisionMismatch {
                             key: key.clone(),
                             expected: wanted,
-                            actual: confirmed.value(),
+                            actual: replaces.value(),
                         });
                     }
-                    replaces = confirmed;
+                    None if replaces.value().is_none() => return Ok(None),
+                    _ => {}
                 }
-                None if replaces.value().is_none() => {
-                    replaces = self.confirmed_seen(key, &operation).await?;
-                    if replaces.value().is_none() {
-                        return Ok(None);
-                    }
-                }
-                _ => {}
             }
             if replaces.expiring(Instant::now()) {
                 replaces = self.outlast(key, replaces, &attempts, &operation).await?;
@@ -633,6 +670,7 @@ impl StateStore for NatsStore {
                 wire::EXPECTED_LAST_SUBJECT_SEQUENCE,
                 replaces.sequence.to_string().as_str(),
             );
+            headers.insert(wire::MSG_ID, id.as_str());
             match self.publish(&operation, key, headers, Bytes::new()).await? {
                 Ok(sequence) => {
                     if replaces.acknowledged_late(Instant::now()) {
@@ -651,9 +689,14 @@ impl StateStore for NatsStore {
                 }
                 Err(err) if err.is_conflict() => {
                     self.forget(key);
-                    attempts
-                        .after(&err, || self.kept_changing(&operation))
-                        .await?;
+                    refused = Some(id.as_str());
+                    if attempts.expired() {
+                        return revision(
+                            self.out_of_attempts(key, refused, &err, &operation).await?,
+                        )
+                        .map(Some);
+                    }
+                    attempts.pause_if_in_flight(&err).await;
                     replaces = self.read_seen(key).await?;
                 }
                 Err(err) => return Err(err.into_error(&operation)),

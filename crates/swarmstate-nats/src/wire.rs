@@ -12,6 +12,8 @@ pub(crate) const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subj
 pub(crate) const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
     "Nats-Expected-Last-Subject-Sequence-Subject";
 pub(crate) const TTL: &str = "Nats-TTL";
+/// The server's de-duplication id: every attempt of one write carries the same one.
+pub(crate) const MSG_ID: &str = "Nats-Msg-Id";
 pub(crate) const MARKER_REASON: &str = "Nats-Marker-Reason";
 pub(crate) const KV_OPERATION: &str = "KV-Operation";
 pub(crate) const BATCH_ID: &str = "Nats-Batch-Id";
@@ -31,6 +33,8 @@ pub(crate) const BARRIER_KEYS: &str = "_swarmstate.barrier.";
 /// JetStream's "wrong last sequence" error; on R3 a lost race may also come back as 10164.
 const WRONG_LAST_SEQUENCE: u64 = 10071;
 const WRONG_LAST_SEQUENCE_CLUSTERED: u64 = 10164;
+/// An earlier message with the same `Nats-Msg-Id` is being proposed and not yet applied.
+const DUPLICATE_IN_PROCESS: u64 = 10158;
 
 /// What a stored message means for its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,14 +152,29 @@ impl ApiError {
     pub(crate) fn is_conflict(&self) -> bool {
         matches!(
             self.err_code,
-            WRONG_LAST_SEQUENCE | WRONG_LAST_SEQUENCE_CLUSTERED
+            WRONG_LAST_SEQUENCE | WRONG_LAST_SEQUENCE_CLUSTERED | DUPLICATE_IN_PROCESS
         )
     }
 
-    /// Refused without comparing, because another conditional write to the subject was still
-    /// in flight: it says nothing about the subject's sequence.
+    /// Refused without comparing, because another write to the subject (or an earlier attempt
+    /// of this very write) was still in flight: it says nothing about the subject's sequence.
     pub(crate) fn is_in_flight(&self) -> bool {
-        self.err_code == WRONG_LAST_SEQUENCE_CLUSTERED
+        matches!(
+            self.err_code,
+            WRONG_LAST_SEQUENCE_CLUSTERED | DUPLICATE_IN_PROCESS
+        )
+    }
+
+    /// The last sequence of the subject as the refusing server had it ("wrong last sequence:
+    /// N"), for a refusal that compared.
+    pub(crate) fn reported_last(&self) -> Option<u64> {
+        if self.err_code != WRONG_LAST_SEQUENCE {
+            return None;
+        }
+        self.description
+            .rsplit(": ")
+            .next()
+            .and_then(|n| n.trim().parse().ok())
     }
 
     pub(crate) fn into_error(self, operation: &str) -> Error {
@@ -196,9 +215,14 @@ impl Attempts {
     /// Waits a moment if `refused` was only because of a write in flight.
     pub(crate) async fn pause_if_in_flight(&mut self, refused: &ApiError) {
         if refused.is_in_flight() {
-            tokio::time::sleep(self.pause).await;
-            self.pause = (self.pause * 2).min(Duration::from_millis(50));
+            self.pause().await;
         }
+    }
+
+    /// Waits a moment, longer each time.
+    pub(crate) async fn pause(&mut self) {
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Duration::from_millis(50));
     }
 
     /// After a refusal: [`Error::Unavailable`] (every attempt was refused, nothing applied)
@@ -320,6 +344,7 @@ mod tests {
         .unwrap()
         .unwrap_err();
         assert!(err.is_conflict(), "{err:?}");
+        assert_eq!(err.reported_last(), Some(3));
         assert!(parse_ack(b"not json", "put").is_err());
     }
 

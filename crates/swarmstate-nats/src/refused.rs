@@ -1,0 +1,128 @@
+//! What a refused write proves: nothing, until the store has made sure that no attempt of it
+//! was applied anyway.
+//!
+//! Only the stream leader subscribes to the stream's subjects, but an old leader lets go of
+//! its subscription only once its Raft notices the new term, and the new leader subscribes as
+//! soon as it leads (`setLeader`, `server/stream.go`). In between (a paused leader resumed, a
+//! partition healed) a publish reaches both. The old leader checks the expected sequence
+//! against its stale store and refuses at once (10071, `processClusteredInboundMsg` →
+//! `checkMsgHeadersPreClusteredProposal`), while the new leader applies the message and
+//! answers after its quorum commit; the client takes the first answer, the refusal. So an
+//! attempt the client was told was refused may be stored.
+//!
+//! Every attempt of one write carries the same `Nats-Msg-Id` (`<client>.<n>`). Before a
+//! refusal is reported (a mismatch, an existing key, an absent key a delete finds, or giving
+//! up), [`NatsStore::applied_anyway`] asks: the confirmed last message may be the write
+//! itself; otherwise a probe with the same id and an expectation no subject meets is sent.
+//! The server checks ids before expectations, so a leader that stored an attempt answers
+//! "duplicate" with its sequence, and one that did not refuses, naming its last sequence. A
+//! refusal naming a sequence below the confirmed one comes from a stale node and is asked
+//! again. A new leader has applied every committed message (and so knows every id) before it
+//! answers anything.
+
+use bytes::Bytes;
+use swarmstate_core::{Error, Key, Result};
+
+use crate::NatsStore;
+use crate::store::Last;
+use crate::wire;
+
+impl NatsStore {
+    /// A `Nats-Msg-Id` for one write, the same for all of its attempts.
+    pub(crate) fn write_id(&self) -> String {
+        let n = self
+            .inner
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}.{n}", self.inner.client_id)
+    }
+
+    /// Whether a write that was refused at least once (`refused` is its id; `None` when no
+    /// attempt was refused) was applied after all, given a confirmed read of its key taken
+    /// after the refusals: `Some(sequence)` of the attempt that applied, `None` if none did.
+    ///
+    /// Errors: [`Error::Ambiguous`] when that cannot be learned (no answer, or only stale
+    /// ones, within the request timeout).
+    pub(crate) async fn applied_anyway(
+        &self,
+        key: &Key,
+        refused: Option<&str>,
+        confirmed: Option<&Last>,
+        operation: &str,
+    ) -> Result<Option<u64>> {
+        let Some(id) = refused else { return Ok(None) };
+        if let Some(last) = confirmed
+            && last.write_id.as_deref() == Some(id)
+        {
+            return Ok(Some(last.sequence));
+        }
+        let floor = confirmed.map_or(0, |last| last.sequence);
+        let unknown = |why: String| Error::Ambiguous {
+            operation: operation.to_owned(),
+            message: format!(
+                "refused, and whether an earlier attempt was applied anyway is unknown: {why}"
+            ),
+        };
+        let mut attempts = wire::Attempts::new(self.inner.request_timeout);
+        loop {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(wire::MSG_ID, id);
+            // No subject is ever at this sequence: the probe itself is never stored.
+            headers.insert(
+                wire::EXPECTED_LAST_SUBJECT_SEQUENCE,
+                u64::MAX.to_string().as_str(),
+            );
+            let outcome = self
+                .publish(operation, key, headers, Bytes::new())
+                .await
+                .map_err(|err| unknown(err.to_string()))?;
+            match outcome {
+                // Only a duplicate can be acknowledged: the attempt stored at `sequence`.
+                Ok(sequence) => return Ok(Some(sequence)),
+                Err(refused) if refused.reported_last().is_some_and(|last| last >= floor) => {
+                    return Ok(None);
+                }
+                // In flight, in process, or a stale node's answer: ask again.
+                Err(refused) if refused.is_conflict() && !attempts.expired() => {
+                    attempts.pause().await;
+                }
+                Err(refused) => return Err(unknown(refused.description)),
+            }
+        }
+    }
+
+    /// After the last refused attempt of a write whose time ran out: the sequence of an
+    /// attempt that was applied anyway, else [`Error::Unavailable`] (none was).
+    pub(crate) async fn out_of_attempts(
+        &self,
+        key: &Key,
+        refused: Option<&str>,
+        last_refusal: &wire::ApiError,
+        operation: &str,
+    ) -> Result<u64> {
+        let confirmed = match refused {
+            Some(_) => {
+                self.confirmed_last(key, operation)
+                    .await
+                    .map_err(|err| Error::Ambiguous {
+                        operation: operation.to_owned(),
+                        message: format!("refused, then the key could not be read: {err}"),
+                    })?
+            }
+            None => None,
+        };
+        match self
+            .applied_anyway(key, refused, confirmed.as_ref(), operation)
+            .await?
+        {
+            Some(sequence) => Ok(sequence),
+            None => Err(Error::Unavailable {
+                message: format!(
+                    "{}: {}",
+                    self.kept_changing(operation),
+                    last_refusal.description
+                ),
+            }),
+        }
+    }
+}
