@@ -14,8 +14,11 @@
 //! refusal is reported (a mismatch, an existing key, an absent key a delete finds, or giving
 //! up), [`NatsStore::applied_anyway`] asks: the confirmed last message may be the write
 //! itself; otherwise a probe with the same id and an expectation no subject meets is sent.
-//! The server checks ids before expectations, so a leader that stored an attempt answers
-//! "duplicate" with its sequence, and one that did not refuses, naming its last sequence. A
+//! A replicated stream's leader checks ids before expectations (`checkMsgHeadersPreClustered
+//! Proposal`), so one that stored an attempt answers "duplicate" with its sequence, and one
+//! that did not refuses, naming its last sequence. (A single-node stream checks the
+//! expectation first; but there one server decides everything, a refusal is final, and the
+//! probe's refusal is the right answer too.) A
 //! refusal naming a sequence below the confirmed one comes from a stale node and is asked
 //! again. A new leader has applied every committed message (and so knows every id) before it
 //! answers anything.
@@ -124,5 +127,70 @@ impl NatsStore {
                 ),
             }),
         }
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use swarmstate_core::{PutOptions, StateStore};
+
+    use super::*;
+    use crate::testing::{NatsCluster, require_server};
+
+    /// What the probe relies on, on a replicated stream (the only kind where a refusal can
+    /// come from a stale leader): the leader answers a message whose id it has stored with
+    /// "duplicate" and the stored sequence before it looks at the message's expectation, and
+    /// refuses one whose id it has not stored, naming the subject's last sequence; neither
+    /// probe stores anything.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_probe_finds_a_stored_attempt_by_its_id_and_stores_nothing() {
+        let Some(_) = require_server() else { return };
+        let cluster = NatsCluster::start(3).await;
+        let store = NatsStore::builder(cluster.connect_url())
+            .bucket("probe")
+            .replicas(3)
+            .connect()
+            .await
+            .unwrap_or_else(|err| panic!("connect: {err}"));
+        let key = Key::new("probe.k").unwrap();
+        let stored = store
+            .put(&key, "v".into(), PutOptions::overwrite())
+            .await
+            .unwrap();
+        let last = store.last(&key).await.unwrap().expect("the value is there");
+        let id = last
+            .write_id
+            .clone()
+            .expect("every put carries its write id");
+
+        // Its id, with a confirmed read that no longer shows it: the probe finds it.
+        let found = store
+            .applied_anyway(&key, Some(&id), None, "probe")
+            .await
+            .unwrap();
+        assert_eq!(found, Some(stored.get()));
+        // The confirmed read shows it: no probe needed.
+        let found = store
+            .applied_anyway(&key, Some(&id), Some(&last), "probe")
+            .await
+            .unwrap();
+        assert_eq!(found, Some(stored.get()));
+        // An id never stored: not applied.
+        let other = store.write_id();
+        let found = store
+            .applied_anyway(&key, Some(&other), Some(&last), "probe")
+            .await
+            .unwrap();
+        assert_eq!(found, None);
+        // Nothing was refused: nothing to look for.
+        assert_eq!(
+            store
+                .applied_anyway(&key, None, Some(&last), "probe")
+                .await
+                .unwrap(),
+            None
+        );
+        let after = store.last(&key).await.unwrap().expect("still there");
+        assert_eq!(after.sequence, stored.get(), "a probe was stored");
     }
 }
