@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use swarmstate::StateStore;
 use swarmstate_check::{Workload, run};
-use swarmstate_core::StateStore;
 use swarmstate_nats::NatsStore;
 use swarmstate_nats::testing::{NatsCluster, NatsServer, nats_server_binary};
 use tokio::time::{Instant, sleep, sleep_until};

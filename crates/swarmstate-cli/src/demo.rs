@@ -16,10 +16,10 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use futures::StreamExt;
-use swarmstate_core::{
-    Condition, ConfigSnapshot, ConfigWatch, Election, Error, ItemState, Key, Leadership, Pattern,
-    StateStore, TxnOp, WatchStart, WorkQueue,
-};
+use swarmstate::config::{ConfigSnapshot, ConfigWatch};
+use swarmstate::election::{Election, Leadership};
+use swarmstate::queue::{ItemState, WorkQueue};
+use swarmstate::{Condition, Error, Key, Pattern, StateStore, TxnOp, WatchStart};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
@@ -690,13 +690,13 @@ async fn read_config(swarm: &Swarm) -> anyhow::Result<BTreeMap<String, String>> 
     let mut map = BTreeMap::new();
     while let Some(event) = stream.next().await {
         match event {
-            swarmstate_core::WatchEvent::Put(entry) => {
+            swarmstate::WatchEvent::Put(entry) => {
                 map.insert(
                     last_token(&entry.key),
                     String::from_utf8_lossy(&entry.value).into_owned(),
                 );
             }
-            swarmstate_core::WatchEvent::CaughtUp { .. } => break,
+            swarmstate::WatchEvent::CaughtUp { .. } => break,
             other => anyhow::bail!("unexpected event in a config snapshot: {other:?}"),
         }
     }
@@ -744,7 +744,7 @@ impl Progress {
         done: usize,
         items: usize,
         alive: usize,
-        leader: &Option<swarmstate_core::Leader>,
+        leader: &Option<swarmstate::election::Leader>,
     ) {
         let leader = match leader {
             Some(leader) => format!("{} (term {})", leader.candidate, leader.term),

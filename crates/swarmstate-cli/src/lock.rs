@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use swarmstate_core::{Key, acquire_lock_wait};
+use swarmstate::Key;
+use swarmstate::lock::acquire_lock_wait;
 use tokio::process::Command;
 
 use crate::open::open_store;

@@ -2,30 +2,15 @@
 
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
-use swarmstate_core::{MemoryStore, StateStore};
-use swarmstate_nats::NatsStore;
+use swarmstate::StateStore;
 
 /// The store URL commands use when none is given.
 pub(crate) const DEFAULT_STORE: &str = "memory://";
 
-/// Opens the store `url` names: `memory://` (a fresh in-process store, gone when the command
+/// Opens the store `url` names (see [`swarmstate::open`]): `memory://` (a fresh in-process store, gone when the command
 /// ends) or `nats://HOST:PORT[,HOST:PORT...]/BUCKET`.
 pub(crate) async fn open_store(url: &str) -> anyhow::Result<Arc<dyn StateStore>> {
-    if url == "memory://" {
-        return Ok(Arc::new(MemoryStore::new()));
-    }
-    if url.starts_with("nats://") {
-        let store = NatsStore::open(url)
-            .await
-            .with_context(|| format!("opening the NATS store {url}"))?;
-        return Ok(Arc::new(store));
-    }
-    let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
-    bail!(
-        "unsupported store URL {url:?} (scheme {scheme:?}); use memory:// or \
-         nats://HOST:PORT/BUCKET"
-    )
+    Ok(swarmstate::open(url).await?)
 }
 
 #[cfg(test)]

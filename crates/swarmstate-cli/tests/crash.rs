@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use swarmstate_core::{Condition, Error, Key, StateStore, TxnOp, acquire_lock_wait};
+use swarmstate::lock::acquire_lock_wait;
+use swarmstate::{Condition, Error, Key, StateStore, TxnOp};
 use swarmstate_nats::NatsStore;
 use swarmstate_nats::testing::{NatsServer, require_server};
 use tokio::time::Instant;

@@ -132,6 +132,16 @@ pub enum Error {
         backend: &'static str,
     },
 
+    /// Data the store holds is not what it should be (a record that does not decode, a
+    /// broken invariant of a persisted file). Nothing was changed; the data needs repair.
+    #[error("corrupt data at {what}: {message}")]
+    Corrupt {
+        /// Where the bad data is (a key, a file).
+        what: String,
+        /// What is wrong with it.
+        message: String,
+    },
+
     /// A backend failure that fits no category above.
     #[error("backend error: {source}")]
     Backend {
@@ -140,7 +150,123 @@ pub enum Error {
     },
 }
 
+/// The category of an [`Error`], with a stable name: what a wire format carries (the HTTP
+/// problem `kind`, a Python exception) so that a client can map it back to the same variant.
+///
+/// Names never change once released; new categories may be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// [`Error::NotFound`]: `not_found`.
+    NotFound,
+    /// [`Error::AlreadyExists`]: `already_exists`.
+    AlreadyExists,
+    /// [`Error::RevisionMismatch`]: `revision_mismatch`.
+    RevisionMismatch,
+    /// [`Error::InvalidKey`]: `invalid_key`.
+    InvalidKey,
+    /// [`Error::ValueTooLarge`]: `value_too_large`.
+    ValueTooLarge,
+    /// [`Error::InvalidInput`]: `invalid_input`.
+    InvalidInput,
+    /// [`Error::Compacted`]: `compacted`.
+    Compacted,
+    /// [`Error::LockHeld`]: `lock_held`.
+    LockHeld,
+    /// [`Error::LockLost`]: `lock_lost`.
+    LockLost,
+    /// [`Error::Closed`]: `closed`.
+    Closed,
+    /// [`Error::Unavailable`]: `unavailable`.
+    Unavailable,
+    /// [`Error::Ambiguous`]: `ambiguous`.
+    Ambiguous,
+    /// [`Error::Unsupported`]: `unsupported`.
+    Unsupported,
+    /// [`Error::Corrupt`]: `corrupt`.
+    Corrupt,
+    /// [`Error::Backend`]: `backend`.
+    Backend,
+}
+
+impl ErrorKind {
+    /// Every kind, in declaration order.
+    pub const ALL: &[ErrorKind] = &[
+        ErrorKind::NotFound,
+        ErrorKind::AlreadyExists,
+        ErrorKind::RevisionMismatch,
+        ErrorKind::InvalidKey,
+        ErrorKind::ValueTooLarge,
+        ErrorKind::InvalidInput,
+        ErrorKind::Compacted,
+        ErrorKind::LockHeld,
+        ErrorKind::LockLost,
+        ErrorKind::Closed,
+        ErrorKind::Unavailable,
+        ErrorKind::Ambiguous,
+        ErrorKind::Unsupported,
+        ErrorKind::Corrupt,
+        ErrorKind::Backend,
+    ];
+
+    /// The stable name: lowercase words joined by `_`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::RevisionMismatch => "revision_mismatch",
+            ErrorKind::InvalidKey => "invalid_key",
+            ErrorKind::ValueTooLarge => "value_too_large",
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::Compacted => "compacted",
+            ErrorKind::LockHeld => "lock_held",
+            ErrorKind::LockLost => "lock_lost",
+            ErrorKind::Closed => "closed",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Ambiguous => "ambiguous",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::Backend => "backend",
+        }
+    }
+
+    /// The kind with this stable name, if any.
+    pub fn from_name(name: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL
+            .iter()
+            .copied()
+            .find(|kind| kind.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Error {
+    /// This error's category.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::NotFound { .. } => ErrorKind::NotFound,
+            Error::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            Error::RevisionMismatch { .. } => ErrorKind::RevisionMismatch,
+            Error::InvalidKey { .. } => ErrorKind::InvalidKey,
+            Error::ValueTooLarge { .. } => ErrorKind::ValueTooLarge,
+            Error::InvalidInput { .. } => ErrorKind::InvalidInput,
+            Error::Compacted { .. } => ErrorKind::Compacted,
+            Error::LockHeld { .. } => ErrorKind::LockHeld,
+            Error::LockLost { .. } => ErrorKind::LockLost,
+            Error::Closed => ErrorKind::Closed,
+            Error::Unavailable { .. } => ErrorKind::Unavailable,
+            Error::Ambiguous { .. } => ErrorKind::Ambiguous,
+            Error::Unsupported { .. } => ErrorKind::Unsupported,
+            Error::Corrupt { .. } => ErrorKind::Corrupt,
+            Error::Backend { .. } => ErrorKind::Backend,
+        }
+    }
+
     /// Wraps a backend's own error.
     pub fn backend(source: impl std::error::Error + Send + Sync + 'static) -> Error {
         Error::Backend {
@@ -169,5 +295,80 @@ fn describe_left(expires_in: Option<Duration>) -> String {
     match expires_in {
         Some(left) => format!(", expires in {left:?}"),
         None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_names_are_distinct_and_round_trip() {
+        let mut names: Vec<&str> = ErrorKind::ALL.iter().map(|kind| kind.as_str()).collect();
+        for kind in ErrorKind::ALL {
+            assert_eq!(ErrorKind::from_name(kind.as_str()), Some(*kind));
+        }
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ErrorKind::ALL.len());
+        assert_eq!(ErrorKind::from_name("no_such_kind"), None);
+    }
+
+    #[test]
+    fn every_variant_has_its_own_kind() {
+        let key = Key::new("a").unwrap();
+        let errors = [
+            Error::NotFound { key: key.clone() },
+            Error::AlreadyExists {
+                key: key.clone(),
+                revision: Revision::FIRST,
+            },
+            Error::RevisionMismatch {
+                key: key.clone(),
+                expected: Revision::FIRST,
+                actual: None,
+            },
+            Error::InvalidKey {
+                key: String::new(),
+                rule: KeyRule::Empty,
+            },
+            Error::ValueTooLarge {
+                key: key.clone(),
+                size: 2,
+                limit: 1,
+            },
+            Error::InvalidInput {
+                message: String::new(),
+            },
+            Error::Compacted {
+                requested: Revision::FIRST,
+                oldest: Revision::FIRST,
+            },
+            Error::LockHeld {
+                key: key.clone(),
+                holder: String::new(),
+                expires_in: None,
+            },
+            Error::LockLost { key },
+            Error::Closed,
+            Error::Unavailable {
+                message: String::new(),
+            },
+            Error::Ambiguous {
+                operation: String::new(),
+                message: String::new(),
+            },
+            Error::Unsupported {
+                operation: String::new(),
+                backend: "memory",
+            },
+            Error::Corrupt {
+                what: String::new(),
+                message: String::new(),
+            },
+            Error::backend(std::io::Error::other("x")),
+        ];
+        let kinds: Vec<ErrorKind> = errors.iter().map(Error::kind).collect();
+        assert_eq!(kinds, ErrorKind::ALL);
     }
 }

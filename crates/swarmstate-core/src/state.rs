@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::{
-    Condition, Entry, Error, Key, Pattern, PutMode, PutOptions, Result, Revision, TxnAction, TxnOp,
+    Condition, Entry, Error, Key, Pattern, PutOptions, Result, Revision, TxnAction, TxnOp,
     TxnResult, WatchEvent,
 };
 
@@ -181,24 +181,7 @@ impl KvState {
             return Ok(*revision);
         }
         let current = self.entries.get(key).map(|stored| stored.revision);
-        match (options.mode, current) {
-            (PutMode::Overwrite, _) => {}
-            (PutMode::Create, None) => {}
-            (PutMode::Create, Some(revision)) => {
-                return Err(Error::AlreadyExists {
-                    key: key.clone(),
-                    revision,
-                });
-            }
-            (PutMode::Update(expected), actual) if actual != Some(expected) => {
-                return Err(Error::RevisionMismatch {
-                    key: key.clone(),
-                    expected,
-                    actual,
-                });
-            }
-            (PutMode::Update(_), _) => {}
-        }
+        options.mode.condition().check(key, current)?;
         let revision = self.write(key, value, options.ttl, now, events);
         if let Some(id) = remembered {
             self.idempotent_order
@@ -218,15 +201,7 @@ impl KvState {
     ) -> Result<Option<Revision>> {
         self.expire_due(now, events);
         let current = self.entries.get(key).map(|stored| stored.revision);
-        if let Some(expected) = expected
-            && current != Some(expected)
-        {
-            return Err(Error::RevisionMismatch {
-                key: key.clone(),
-                expected,
-                actual: current,
-            });
-        }
+        Condition::expecting(expected).check(key, current)?;
         Ok(current.map(|_| self.remove(key, events)))
     }
 
@@ -241,23 +216,7 @@ impl KvState {
         self.expire_due(now, events);
         for op in ops {
             let current = self.entries.get(&op.key).map(|stored| stored.revision);
-            match (op.condition, current) {
-                (Condition::Any, _) | (Condition::Absent, None) => {}
-                (Condition::Absent, Some(revision)) => {
-                    return Err(Error::AlreadyExists {
-                        key: op.key.clone(),
-                        revision,
-                    });
-                }
-                (Condition::At(expected), actual) if actual != Some(expected) => {
-                    return Err(Error::RevisionMismatch {
-                        key: op.key.clone(),
-                        expected,
-                        actual,
-                    });
-                }
-                (Condition::At(_), _) => {}
-            }
+            op.condition.check(&op.key, current)?;
         }
         let results = ops
             .iter()

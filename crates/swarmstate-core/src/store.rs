@@ -172,6 +172,6 @@ where
 }
 
 /// Returns [`Error::Closed`] when `closed` is set. A small helper for backends.
-pub(crate) fn ensure_open(closed: bool) -> Result<()> {
+pub fn ensure_open(closed: bool) -> Result<()> {
     if closed { Err(Error::Closed) } else { Ok(()) }
 }

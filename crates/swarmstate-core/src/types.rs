@@ -83,6 +83,17 @@ pub enum PutMode {
     Update(Revision),
 }
 
+impl PutMode {
+    /// The condition this mode places on the key's current revision.
+    pub fn condition(self) -> Condition {
+        match self {
+            PutMode::Overwrite => Condition::Any,
+            PutMode::Create => Condition::Absent,
+            PutMode::Update(revision) => Condition::At(revision),
+        }
+    }
+}
+
 /// Options of a [`put`](crate::StateStore::put).
 ///
 /// ```
@@ -262,6 +273,36 @@ pub enum Condition {
     Absent,
     /// The key's current revision is this one.
     At(Revision),
+}
+
+impl Condition {
+    /// Decides this condition against a key's current revision (`None`: absent). This is the
+    /// one place every backend decides a condition, so they all refuse alike: an `Absent`
+    /// condition on a present key is [`Error::AlreadyExists`] naming its revision, an `At`
+    /// condition on any other revision (or an absent key) is [`Error::RevisionMismatch`]
+    /// naming both.
+    pub fn check(self, key: &Key, current: Option<Revision>) -> Result<()> {
+        match (self, current) {
+            (Condition::Any, _) | (Condition::Absent, None) => Ok(()),
+            (Condition::Absent, Some(revision)) => Err(Error::AlreadyExists {
+                key: key.clone(),
+                revision,
+            }),
+            (Condition::At(expected), actual) if actual != Some(expected) => {
+                Err(Error::RevisionMismatch {
+                    key: key.clone(),
+                    expected,
+                    actual,
+                })
+            }
+            (Condition::At(_), _) => Ok(()),
+        }
+    }
+
+    /// The condition a conditional delete at `expected` places on its key.
+    pub fn expecting(expected: Option<Revision>) -> Condition {
+        expected.map_or(Condition::Any, Condition::At)
+    }
 }
 
 /// What a transaction operation does to its key.

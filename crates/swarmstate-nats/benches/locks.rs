@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use swarmstate_core::{Key, MemoryStore, PutOptions, StateStore, acquire_lock, acquire_lock_wait};
+use swarmstate_core::{Key, MemoryStore, PutOptions, StateStore};
 use swarmstate_nats::NatsStore;
 use swarmstate_nats::testing::{NatsServer, require_server};
+use swarmstate_recipes::lock::{acquire_lock, acquire_lock_wait};
 
 const TTL: Duration = Duration::from_secs(30);
 const CONTENDERS: usize = 4;

@@ -49,9 +49,10 @@ use async_nats::jetstream::{self, kv, message::PublishMessage as Publish, stream
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
-use swarmstate_core::{Key, PutOptions, Revision, StateStore, acquire_lock};
+use swarmstate_core::{Key, PutOptions, Revision, StateStore};
 use swarmstate_nats::testing::{NatsServer, require_server};
 use swarmstate_nats::{NatsStore, ReadConsistency};
+use swarmstate_recipes::lock::acquire_lock;
 
 const BUCKET: &str = "bench";
 const IN_FLIGHT: [usize; 2] = [1, 16];

@@ -9,9 +9,10 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
 use async_trait::async_trait;
 use bytes::Bytes;
+use swarmstate_core::backend::{validate_txn, validate_value};
 use swarmstate_core::{
     Capabilities, Condition, Entry, Error, Key, KeyStream, Pattern, PutMode, PutOptions, Result,
-    Revision, StateStore, TxnOp, TxnResult, WatchStart, WatchStream, validate_txn, validate_value,
+    Revision, StateStore, TxnOp, TxnResult, WatchStart, WatchStream,
 };
 use tokio::sync::watch as signal;
 

@@ -14,9 +14,9 @@ use async_nats::jetstream::consumer::push::OrderedErrorKind;
 use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
 use futures::stream::{self, StreamExt};
 use serde_json::{Value, json};
+use swarmstate_core::backend::{WatchFeed, watch_feed};
 use swarmstate_core::{
-    Entry, Error, Key, KeyStream, Pattern, Result, Revision, WatchEvent, WatchFeed, WatchStart,
-    WatchStream, watch_feed,
+    Entry, Error, Key, KeyStream, Pattern, Result, Revision, WatchEvent, WatchStart, WatchStream,
 };
 
 use crate::NatsStore;

@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use swarmstate_core::{Key, StateStore, TtlCache};
+use swarmstate_core::{Key, StateStore};
 use swarmstate_nats::NatsStore;
 use swarmstate_nats::testing::{NatsCluster, NatsServer, require_server};
+use swarmstate_recipes::cache::TtlCache;
 use tokio::sync::Barrier;
 
 const CLIENTS: usize = 4;

@@ -64,11 +64,11 @@ async fn single_node_store() -> Arc<dyn StateStore> {
 }
 
 mod single_node {
-    swarmstate_core::conformance_tests!(super::single_node_store);
+    swarmstate_conformance::conformance_tests!(super::single_node_store);
 
     #[test]
     fn every_case_runs_here() {
-        let all: Vec<&str> = swarmstate_core::conformance::CASES
+        let all: Vec<&str> = swarmstate_conformance::CASES
             .iter()
             .map(|case| case.name)
             .collect();
@@ -84,7 +84,7 @@ async fn conformance_suite_passes_on_a_3_node_cluster_with_r3_buckets() {
     }
     let cluster = Arc::new(NatsCluster::start(3).await);
     let next = AtomicUsize::new(0);
-    let failures: Vec<String> = futures::stream::iter(swarmstate_core::conformance::CASES)
+    let failures: Vec<String> = futures::stream::iter(swarmstate_conformance::CASES)
         .map(|case| {
             let cluster = cluster.clone();
             let bucket = format!("r3-{}", next.fetch_add(1, Ordering::Relaxed));

@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use swarmstate_core::{Condition, Error, FenceGate, ItemState, Key, StateStore, TxnOp, WorkQueue};
+use swarmstate_core::{Condition, Error, Key, StateStore, TxnOp};
 use swarmstate_nats::NatsStore;
 use swarmstate_nats::testing::{NatsServer, require_server};
+use swarmstate_recipes::lock::FenceGate;
+use swarmstate_recipes::queue::{ItemState, WorkQueue};
 
 const BUCKET: &str = "contention";
 const ITEMS: usize = 60;

@@ -4,14 +4,14 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use swarmstate_core::conformance::CASES;
+use swarmstate_conformance::CASES;
 use swarmstate_core::{MemoryStore, StateStore};
 
 async fn fresh_store() -> Arc<dyn StateStore> {
     Arc::new(MemoryStore::new())
 }
 
-swarmstate_core::conformance_tests!(fresh_store);
+swarmstate_conformance::conformance_tests!(fresh_store);
 
 /// The suite again, on stores with a 4-event watch buffer and 1 KiB values.
 mod small_limits {
@@ -19,7 +19,7 @@ mod small_limits {
 
     use swarmstate_core::MemoryStore;
 
-    swarmstate_core::conformance_tests!(|| async {
+    swarmstate_conformance::conformance_tests!(|| async {
         Arc::new(
             MemoryStore::builder()
                 .watch_buffer(4)

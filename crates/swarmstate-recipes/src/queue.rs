@@ -45,10 +45,11 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use tokio::time::Instant;
 
-use crate::types::validate_ttl;
-use crate::{
-    Condition, Entry, Error, FencingToken, Key, Pattern, PutOptions, Result, Revision, StateStore,
-    TxnOp, TxnResult, WatchEvent, WatchStart,
+use crate::lock::FencingToken;
+use swarmstate_core::backend::validate_ttl;
+use swarmstate_core::{
+    Condition, Entry, Error, Key, Pattern, PutOptions, Result, Revision, StateStore, TxnOp,
+    TxnResult, WatchEvent, WatchStart,
 };
 
 /// The default number of attempts an item gets before it is dead-lettered.
@@ -76,7 +77,8 @@ const LIST_CONCURRENCY: usize = 16;
 /// ```
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use swarmstate_core::{ItemState, Key, MemoryStore, StateStore, WorkQueue};
+/// use swarmstate::{Key, MemoryStore, StateStore};
+/// use swarmstate::queue::{ItemState, WorkQueue};
 ///
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
@@ -91,7 +93,7 @@ const LIST_CONCURRENCY: usize = 16;
 /// let claim = queue.claim("agent-8", Duration::from_secs(30)).await?.expect("retry");
 /// queue.complete(claim).await?;
 /// assert_eq!(queue.status("resize-42").await?.unwrap().state, ItemState::Done);
-/// # Ok::<_, swarmstate_core::Error>(())
+/// # Ok::<_, swarmstate::Error>(())
 /// # }).unwrap();
 /// ```
 #[derive(Debug, Clone)]
@@ -119,7 +121,7 @@ pub struct Claim {
     pub attempt: u32,
     /// The revision that created this claim's lease: strictly greater than the token of every
     /// earlier claim of the item. A resource the worker writes to can keep the highest token
-    /// it has seen (see [`FenceGate`](crate::FenceGate)).
+    /// it has seen (see [`FenceGate`](crate::lock::FenceGate)).
     pub token: FencingToken,
     queue: Key,
     lease: Duration,

@@ -12,10 +12,11 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::support::{expect_err, expiry_slack, granularity, key, list, sleep_until, ttl_unit};
-use crate::{
-    Capabilities, Claim, Condition, Entry, Error, ItemState, ItemStatus, Key, KeyStream, Pattern,
-    PutOptions, Result, Revision, StateStore, TxnOp, TxnResult, WatchStart, WatchStream, WorkQueue,
+use swarmstate_core::{
+    Capabilities, Condition, Entry, Error, Key, KeyStream, Pattern, PutOptions, Result, Revision,
+    StateStore, TxnOp, TxnResult, WatchStart, WatchStream,
 };
+use swarmstate_recipes::queue::{Claim, ItemState, ItemStatus, WorkQueue};
 
 /// A lease no case waits out.
 const LONG_LEASE: Duration = Duration::from_secs(30);
@@ -508,7 +509,7 @@ pub async fn claim_wait_wakes_for_new_work_and_returns_none_on_deadline(
 /// Bad ids, payloads, workers, leases and foreign claims are rejected and change nothing.
 pub async fn queue_rejects_invalid_input_and_changes_nothing(store: Arc<dyn StateStore>) {
     let queue = queue(&store);
-    let too_long = "x".repeat(crate::MAX_KEY_LEN);
+    let too_long = "x".repeat(swarmstate_core::MAX_KEY_LEN);
     for id in ["", "a b", "a.b", "é", too_long.as_str()] {
         let err = expect_err(queue.enqueue(id, "payload").await, "enqueue of a bad id");
         assert!(
@@ -539,7 +540,10 @@ pub async fn queue_rejects_invalid_input_and_changes_nothing(store: Arc<dyn Stat
         ("", LONG_LEASE),
         ("two\nlines", LONG_LEASE),
         ("worker-1", Duration::ZERO),
-        ("worker-1", crate::MAX_TTL + Duration::from_secs(1)),
+        (
+            "worker-1",
+            swarmstate_core::MAX_TTL + Duration::from_secs(1),
+        ),
     ] {
         let err = expect_err(queue.claim(worker, lease).await, "claim with bad input");
         assert!(

@@ -11,10 +11,10 @@ use tokio::time::{Instant, timeout};
 use super::support::{
     EVENT_TIMEOUT, TIMING_ATTEMPTS, expiry_slack, key, next_event, pattern, ttl_unit, watch,
 };
-use crate::{
-    ConfigSnapshot, ConfigWatch, Error, Key, PutOptions, Revision, StateStore, StateStoreExt,
-    TxnOp, WatchEvent, WatchStart,
+use swarmstate_core::{
+    Error, Key, PutOptions, Revision, StateStore, StateStoreExt, TxnOp, WatchEvent, WatchStart,
 };
+use swarmstate_recipes::config::{ConfigSnapshot, ConfigWatch};
 
 /// Values are UTF-8 text; anything else is refused.
 fn decode_text(_: &Key, value: &Bytes) -> Result<String, String> {
@@ -129,7 +129,7 @@ pub async fn config_watch_starts_from_a_snapshot_then_applies_live_changes(
         .await
         .unwrap();
     let last = results.last().and_then(|r| match r {
-        crate::TxnResult::Put(revision) => Some(*revision),
+        swarmstate_core::TxnResult::Put(revision) => Some(*revision),
         _ => None,
     });
     let view = wait_until(&mut config, EVENT_TIMEOUT, "the transaction", |v| {

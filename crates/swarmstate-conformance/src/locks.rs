@@ -14,9 +14,12 @@ use super::support::{
     EVENT_TIMEOUT, assert_entry, entry_of, expect_err, expiry_slack, granularity, key, list,
     next_event, sleep_until, ttl_unit,
 };
-use crate::{
-    Error, FencingToken, Key, LockGuard, Pattern, PutOptions, StateStore, StateStoreExt, TxnOp,
-    TxnResult, WatchEvent, WatchStart, acquire_lock, acquire_lock_wait, lock_waiters_prefix,
+use swarmstate_core::{
+    Error, Key, Pattern, PutOptions, StateStore, StateStoreExt, TxnOp, TxnResult, WatchEvent,
+    WatchStart,
+};
+use swarmstate_recipes::lock::{
+    FencingToken, LockGuard, acquire_lock, acquire_lock_wait, lock_waiters_prefix,
 };
 
 /// A TTL no case waits out.
@@ -286,7 +289,7 @@ pub async fn lock_with_invalid_input_is_rejected(store: Arc<dyn StateStore>) {
     for (owner, ttl) in [
         ("", LONG_TTL),
         ("agent-1", Duration::ZERO),
-        ("agent-1", crate::MAX_TTL + Duration::from_secs(1)),
+        ("agent-1", swarmstate_core::MAX_TTL + Duration::from_secs(1)),
     ] {
         let err = expect_err(acquire_lock(&store, &k, owner, ttl).await, "acquire");
         assert!(
@@ -344,14 +347,14 @@ pub async fn keep_alive_signals_the_moment_the_lock_is_lost(store: Arc<dyn State
     let err = expect_err(kept.release().await, "release of a lost lock");
     assert!(matches!(err, Error::LockLost { .. }), "{err}");
     assert_held_by(&store, &k, "agent-2").await;
-    assert!(thief.token() > FencingToken(crate::Revision::FIRST));
+    assert!(thief.token() > FencingToken(swarmstate_core::Revision::FIRST));
 }
 
 /// A resource guarded by a `FenceGate` refuses a stalled holder once it has seen its
 /// successor's higher token.
 pub async fn fence_gate_refuses_a_stale_holder_after_takeover(store: Arc<dyn StateStore>) {
     let k = key("locks.gate");
-    let gate = crate::FenceGate::new();
+    let gate = swarmstate_recipes::lock::FenceGate::new();
     let stalled = lock_and_let_expire(&store, &k, "agent-1").await;
     let successor = lock(&store, &k, "agent-2", LONG_TTL).await;
     gate.admit(successor.token()).unwrap();
@@ -647,7 +650,7 @@ pub async fn blocking_acquire_under_contention_never_has_two_holders(store: Arc<
     let counter = key("work.counter");
     let holders = Arc::new(AtomicUsize::new(0));
     let tokens = Arc::new(Mutex::new(Vec::new()));
-    let gate = Arc::new(crate::FenceGate::new());
+    let gate = Arc::new(swarmstate_recipes::lock::FenceGate::new());
     let mut tasks = Vec::new();
     for task in 0..TASKS {
         let (store, k, counter) = (store.clone(), k.clone(), counter.clone());

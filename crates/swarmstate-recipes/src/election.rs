@@ -8,7 +8,7 @@
 //! so it writes `0` and its first refresh records the term. Campaigners queue first come, first
 //! served, under `<name>.waiters` (see [`acquire_lock_wait`]).
 //!
-//! [`acquire_lock_wait`]: crate::acquire_lock_wait
+//! [`acquire_lock_wait`]: crate::lock::acquire_lock_wait
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,18 +17,20 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
-use crate::lock::{acquire_waiting, validate_lock_input};
-use crate::{
-    Entry, Error, FencingToken, KeepAlive, Key, Pattern, Result, Revision, StateStore, TxnOp,
-    TxnResult, WatchEvent, WatchStart, WatchStream,
+use swarmstate_core::{
+    Entry, Error, Key, Pattern, Result, Revision, StateStore, TxnOp, TxnResult, WatchEvent,
+    WatchStart, WatchStream,
 };
+
+use crate::lock::{FencingToken, KeepAlive, acquire_waiting, validate_lock_input};
 
 /// One election: the leader key `name` in a store.
 ///
 /// ```
 /// use std::sync::Arc;
 /// use std::time::Duration;
-/// use swarmstate_core::{Election, Key, MemoryStore, StateStore};
+/// use swarmstate::{Key, MemoryStore, StateStore};
+/// use swarmstate::election::Election;
 ///
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
@@ -41,7 +43,7 @@ use crate::{
 /// leadership.fenced_put(&Key::new("service.owner")?, "node-a").await?;
 /// leadership.resign().await?; // the next campaigner takes over at once
 /// assert_eq!(election.leader().await?, None);
-/// # Ok::<_, swarmstate_core::Error>(())
+/// # Ok::<_, swarmstate::Error>(())
 /// # }).unwrap();
 /// ```
 #[derive(Debug, Clone)]
@@ -255,7 +257,7 @@ impl Leadership {
     /// Applies `ops` as one transaction only while this leadership holds; otherwise
     /// [`Error::LockLost`] and nothing is applied. See [`LockGuard::fenced_txn`].
     ///
-    /// [`LockGuard::fenced_txn`]: crate::LockGuard::fenced_txn
+    /// [`LockGuard::fenced_txn`]: crate::lock::LockGuard::fenced_txn
     pub async fn fenced_txn(&self, ops: Vec<TxnOp>) -> Result<Vec<TxnResult>> {
         self.kept.guard().fenced_txn(ops).await
     }
@@ -294,7 +296,7 @@ fn decode(entry: &Entry) -> Leader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::MemoryStore;
+    use swarmstate_core::MemoryStore;
 
     /// An observer with a one-event buffer that does not read while leaders come and go
     /// lags; it re-reads the current leader and reports it, never a leader out of term order.

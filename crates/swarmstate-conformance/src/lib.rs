@@ -15,13 +15,13 @@
 //!
 //! # Running it for a backend
 //!
-//! Enable the `conformance` feature in the backend's dev-dependencies (with Tokio's `macros` and
+//! Add this crate to the backend's dev-dependencies (with Tokio's `macros` and
 //! `rt-multi-thread` features, which the generated tests use):
 //!
 //! ```toml
 //! [dev-dependencies]
-//! swarmstate-core = { workspace = true, features = ["conformance"] }
-//! tokio = { workspace = true }
+//! swarmstate-conformance = "0.1"
+//! tokio = { version = "1", features = ["macros", "rt-multi-thread"] }
 //! ```
 //!
 //! and expand [`conformance_tests!`](crate::conformance_tests) with a factory that returns a
@@ -35,7 +35,7 @@
 //!     Arc::new(MemoryStore::new())
 //! }
 //!
-//! swarmstate_core::conformance_tests!(fresh_store);
+//! swarmstate_conformance::conformance_tests!(fresh_store);
 //! ```
 //!
 //! That expands to one `#[tokio::test(flavor = "multi_thread", worker_threads = 2)]` per case,
@@ -47,7 +47,12 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
-use crate::StateStore;
+#[doc(hidden)]
+pub mod __private {
+    pub use swarmstate_core::StateStore;
+}
+
+use swarmstate_core::StateStore;
 
 mod cache;
 mod config;
@@ -227,9 +232,9 @@ macro_rules! __conformance_cases {
 /// fresh, empty store each time. The calling crate needs `tokio` (with `macros` and
 /// `rt-multi-thread`) as a dependency. Besides the tests, the expansion defines
 /// `GENERATED_CASES: &[&str]`, the names of the generated tests, so a backend can check that
-/// it runs every case in [`conformance::CASES`](crate::conformance::CASES).
+/// it runs every case in [`CASES`].
 ///
-/// See the [`conformance`](crate::conformance) module for an example.
+/// See the crate documentation for an example.
 #[macro_export]
 macro_rules! conformance_tests {
     ($factory:expr $(,)?) => {
@@ -248,8 +253,8 @@ macro_rules! __conformance_tests_expand {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                let store: ::std::sync::Arc<dyn $crate::StateStore> = ($factory)().await;
-                $crate::conformance::$case(store).await;
+                let store: ::std::sync::Arc<dyn $crate::__private::StateStore> = ($factory)().await;
+                $crate::$case(store).await;
             }
         )*
     };
@@ -260,9 +265,9 @@ macro_rules! __conformance_tests_expand {
 macro_rules! __conformance_case_list {
     ({} $($case:ident),* $(,)?) => {
         &[$(
-            $crate::conformance::Case {
+            $crate::Case {
                 name: stringify!($case),
-                run: |store| ::std::boxed::Box::pin($crate::conformance::$case(store)),
+                run: |store| ::std::boxed::Box::pin($crate::$case(store)),
             }
         ),*]
     };

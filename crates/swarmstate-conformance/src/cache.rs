@@ -11,7 +11,9 @@ use tokio::sync::{Barrier, oneshot};
 use tokio::time::{Instant, timeout};
 
 use super::support::{EVENT_TIMEOUT, expiry_slack, granularity, key, sleep_until, ttl_unit};
-use crate::{CacheError, Error, StateStore, TtlCache, acquire_lock};
+use swarmstate_core::{Error, StateStore};
+use swarmstate_recipes::cache::{CacheError, TtlCache};
+use swarmstate_recipes::lock::acquire_lock;
 
 /// A TTL no case waits out.
 const LONG_TTL: Duration = Duration::from_secs(60);

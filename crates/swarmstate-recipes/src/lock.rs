@@ -25,8 +25,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::types::validate_ttl;
-use crate::{
+use swarmstate_core::backend::validate_ttl;
+use swarmstate_core::{
     Condition, Entry, Error, Key, Pattern, PutOptions, Result, Revision, StateStore, TxnAction,
     TxnOp, TxnResult, WatchEvent, WatchStart, WatchStream,
 };
@@ -1011,7 +1011,7 @@ impl FenceGate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::MemoryStore;
+    use swarmstate_core::MemoryStore;
 
     fn token(n: u64) -> FencingToken {
         FencingToken(Revision::new(n).unwrap())
@@ -1099,7 +1099,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl StateStore for SlowWatches {
-        fn capabilities(&self) -> crate::Capabilities {
+        fn capabilities(&self) -> swarmstate_core::Capabilities {
             self.0.capabilities()
         }
         async fn get(&self, key: &Key) -> Result<Option<Entry>> {
@@ -1111,7 +1111,7 @@ mod tests {
         async fn delete(&self, key: &Key, expected: Option<Revision>) -> Result<Option<Revision>> {
             self.0.delete(key, expected).await
         }
-        async fn keys(&self, pattern: &Pattern) -> Result<crate::KeyStream> {
+        async fn keys(&self, pattern: &Pattern) -> Result<swarmstate_core::KeyStream> {
             self.0.keys(pattern).await
         }
         async fn watch(&self, pattern: &Pattern, start: WatchStart) -> Result<WatchStream> {

@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use swarmstate_core::{
+use swarmstate::lock::acquire_lock;
+use swarmstate::{
     Error, Key, MemoryStore, Pattern, StateStore, StateStoreExt, WatchEvent, WatchStart,
-    acquire_lock,
 };
 
 type Store = Arc<dyn StateStore>;
@@ -173,7 +173,7 @@ async fn agent(store: Store, id: usize, agents: usize, items: usize) -> Report {
     }
 }
 
-fn drain(stream: &mut swarmstate_core::WatchStream, current: &mut BTreeMap<String, String>) {
+fn drain(stream: &mut swarmstate::WatchStream, current: &mut BTreeMap<String, String>) {
     while let Some(Some(event)) = futures::FutureExt::now_or_never(stream.next()) {
         apply(event, current);
     }

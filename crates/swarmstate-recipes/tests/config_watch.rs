@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use swarmstate_core::{
-    ConfigSnapshot, ConfigWatch, Key, MemoryStore, Pattern, Revision, StateStore, StateStoreExt,
-    TxnOp, TxnResult,
+    Key, MemoryStore, Pattern, Revision, StateStore, StateStoreExt, TxnOp, TxnResult,
 };
+use swarmstate_recipes::config::{ConfigSnapshot, ConfigWatch};
 use tokio::time::timeout;
 
 const LIMIT: Duration = Duration::from_secs(5);

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::support::{assert_entry, expect_err, key, list};
-use crate::{Error, Key, KeyRule, MAX_KEY_LEN, Pattern, StateStore, StateStoreExt};
+use swarmstate_core::{Error, Key, KeyRule, MAX_KEY_LEN, Pattern, StateStore, StateStoreExt};
 
 /// Asserts `text` is refused as a key, as a parsed key and as an exact pattern, with `rule`,
 /// naming the key and the rule; and that nothing reached the store.

@@ -10,10 +10,9 @@ use tokio::time::{Instant, timeout};
 
 use super::locks::wait_for_waiters;
 use super::support::{EVENT_TIMEOUT, entry_of, expect_err, granularity, key, list, ttl_unit};
-use crate::{
-    Election, Error, FencingToken, Leader, Leadership, Result, StateStore, StateStoreExt,
-    lock_waiters_prefix,
-};
+use swarmstate_core::{Error, Result, StateStore, StateStoreExt};
+use swarmstate_recipes::election::{Election, Leader, Leadership};
+use swarmstate_recipes::lock::{FencingToken, lock_waiters_prefix};
 
 /// A TTL no case waits out.
 const LONG_TTL: Duration = Duration::from_secs(30);

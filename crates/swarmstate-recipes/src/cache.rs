@@ -22,11 +22,12 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use crate::types::validate_ttl;
-use crate::{
-    Condition, Error, Key, LockGuard, Pattern, Result, StateStore, TxnOp, WatchEvent, WatchStart,
-    WatchStream, acquire_lock,
+use swarmstate_core::backend::validate_ttl;
+use swarmstate_core::{
+    Condition, Error, Key, Pattern, Result, StateStore, TxnOp, WatchEvent, WatchStart, WatchStream,
 };
+
+use crate::lock::{LockGuard, acquire_lock};
 
 /// The fill timeout of a new [`TtlCache`].
 pub const DEFAULT_FILL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -55,7 +56,8 @@ pub enum CacheError<E> {
 ///
 /// ```
 /// # use std::{sync::Arc, time::Duration};
-/// # use swarmstate_core::{Key, MemoryStore, StateStore, TtlCache};
+/// # use swarmstate::{Key, MemoryStore, StateStore};
+/// # use swarmstate::cache::TtlCache;
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
 /// let cache = TtlCache::new(store, Key::new("cache")?);

@@ -11,7 +11,7 @@ use super::support::{
     EVENT_TIMEOUT, assert_put, assert_strictly_increasing, collect_events, expect_end, key,
     next_event, revisions, watch,
 };
-use crate::{
+use swarmstate_core::{
     Entry, Key, Revision, StateStore, StateStoreExt, TxnOp, TxnResult, WatchEvent, WatchStart,
     WatchStream,
 };
@@ -48,7 +48,7 @@ pub async fn watch_from_a_revision_replays_then_goes_live(store: Arc<dyn StateSt
                 .err()
                 .expect("a replay over overwritten revisions must be refused");
             assert!(
-                matches!(err, crate::Error::Compacted { requested, .. } if requested == from),
+                matches!(err, swarmstate_core::Error::Compacted { requested, .. } if requested == from),
                 "{err}"
             );
         }

@@ -7,7 +7,7 @@ use super::support::{
     assert_entry, assert_no_event_before_sentinel, assert_put, collect_events, expect_err, key,
     next_event, revisions, watch,
 };
-use crate::{
+use swarmstate_core::{
     Condition, Error, PutOptions, Revision, StateStore, StateStoreExt, TxnOp, TxnResult,
     WatchEvent, WatchStart,
 };

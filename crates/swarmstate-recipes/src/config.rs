@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
-use crate::{
+use swarmstate_core::{
     Error, Key, Pattern, Result, Revision, StateStore, WatchEvent, WatchStart, WatchStream,
 };
 
@@ -203,7 +203,8 @@ impl<T> fmt::Debug for ConfigSnapshot<T> {
 ///
 /// ```
 /// # use std::sync::Arc;
-/// # use swarmstate_core::{ConfigWatch, Key, MemoryStore, Pattern, StateStore, StateStoreExt};
+/// # use swarmstate::{Key, MemoryStore, Pattern, StateStore, StateStoreExt};
+/// # use swarmstate::config::ConfigWatch;
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
 /// let limit = Key::new("config.pool.limit")?;
@@ -216,7 +217,7 @@ impl<T> fmt::Debug for ConfigSnapshot<T> {
 /// assert_eq!(config.current().get(&limit), Some(&8));
 /// store.set(&limit, "16").await?;
 /// assert_eq!(config.changed().await?.get(&limit), Some(&16));
-/// # Ok::<_, swarmstate_core::Error>(())
+/// # Ok::<_, swarmstate::Error>(())
 /// # }).unwrap();
 /// ```
 pub struct ConfigWatch<T> {

@@ -17,7 +17,7 @@ use super::support::{
     expiry_slack, granularity, key, list, next_event, next_event_within, sleep_until, ttl_unit,
     ttl_unit_for_attempt, watch,
 };
-use crate::{
+use swarmstate_core::{
     Error, MAX_TTL, MIN_TTL, PutOptions, StateStore, StateStoreExt, TxnOp, WatchEvent, WatchStart,
 };
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::time::{Instant, timeout};
 
-use crate::{
+use swarmstate_core::{
     Entry, Error, Key, Pattern, Result, Revision, StateStore, StateStoreExt, WatchEvent,
     WatchStart, WatchStream,
 };

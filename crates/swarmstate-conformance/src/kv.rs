@@ -9,10 +9,11 @@ use super::support::{
     assert_entry, assert_no_event_before_sentinel, assert_put, drain_to_end, entry_of, expect_err,
     key, list, next_event, pattern, watch,
 };
-use crate::{
+use swarmstate_core::{
     Condition, Error, PutOptions, Revision, StateStore, StateStoreExt, TxnOp, WatchEvent,
-    WatchStart, acquire_lock,
+    WatchStart,
 };
+use swarmstate_recipes::lock::acquire_lock;
 
 /// `get` of a key that was never written is `None`, and a store starts empty.
 pub async fn get_of_a_missing_key_is_none(store: Arc<dyn StateStore>) {
