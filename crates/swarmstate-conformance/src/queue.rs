@@ -12,10 +12,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::support::{expect_err, expiry_slack, granularity, key, list, sleep_until, ttl_unit};
-use swarmstate_core::{
-    Capabilities, Condition, Entry, Error, Key, KeyStream, Pattern, PutOptions, Result, Revision,
-    StateStore, TxnOp, TxnResult, WatchStart, WatchStream,
-};
+use swarmstate_core::{Condition, Error, KeyStream, Pattern, Result, Revision, StateStore, TxnOp};
 use swarmstate_recipes::queue::{Claim, ItemState, ItemStatus, WorkQueue};
 
 /// A lease no case waits out.
@@ -611,29 +608,10 @@ struct Counting {
 
 #[async_trait]
 impl StateStore for Counting {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        self.inner.get(key).await
-    }
-    async fn put(&self, key: &Key, value: Bytes, options: PutOptions) -> Result<Revision> {
-        self.inner.put(key, value, options).await
-    }
-    async fn delete(&self, key: &Key, expected: Option<Revision>) -> Result<Option<Revision>> {
-        self.inner.delete(key, expected).await
-    }
     async fn keys(&self, pattern: &Pattern) -> Result<KeyStream> {
         self.listings.fetch_add(1, Ordering::SeqCst);
         self.inner.keys(pattern).await
     }
-    async fn watch(&self, pattern: &Pattern, start: WatchStart) -> Result<WatchStream> {
-        self.inner.watch(pattern, start).await
-    }
-    async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<TxnResult>> {
-        self.inner.txn(ops).await
-    }
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
-    }
+    swarmstate_core::forward_state_store!(|s| &s.inner;
+        capabilities, get, put, delete, watch, txn, close);
 }

@@ -12,6 +12,7 @@
 pub mod backend;
 mod error;
 mod feed;
+mod forward;
 mod key;
 mod memory;
 mod state;
@@ -26,3 +27,9 @@ pub use types::{
     Capabilities, Condition, Entry, MAX_TTL, MAX_TXN_OPS, MIN_TTL, PutMode, PutOptions, Revision,
     TxnAction, TxnOp, TxnResult, WatchEvent, WatchStart,
 };
+
+#[doc(hidden)]
+pub mod __private {
+    pub use bytes::Bytes;
+    pub use futures::future::BoxFuture;
+}

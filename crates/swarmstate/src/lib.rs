@@ -38,13 +38,13 @@
 
 use std::sync::Arc;
 
+pub use bytes::Bytes;
 pub use swarmstate_core::{
     Capabilities, Condition, DEFAULT_MAX_VALUE_SIZE, DEFAULT_WATCH_BUFFER, Entry, Error, ErrorKind,
     Key, KeyRule, KeyStream, MAX_KEY_LEN, MAX_TTL, MAX_TXN_OPS, MIN_TTL, MemoryStore,
     MemoryStoreBuilder, Pattern, PutMode, PutOptions, Result, Revision, StateStore, StateStoreExt,
     TxnAction, TxnOp, TxnResult, WatchEvent, WatchStart, WatchStream, retry_on_conflict,
 };
-pub use bytes::Bytes;
 pub use swarmstate_recipes::{cache, config, election, lock, queue};
 
 /// What a backend implementation needs beyond the contract: the engine, the validators every
