@@ -5,7 +5,10 @@
 //! Conditions are decided by [`Condition::check`](crate::Condition::check), the one place
 //! every backend refuses a conditional write.
 
+pub use crate::engine::{
+    Batch, Change, ChangeSet, Clock, Engine, EngineConfig, KvState, Persisted, Persistence,
+    Remembered, StateLimits, StoredEntry, Timestamp, Volatile,
+};
 pub use crate::feed::{FeedEnded, WatchFeed, watch_feed};
-pub use crate::state::{KvState, StateLimits};
 pub use crate::store::ensure_open;
 pub use crate::types::{validate_ttl, validate_txn, validate_value};

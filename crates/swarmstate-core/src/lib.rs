@@ -10,12 +10,12 @@
 //! Applications use the `swarmstate` crate, which re-exports this one with the recipes.
 
 pub mod backend;
+mod engine;
 mod error;
 mod feed;
 mod forward;
 mod key;
 mod memory;
-mod state;
 mod store;
 mod types;
 

@@ -1,27 +1,10 @@
-//! [`MemoryStore`]: the in-process backend, for tests and single-process swarms.
-//!
-//! The state lives in one [`KvState`] behind a std `RwLock` (never held across an `.await`).
-//! One background task per store removes expired entries and emits their events; reads hide
-//! an expired entry at once, before that task runs.
+//! [`MemoryStore`]: the in-process backend, for tests and single-process swarms: the
+//! [`Engine`] with no persistence.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-use futures::stream::{self, StreamExt};
-use tokio::sync::Notify;
-use tokio::time::Instant;
-
-use crate::feed::{WatchFeed, watch_feed};
-use crate::state::{KvState, StateLimits};
-use crate::store::ensure_open;
-use crate::types::{validate_txn, validate_value};
-use crate::{
-    Capabilities, Entry, Key, KeyStream, Pattern, PutOptions, Result, Revision, StateStore, TxnOp,
-    TxnResult, WatchEvent, WatchStart, WatchStream,
-};
+use crate::StateStore;
+use crate::engine::{Clock, Engine, EngineConfig, KvState, StateLimits, Volatile};
 
 /// The default largest value: 1 MiB.
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 1024 * 1024;
@@ -46,48 +29,13 @@ pub const DEFAULT_WATCH_BUFFER: usize = 64;
 /// ```
 #[derive(Debug, Clone)]
 pub struct MemoryStore {
-    shared: Arc<Shared>,
-}
-
-#[derive(Debug)]
-struct Shared {
-    inner: RwLock<Inner>,
-    closed: AtomicBool,
-    // Wakes the expiry task when an earlier deadline may exist, on close, and on drop. Shared
-    // with the task apart from the rest, which the task holds only weakly.
-    expiry_changed: Arc<Notify>,
-    expiry_task_started: AtomicBool,
-    config: Config,
-}
-
-#[derive(Debug)]
-struct Inner {
-    state: KvState,
-    watchers: Vec<Watcher>,
-    // Reused for every write's events, so a write allocates no event list.
-    scratch: Vec<WatchEvent>,
-}
-
-#[derive(Debug)]
-struct Watcher {
-    pattern: Pattern,
-    feed: WatchFeed,
-    // Changes below this revision are not delivered: a watch from a revision the store has not
-    // reached yet starts there.
-    from: Option<Revision>,
-}
-
-#[derive(Debug, Clone)]
-struct Config {
-    max_value_size: usize,
-    watch_buffer: usize,
-    limits: StateLimits,
+    engine: Engine<Volatile>,
 }
 
 /// Builds a [`MemoryStore`] with non-default limits.
 #[derive(Debug, Clone)]
 pub struct MemoryStoreBuilder {
-    config: Config,
+    config: EngineConfig,
 }
 
 impl MemoryStoreBuilder {
@@ -117,18 +65,9 @@ impl MemoryStoreBuilder {
 
     /// Builds the store.
     pub fn build(self) -> MemoryStore {
+        let state = KvState::new(self.config.limits.clone());
         MemoryStore {
-            shared: Arc::new(Shared {
-                inner: RwLock::new(Inner {
-                    state: KvState::new(self.config.limits.clone()),
-                    watchers: Vec::new(),
-                    scratch: Vec::new(),
-                }),
-                closed: AtomicBool::new(false),
-                expiry_changed: Arc::new(Notify::new()),
-                expiry_task_started: AtomicBool::new(false),
-                config: self.config,
-            }),
+            engine: Engine::new(Volatile, self.config, state, Clock::new()),
         }
     }
 }
@@ -148,223 +87,28 @@ impl MemoryStore {
     /// A builder for non-default limits.
     pub fn builder() -> MemoryStoreBuilder {
         MemoryStoreBuilder {
-            config: Config {
+            config: EngineConfig {
                 max_value_size: DEFAULT_MAX_VALUE_SIZE,
                 watch_buffer: DEFAULT_WATCH_BUFFER,
                 limits: StateLimits::default(),
             },
         }
     }
-
-    fn read(&self) -> Result<RwLockReadGuard<'_, Inner>> {
-        ensure_open(self.shared.closed.load(Ordering::Acquire))?;
-        Ok(self.shared.inner.read().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// Runs a decision under the write lock and hands its events to the watchers before the
-    /// lock is released, so every watcher sees changes in revision order.
-    fn mutate<T>(&self, decide: impl FnOnce(&mut KvState, &mut Vec<WatchEvent>) -> T) -> Result<T> {
-        let mut inner = self.write()?;
-        let mut events = std::mem::take(&mut inner.scratch);
-        let watched = !inner.watchers.is_empty();
-        inner.state.collect_events(watched);
-        let before = inner.state.next_expiry();
-        let outcome = decide(&mut inner.state, &mut events);
-        let after = inner.state.next_expiry();
-        inner.dispatch(&events);
-        events.clear();
-        inner.scratch = events;
-        drop(inner);
-        if after.is_some() && after != before {
-            self.ensure_expiry_task();
-            self.shared.expiry_changed.notify_one();
-        }
-        Ok(outcome)
-    }
-
-    fn write(&self) -> Result<RwLockWriteGuard<'_, Inner>> {
-        let inner = self.shared.inner.write().unwrap_or_else(|e| e.into_inner());
-        // Checked under the lock so that no write lands after close() drained the watchers.
-        ensure_open(self.shared.closed.load(Ordering::Acquire))?;
-        Ok(inner)
-    }
-
-    fn ensure_expiry_task(&self) {
-        if self.shared.expiry_task_started.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        tokio::spawn(expire_loop(
-            Arc::downgrade(&self.shared),
-            self.shared.expiry_changed.clone(),
-        ));
-    }
 }
 
-/// The store's one expiry task: sleeps until the earliest deadline, expires what is due, and
-/// repeats. It holds only a weak reference, so it ends when the store is dropped or closed.
-async fn expire_loop(shared: Weak<Shared>, changed: Arc<Notify>) {
-    loop {
-        let Some(strong) = shared.upgrade() else {
-            return;
-        };
-        if strong.closed.load(Ordering::Acquire) {
-            return;
-        }
-        let next = {
-            let inner = strong.inner.read().unwrap_or_else(|e| e.into_inner());
-            inner.state.next_expiry()
-        };
-        // notify_one leaves a permit when nobody waits, so a wake-up between reading the
-        // deadline and waiting here is not lost.
-        let changed = changed.notified();
-        match next {
-            Some(at) if at <= Instant::now() => {
-                {
-                    let mut inner = strong.inner.write().unwrap_or_else(|e| e.into_inner());
-                    if strong.closed.load(Ordering::Acquire) {
-                        return;
-                    }
-                    let mut events = Vec::new();
-                    let watched = !inner.watchers.is_empty();
-                    inner.state.collect_events(watched);
-                    inner.state.expire_due(Instant::now(), &mut events);
-                    inner.dispatch(&events);
-                }
-                drop(strong);
-                // Never spin inside one poll, whatever the deadlines say.
-                tokio::task::yield_now().await;
-            }
-            Some(at) => {
-                drop(strong);
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at) => {}
-                    _ = changed => {}
-                }
-            }
-            None => {
-                drop(strong);
-                changed.await;
-            }
-        }
-    }
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        self.expiry_changed.notify_one();
-    }
-}
-
-impl Inner {
-    fn dispatch(&mut self, events: &[WatchEvent]) {
-        if events.is_empty() || self.watchers.is_empty() {
-            return;
-        }
-        self.watchers.retain(|watcher| {
-            for event in events {
-                let selected = event.key().is_some_and(|key| watcher.pattern.matches(key))
-                    && watcher
-                        .from
-                        .is_none_or(|from| event.revision() >= Some(from));
-                if !selected {
-                    continue;
-                }
-                let resume = event.revision().expect("changes carry revisions");
-                if watcher.feed.send(event.clone(), resume).is_err() {
-                    return false;
-                }
-            }
-            true
-        });
-    }
-}
-
-#[async_trait]
 impl StateStore for MemoryStore {
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            backend: "memory",
-            ttl_granularity: Duration::from_millis(1),
-            max_value_size: self.shared.config.max_value_size,
-            watch_buffer: self.shared.config.watch_buffer,
-            durable: false,
-            replays_overwritten: true,
-        }
-    }
-
-    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        Ok(self.read()?.state.get(key, Instant::now()))
-    }
-
-    async fn put(&self, key: &Key, value: Bytes, options: PutOptions) -> Result<Revision> {
-        options.validate()?;
-        validate_value(key, &value, self.shared.config.max_value_size)?;
-        self.mutate(|state, events| state.put(key, value, &options, Instant::now(), events))?
-    }
-
-    async fn delete(&self, key: &Key, expected: Option<Revision>) -> Result<Option<Revision>> {
-        self.mutate(|state, events| state.delete(key, expected, Instant::now(), events))?
-    }
-
-    async fn keys(&self, pattern: &Pattern) -> Result<KeyStream> {
-        let keys = self.read()?.state.keys(pattern, Instant::now());
-        Ok(stream::iter(keys.into_iter().map(Ok)).boxed())
-    }
-
-    async fn watch(&self, pattern: &Pattern, start: WatchStart) -> Result<WatchStream> {
-        let (feed, live) = watch_feed(self.shared.config.watch_buffer);
-        let mut inner = self.write()?;
-        // Taken under the same lock that registers the watcher, so no change falls between
-        // the replayed part and the live part.
-        let backlog = match start {
-            WatchStart::Now => Vec::new(),
-            WatchStart::FromRevision(from) => inner.state.replay(pattern, from)?,
-            WatchStart::Snapshot => {
-                let now = Instant::now();
-                let mut backlog: Vec<WatchEvent> = inner
-                    .state
-                    .snapshot(pattern, now)
-                    .into_iter()
-                    .map(WatchEvent::Put)
-                    .collect();
-                backlog.push(WatchEvent::CaughtUp {
-                    revision: inner.state.last_revision(),
-                });
-                backlog
-            }
-        };
-        inner.watchers.push(Watcher {
-            pattern: pattern.clone(),
-            feed,
-            from: match start {
-                WatchStart::FromRevision(from) => Some(from),
-                WatchStart::Now | WatchStart::Snapshot => None,
-            },
-        });
-        drop(inner);
-        Ok(stream::iter(backlog).chain(live).boxed())
-    }
-
-    async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<TxnResult>> {
-        validate_txn(&ops, self.shared.config.max_value_size)?;
-        self.mutate(|state, events| state.txn(&ops, Instant::now(), events))?
-    }
-
-    async fn close(&self) -> Result<()> {
-        let mut inner = self.shared.inner.write().unwrap_or_else(|e| e.into_inner());
-        self.shared.closed.store(true, Ordering::Release);
-        // Dropping the senders ends every stream once its buffered events are read.
-        inner.watchers.clear();
-        drop(inner);
-        self.shared.expiry_changed.notify_one();
-        Ok(())
-    }
+    crate::forward_state_store!(|s| &s.engine);
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use tokio::time::Instant;
+
     use super::*;
-    use crate::StateStoreExt;
+    use crate::{Key, Pattern, PutOptions, StateStoreExt, WatchEvent, WatchStart};
 
     fn key(text: &str) -> Key {
         Key::new(text).unwrap()
@@ -470,7 +214,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let weak = Arc::downgrade(&store.shared);
+        let weak = store.engine.downgrade();
         drop(store);
         assert!(
             weak.upgrade().is_none(),

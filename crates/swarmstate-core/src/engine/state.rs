@@ -1,0 +1,582 @@
+//! The decision step: a state machine over plain data. Deciding reads the state and the batch
+//! decided so far and appends a [`ChangeSet`] to the batch; applying is a separate step, so a
+//! durable backend can persist what was decided before anything becomes visible. It does no
+//! I/O and reads no clock: the caller passes `now`.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::change::{Change, ChangeSet, Remembered};
+use super::clock::Timestamp;
+use crate::{
+    Condition, Entry, Error, Key, Pattern, PutOptions, Result, Revision, TxnAction, TxnOp,
+    TxnResult, WatchEvent,
+};
+
+/// Limits of a [`KvState`].
+#[derive(Debug, Clone)]
+pub struct StateLimits {
+    /// How many recent changes are kept for watches that start from a revision (at least 1).
+    pub history: usize,
+    /// How long a successful idempotent write is remembered.
+    pub idempotency_window: Duration,
+}
+
+impl Default for StateLimits {
+    fn default() -> Self {
+        StateLimits {
+            history: 10_000,
+            idempotency_window: Duration::from_secs(120),
+        }
+    }
+}
+
+/// One entry as a durable backend keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    /// The key.
+    pub key: Key,
+    /// The value.
+    pub value: Bytes,
+    /// The revision of the write that produced it.
+    pub revision: Revision,
+    /// When it expires, if it has a TTL.
+    pub expires_at: Option<Timestamp>,
+}
+
+/// Everything a [`KvState`] is made of, as a durable backend persists it and gives it back
+/// to [`KvState::restore`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Persisted {
+    /// The entries, in any order, one per key.
+    pub entries: Vec<StoredEntry>,
+    /// The revision of the last change, `None` before the first.
+    pub last_revision: Option<Revision>,
+    /// Recent changes, in revision order, contiguous and ending at `last_revision` (or empty).
+    pub history: Vec<Change>,
+    /// Idempotency records still in their window.
+    pub remembered: Vec<Remembered>,
+}
+
+#[derive(Debug, Clone)]
+struct Stored {
+    value: Bytes,
+    revision: Revision,
+    expires_at: Option<Timestamp>,
+}
+
+/// Writes decided but not yet applied: their [`ChangeSet`] and what each key they touched
+/// holds after them, so that later decisions in the same batch see them.
+///
+/// A batch belongs to the state it was started from: apply it to that state, or drop it.
+#[derive(Debug)]
+pub struct Batch {
+    // The state's last revision when the batch began.
+    base: u64,
+    // The last revision handed out in the batch.
+    next: u64,
+    changes: ChangeSet,
+    // Newest last: each touched key and its revision after the batch (`None`: absent).
+    touched: Vec<(Key, Option<Revision>)>,
+}
+
+impl Batch {
+    /// What the batch changes so far.
+    pub fn changes(&self) -> &ChangeSet {
+        &self.changes
+    }
+
+    /// Whether the batch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    fn advance(&mut self) -> Revision {
+        self.next += 1;
+        Revision::new(self.next).expect("incremented from 0 or more")
+    }
+
+    fn touched(&self, key: &Key) -> Option<Option<Revision>> {
+        self.touched
+            .iter()
+            .rev()
+            .find(|(touched, _)| touched == key)
+            .map(|(_, revision)| *revision)
+    }
+
+    fn push(&mut self, change: Change) {
+        let revision = match &change {
+            Change::Put { revision, .. } => Some(*revision),
+            Change::Delete { .. } | Change::Expire { .. } => None,
+        };
+        self.touched.push((change.key().clone(), revision));
+        self.changes.changes.push(change);
+    }
+}
+
+/// The whole state of a store: entries, the revision counter, the expiry queue, recent
+/// history and remembered idempotent writes.
+///
+/// Deciding (`put`, `delete`, `txn`, `expire_due`) takes `&self` and a [`Batch`]: it first
+/// adds an `Expire` change for every entry whose deadline has passed, then either adds the
+/// operation's changes to the batch or fails and adds nothing more. [`KvState::apply`] makes a
+/// batch the current state.
+#[derive(Debug)]
+pub struct KvState {
+    // foldhash: several times faster than SipHash on short keys, still seeded per map.
+    entries: HashMap<Key, Stored, foldhash::fast::RandomState>,
+    // Invariant: the revision of the last change, 0 before the first.
+    last_revision: u64,
+    // Invariant: holds exactly one (deadline, key) per entry that has a deadline.
+    expiries: BTreeSet<(Timestamp, Key)>,
+    // Invariant: contiguous revisions ending at `last_revision`, at most `limits.history` long.
+    history: VecDeque<Change>,
+    // Each record with the time it was decided; `remembered_order` is that order.
+    remembered: HashMap<(Key, String), (Revision, Timestamp)>,
+    remembered_order: VecDeque<(Timestamp, Key, String)>,
+    limits: StateLimits,
+}
+
+impl KvState {
+    /// An empty state.
+    pub fn new(limits: StateLimits) -> KvState {
+        KvState {
+            entries: HashMap::default(),
+            last_revision: 0,
+            expiries: BTreeSet::new(),
+            history: VecDeque::new(),
+            remembered: HashMap::new(),
+            remembered_order: VecDeque::new(),
+            limits: StateLimits {
+                history: limits.history.max(1),
+                ..limits
+            },
+        }
+    }
+
+    /// The state `persisted` describes, or [`Error::Corrupt`] naming what is inconsistent (a
+    /// key twice, a revision above the counter, a history with gaps or ending elsewhere).
+    /// Entries past their deadline are kept: the first decision expires them, at new
+    /// revisions. History beyond the limit is dropped from the old end.
+    pub fn restore(limits: StateLimits, persisted: Persisted) -> Result<KvState> {
+        let corrupt = |message: String| Error::Corrupt {
+            what: "the persisted state".to_owned(),
+            message,
+        };
+        let mut state = KvState::new(limits);
+        let last = persisted.last_revision.map_or(0, Revision::get);
+        state.last_revision = last;
+        for entry in persisted.entries {
+            if entry.revision.get() > last {
+                return Err(corrupt(format!(
+                    "key {} is at revision {}, after the last revision {last}",
+                    entry.key, entry.revision
+                )));
+            }
+            if let Some(at) = entry.expires_at {
+                state.expiries.insert((at, entry.key.clone()));
+            }
+            let stored = Stored {
+                value: entry.value,
+                revision: entry.revision,
+                expires_at: entry.expires_at,
+            };
+            if state.entries.insert(entry.key.clone(), stored).is_some() {
+                return Err(corrupt(format!("key {} is stored twice", entry.key)));
+            }
+        }
+        let kept = persisted.history.len() as u64;
+        if kept > last {
+            return Err(corrupt(format!(
+                "{kept} changes of history, more than the last revision {last}"
+            )));
+        }
+        for (expected, change) in (last + 1 - kept..).zip(persisted.history) {
+            if change.revision().get() != expected {
+                return Err(corrupt(format!(
+                    "history holds revision {} where {expected} belongs",
+                    change.revision()
+                )));
+            }
+            state.record(change);
+        }
+        for record in persisted.remembered {
+            state.remember(record);
+        }
+        Ok(state)
+    }
+
+    /// Everything this state is made of (for tests and for a backend that rewrites its file).
+    pub fn persisted(&self) -> Persisted {
+        let mut entries: Vec<StoredEntry> = self
+            .entries
+            .iter()
+            .map(|(key, stored)| StoredEntry {
+                key: key.clone(),
+                value: stored.value.clone(),
+                revision: stored.revision,
+                expires_at: stored.expires_at,
+            })
+            .collect();
+        entries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        Persisted {
+            entries,
+            last_revision: self.last_revision(),
+            history: self.history.iter().cloned().collect(),
+            remembered: self
+                .remembered_order
+                .iter()
+                .filter_map(|(at, key, id)| {
+                    let (revision, _) = self.remembered.get(&(key.clone(), id.clone()))?;
+                    Some(Remembered {
+                        key: key.clone(),
+                        idempotency_key: id.clone(),
+                        revision: *revision,
+                        at: *at,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// The revision of the last change, if any.
+    pub fn last_revision(&self) -> Option<Revision> {
+        Revision::new(self.last_revision)
+    }
+
+    /// A new, empty batch on this state.
+    pub fn batch(&self) -> Batch {
+        Batch {
+            base: self.last_revision,
+            next: self.last_revision,
+            changes: ChangeSet::default(),
+            touched: Vec::new(),
+        }
+    }
+
+    /// The entry for `key` as seen at `now` (an entry past its deadline is already absent).
+    pub fn get(&self, key: &Key, now: Timestamp) -> Option<Entry> {
+        let stored = self.entries.get(key)?;
+        live(stored, now).then(|| entry(key, stored, now))
+    }
+
+    /// Present keys selected by `pattern`, in key order.
+    pub fn keys(&self, pattern: &Pattern, now: Timestamp) -> Vec<Key> {
+        if let Pattern::Exact(key) = pattern {
+            return self.get(key, now).map(|e| e.key).into_iter().collect();
+        }
+        let mut keys: Vec<Key> = self
+            .entries
+            .iter()
+            .filter(|(key, stored)| live(stored, now) && pattern.matches(key))
+            .map(|(key, _)| key.clone())
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// Present entries selected by `pattern`, in key order.
+    pub fn snapshot(&self, pattern: &Pattern, now: Timestamp) -> Vec<Entry> {
+        self.keys(pattern, now)
+            .into_iter()
+            .filter_map(|key| self.get(&key, now))
+            .collect()
+    }
+
+    /// Kept changes at or after `from` selected by `pattern`, as events seen at `now`, or
+    /// [`Error::Compacted`] if changes at `from` are no longer kept.
+    pub fn replay(
+        &self,
+        pattern: &Pattern,
+        from: Revision,
+        now: Timestamp,
+    ) -> Result<Vec<WatchEvent>> {
+        let oldest = match self.history.front() {
+            Some(change) => change.revision(),
+            None => Revision::new(self.last_revision + 1).expect("never 0"),
+        };
+        if from < oldest {
+            return Err(Error::Compacted {
+                requested: from,
+                oldest,
+            });
+        }
+        let skip = (from.get() - oldest.get()) as usize;
+        Ok(self
+            .history
+            .iter()
+            .skip(skip)
+            .filter(|change| pattern.matches(change.key()))
+            .map(|change| change.event(now))
+            .collect())
+    }
+
+    /// The earliest deadline of any entry.
+    pub fn next_expiry(&self) -> Option<Timestamp> {
+        self.expiries.first().map(|(at, _)| *at)
+    }
+
+    /// Decides the expiry of every entry whose deadline is at or before `now` and that the
+    /// batch has not changed already: one `Expire` change each, in deadline order.
+    pub fn expire_due(&self, batch: &mut Batch, now: Timestamp) {
+        for (at, key) in &self.expiries {
+            if *at > now {
+                break;
+            }
+            if batch.touched(key).is_some() {
+                continue;
+            }
+            let revision = batch.advance();
+            batch.push(Change::Expire {
+                key: key.clone(),
+                revision,
+            });
+        }
+    }
+
+    /// Decides a put. See [`StateStore::put`](crate::StateStore::put).
+    pub fn put(
+        &self,
+        batch: &mut Batch,
+        key: &Key,
+        value: Bytes,
+        options: &PutOptions,
+        now: Timestamp,
+    ) -> Result<Revision> {
+        self.expire_due(batch, now);
+        if let Some(id) = &options.idempotency_key
+            && let Some(revision) = self.remembered_write(batch, key, id, now)
+        {
+            return Ok(revision);
+        }
+        options
+            .mode
+            .condition()
+            .check(key, self.current(batch, key))?;
+        let revision = self.write(batch, key, value, options.ttl, now);
+        if let Some(id) = &options.idempotency_key {
+            batch.changes.remembered.push(Remembered {
+                key: key.clone(),
+                idempotency_key: id.clone(),
+                revision,
+                at: now,
+            });
+        }
+        Ok(revision)
+    }
+
+    /// Decides a delete. See [`StateStore::delete`](crate::StateStore::delete).
+    pub fn delete(
+        &self,
+        batch: &mut Batch,
+        key: &Key,
+        expected: Option<Revision>,
+        now: Timestamp,
+    ) -> Result<Option<Revision>> {
+        self.expire_due(batch, now);
+        let current = self.current(batch, key);
+        Condition::expecting(expected).check(key, current)?;
+        Ok(current.map(|_| remove(batch, key)))
+    }
+
+    /// Decides a transaction: checks every condition first, then decides every action in
+    /// order. See [`StateStore::txn`](crate::StateStore::txn). The caller validates the shape
+    /// (in particular, each key at most once).
+    pub fn txn(&self, batch: &mut Batch, ops: &[TxnOp], now: Timestamp) -> Result<Vec<TxnResult>> {
+        self.expire_due(batch, now);
+        for op in ops {
+            op.condition.check(&op.key, self.current(batch, &op.key))?;
+        }
+        let results = ops
+            .iter()
+            .map(|op| match &op.action {
+                TxnAction::Put { value, ttl } => {
+                    TxnResult::Put(self.write(batch, &op.key, value.clone(), *ttl, now))
+                }
+                TxnAction::Delete if self.current(batch, &op.key).is_some() => {
+                    TxnResult::Deleted(remove(batch, &op.key))
+                }
+                TxnAction::Delete => TxnResult::NotFound,
+                TxnAction::Check => TxnResult::Checked,
+            })
+            .collect();
+        Ok(results)
+    }
+
+    /// Makes `batch` the current state: applies its changes in order, keeps them in the
+    /// history, remembers its idempotent writes and forgets those older than the window at
+    /// `now`. With `events`, appends each change's watch event as seen at `now`. Leaves the
+    /// batch empty and ready for the next decisions on this state.
+    ///
+    /// # Panics
+    ///
+    /// If the batch was started on another state or revision (a bug in the caller).
+    pub fn apply(
+        &mut self,
+        batch: &mut Batch,
+        now: Timestamp,
+        mut events: Option<&mut Vec<WatchEvent>>,
+    ) {
+        assert_eq!(
+            batch.base, self.last_revision,
+            "a batch applies only to the state it was decided on"
+        );
+        for change in batch.changes.changes.drain(..) {
+            debug_assert_eq!(change.revision().get(), self.last_revision + 1);
+            self.last_revision = change.revision().get();
+            if let Some(events) = events.as_deref_mut() {
+                events.push(change.event(now));
+            }
+            match &change {
+                Change::Put {
+                    key,
+                    value,
+                    revision,
+                    expires_at,
+                } => {
+                    let stored = Stored {
+                        value: value.clone(),
+                        revision: *revision,
+                        expires_at: *expires_at,
+                    };
+                    if let Some(old) = self.entries.insert(key.clone(), stored)
+                        && let Some(at) = old.expires_at
+                    {
+                        self.expiries.remove(&(at, key.clone()));
+                    }
+                    if let Some(at) = expires_at {
+                        self.expiries.insert((*at, key.clone()));
+                    }
+                }
+                Change::Delete { key, .. } | Change::Expire { key, .. } => {
+                    if let Some(old) = self.entries.remove(key)
+                        && let Some(at) = old.expires_at
+                    {
+                        self.expiries.remove(&(at, key.clone()));
+                    }
+                }
+            }
+            self.record(change);
+        }
+        for record in batch.changes.remembered.drain(..) {
+            self.remember(record);
+        }
+        self.forget_old_idempotency(now);
+        batch.touched.clear();
+        batch.base = self.last_revision;
+        batch.next = self.last_revision;
+    }
+
+    // The key's revision after the batch so far (`None`: absent). Entries past their deadline
+    // are in the batch as expired, because every decision expires what is due first.
+    fn current(&self, batch: &Batch, key: &Key) -> Option<Revision> {
+        match batch.touched(key) {
+            Some(revision) => revision,
+            None => self.entries.get(key).map(|stored| stored.revision),
+        }
+    }
+
+    fn remembered_write(
+        &self,
+        batch: &Batch,
+        key: &Key,
+        id: &str,
+        now: Timestamp,
+    ) -> Option<Revision> {
+        let in_batch = batch
+            .changes
+            .remembered
+            .iter()
+            .find(|record| record.key == *key && record.idempotency_key == id);
+        if let Some(record) = in_batch {
+            return Some(record.revision);
+        }
+        let (revision, at) = self.remembered.get(&(key.clone(), id.to_owned()))?;
+        (now.saturating_duration_since(*at) < self.limits.idempotency_window).then_some(*revision)
+    }
+
+    fn write(
+        &self,
+        batch: &mut Batch,
+        key: &Key,
+        value: Bytes,
+        ttl: Option<Duration>,
+        now: Timestamp,
+    ) -> Revision {
+        let revision = batch.advance();
+        batch.push(Change::Put {
+            key: key.clone(),
+            value,
+            revision,
+            expires_at: ttl.map(|ttl| now.saturating_add(ttl)),
+        });
+        revision
+    }
+
+    fn record(&mut self, change: Change) {
+        if self.history.len() == self.limits.history {
+            self.history.pop_front();
+        }
+        self.history.push_back(change);
+    }
+
+    fn remember(&mut self, record: Remembered) {
+        self.remembered_order.push_back((
+            record.at,
+            record.key.clone(),
+            record.idempotency_key.clone(),
+        ));
+        self.remembered.insert(
+            (record.key, record.idempotency_key),
+            (record.revision, record.at),
+        );
+    }
+
+    fn forget_old_idempotency(&mut self, now: Timestamp) {
+        while let Some((at, _, _)) = self.remembered_order.front() {
+            if now.saturating_duration_since(*at) < self.limits.idempotency_window {
+                break;
+            }
+            let (at, key, id) = self.remembered_order.pop_front().expect("checked above");
+            // A later write with the same ids replaced the record; that one stays.
+            let id = (key, id);
+            if self
+                .remembered
+                .get(&id)
+                .is_some_and(|(_, kept)| *kept == at)
+            {
+                self.remembered.remove(&id);
+            }
+        }
+    }
+}
+
+fn remove(batch: &mut Batch, key: &Key) -> Revision {
+    let revision = batch.advance();
+    batch.push(Change::Delete {
+        key: key.clone(),
+        revision,
+    });
+    revision
+}
+
+fn live(stored: &Stored, now: Timestamp) -> bool {
+    stored.expires_at.is_none_or(|at| at > now)
+}
+
+fn entry(key: &Key, stored: &Stored, now: Timestamp) -> Entry {
+    Entry {
+        key: key.clone(),
+        value: stored.value.clone(),
+        revision: stored.revision,
+        expires_in: stored
+            .expires_at
+            .map(|at| at.saturating_duration_since(now)),
+    }
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;
