@@ -8,7 +8,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::time::{Instant, timeout};
 
-use super::locks::wait_for_waiters;
+use super::lock_wait::wait_for_waiters;
 use super::support::{EVENT_TIMEOUT, entry_of, expect_err, granularity, key, list, ttl_unit};
 use swarmstate_core::{Error, Result, StateStore, StateStoreExt};
 use swarmstate_recipes::election::{Election, Leader, Leadership};
