@@ -78,8 +78,6 @@ pub struct Batch {
     // The last revision handed out in the batch.
     next: u64,
     changes: ChangeSet,
-    // Newest last: each touched key and its revision after the batch (`None`: absent).
-    touched: Vec<(Key, Option<Revision>)>,
 }
 
 impl Batch {
@@ -98,20 +96,22 @@ impl Batch {
         Revision::new(self.next).expect("incremented from 0 or more")
     }
 
+    // What the batch left `key` at: `Some(Some(revision))` written, `Some(None)` removed,
+    // `None` untouched. Batches are small (one write, or one group commit), so a scan from the
+    // newest change is cheaper than keeping an index.
     fn touched(&self, key: &Key) -> Option<Option<Revision>> {
-        self.touched
+        self.changes
+            .changes
             .iter()
             .rev()
-            .find(|(touched, _)| touched == key)
-            .map(|(_, revision)| *revision)
+            .find(|change| change.key() == key)
+            .map(|change| match change {
+                Change::Put { revision, .. } => Some(*revision),
+                Change::Delete { .. } | Change::Expire { .. } => None,
+            })
     }
 
     fn push(&mut self, change: Change) {
-        let revision = match &change {
-            Change::Put { revision, .. } => Some(*revision),
-            Change::Delete { .. } | Change::Expire { .. } => None,
-        };
-        self.touched.push((change.key().clone(), revision));
         self.changes.changes.push(change);
     }
 }
@@ -252,7 +252,6 @@ impl KvState {
             base: self.last_revision,
             next: self.last_revision,
             changes: ChangeSet::default(),
-            touched: Vec::new(),
         }
     }
 
@@ -464,7 +463,6 @@ impl KvState {
             self.remember(record);
         }
         self.forget_old_idempotency(now);
-        batch.touched.clear();
         batch.base = self.last_revision;
         batch.next = self.last_revision;
     }
