@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use foldhash::fast::RandomState;
-use swarmstate_core::{PutMode, Revision};
+use swarmstate_core::{Condition, PutMode, Revision};
 
 use crate::history::{History, Input, Operation, Output};
 use crate::model::{Register, StepInput, StepOutput, ValueId, step};
@@ -127,6 +127,11 @@ impl fmt::Display for Describe<'_> {
             Input::Delete {
                 expected: Some(revision),
             } => write!(f, "delete at r{revision}")?,
+            Input::Check { condition } => match condition {
+                Condition::Any => write!(f, "check")?,
+                Condition::Absent => write!(f, "check absent")?,
+                Condition::At(revision) => write!(f, "check at r{revision}")?,
+            },
             Input::Expire {
                 written,
                 revision: Some(revision),
@@ -147,6 +152,7 @@ impl fmt::Display for Describe<'_> {
             Output::Exists(revision) => write!(f, " -> already exists at r{revision}"),
             Output::Mismatch(None) => write!(f, " -> mismatch, key absent"),
             Output::Mismatch(Some(revision)) => write!(f, " -> mismatch, key at r{revision}"),
+            Output::Checked => write!(f, " -> held"),
             Output::Expired => Ok(()),
             Output::Unknown => write!(f, " -> outcome unknown"),
         }
@@ -207,7 +213,8 @@ impl fmt::Display for Checked {
 /// `time_limit` with [`Verdict::Unknown`] (never `Ok`).
 ///
 /// The model (see the crate docs): get, put (overwrite, create, update at a revision), delete
-/// (optionally at a revision), failed conditional writes (explained by the state at their
+/// (optionally at a revision), checks (a condition on the key's revision or absence, from a
+/// transaction), failed conditional writes and checks (explained by the state at their
 /// linearization point), and expiries seen by a watcher. Revisions are store-wide, so every
 /// change must carry a revision above the key's current one. Operations with an unknown
 /// outcome may apply at any point after their call, or never. Every key is assumed absent when
@@ -303,11 +310,11 @@ const EXPLAIN_PLACED: usize = 6;
 const EXPLAIN_CONCURRENT: usize = 8;
 
 fn check_key(ops: &[&Operation], deadline: Instant) -> KeyVerdict {
-    // Reads with an unknown outcome say nothing and change nothing.
+    // Reads and checks with an unknown outcome say nothing and change nothing.
     let ops: Vec<&Operation> = ops
         .iter()
         .copied()
-        .filter(|op| !(op.input == Input::Get && op.is_ambiguous()))
+        .filter(|op| !(matches!(op.input, Input::Get | Input::Check { .. }) && op.is_ambiguous()))
         .collect();
     let (inputs, outputs) = intern(&ops);
     let n = ops.len();
@@ -572,6 +579,9 @@ fn intern(ops: &[&Operation]) -> (Vec<StepInput>, Vec<StepOutput>) {
             Input::Delete { expected } => StepInput::Delete {
                 expected: expected.map(Revision::get),
             },
+            Input::Check { condition } => StepInput::Check {
+                condition: *condition,
+            },
             Input::Expire { written, revision } => StepInput::Expire {
                 written: written.get(),
                 revision: revision.map_or(0, Revision::get),
@@ -589,6 +599,7 @@ fn intern(ops: &[&Operation]) -> (Vec<StepInput>, Vec<StepOutput>) {
                 Output::Deleted(revision) => StepOutput::Deleted(revision.map(Revision::get)),
                 Output::Exists(revision) => StepOutput::Exists(revision.get()),
                 Output::Mismatch(actual) => StepOutput::Mismatch(actual.map(Revision::get)),
+                Output::Checked => StepOutput::Checked,
                 Output::Expired => StepOutput::Expired,
                 Output::Unknown => StepOutput::Unknown,
             }

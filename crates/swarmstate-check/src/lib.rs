@@ -32,9 +32,10 @@
 //! Each key is a register holding a value and the revision that wrote it, or nothing and the
 //! revision that removed it. A get returns exactly that; a put (overwrite, create, update at a
 //! revision) and a delete (optionally at a revision) change it, and must carry a revision above
-//! the current one, since revisions are store-wide and strictly increasing. A failed
-//! conditional write (`AlreadyExists`, `RevisionMismatch`) must be explained by the state at
-//! its linearization point. An expiry observed by the watcher removes the key only if it is
+//! the current one, since revisions are store-wide and strictly increasing. A check (a
+//! transaction's condition on a key it does not write) observes the key's revision or its
+//! absence, not its value. A failed conditional write or check (`AlreadyExists`,
+//! `RevisionMismatch`) must be explained by the state at its linearization point. An expiry observed by the watcher removes the key only if it is
 //! still at the expired write's revision; it may be linearized between the call of that write
 //! and the moment the watcher saw it. An operation whose outcome is unknown (`Ambiguous`, a
 //! time-out) may apply at any point after its call, or never; its client continues under a new
