@@ -42,6 +42,7 @@
 //! id. `Unavailable` means nothing was sent, so such an operation is not recorded at all.
 
 mod checker;
+mod explain;
 pub mod generate;
 mod history;
 mod model;
@@ -49,7 +50,8 @@ mod recorder;
 mod run;
 mod workload;
 
-pub use checker::{Checked, Counts, Verdict, Violation, check};
+pub use checker::{Checked, Counts, Verdict, check};
+pub use explain::Violation;
 pub use history::{History, Input, Operation, Output};
 pub use recorder::{DEFAULT_OPERATION_TIMEOUT, Recorder, RecordingClient};
 pub use run::{CHECK_TIME_LIMIT, Expiries, Report, run};
