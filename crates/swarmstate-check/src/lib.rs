@@ -5,7 +5,8 @@
 //!
 //! - [`History`] — the recorded operations; saved to and loaded from a small line format.
 //! - [`Recorder`] — wraps any `Arc<dyn StateStore>` and records what its clients do, plus the
-//!   store's own expiries as seen by a watcher.
+//!   store's own expiries as seen by a watcher. Each [`RecordingClient`] is a `StateStore`
+//!   itself (a decorator), so code written against the trait is recorded unchanged.
 //! - [`check`] — the checker: per key, Wing & Gong's search with Lowe's memoisation
 //!   (porcupine's algorithm), giving [`Verdict::Ok`], [`Verdict::Violation`] with an
 //!   explanation, or [`Verdict::Unknown`] when its time runs out.

@@ -155,7 +155,7 @@ impl StateStore for ReadsThrough {
 }
 
 /// Writes through the recording client until the write is acknowledged.
-async fn write(client: &mut RecordingClient, key: &Key, value: String) {
+async fn write(client: &RecordingClient, key: &Key, value: String) {
     let deadline = Instant::now() + WRITE_DEADLINE;
     loop {
         match client
@@ -202,13 +202,13 @@ async fn follower_round(
         stale,
     });
     let recorder = Recorder::new(store.clone()).await.unwrap();
-    let mut client = recorder.client();
+    let client = recorder.client();
     for key in &keys {
-        write(&mut client, key, format!("old-{prefix}-{key}")).await;
+        write(&client, key, format!("old-{prefix}-{key}")).await;
     }
     cluster.node_mut(follower).kill();
     for key in &keys {
-        write(&mut client, key, format!("new-{prefix}-{key}")).await;
+        write(&client, key, format!("new-{prefix}-{key}")).await;
     }
     cluster.node_mut(follower).restart().await;
     // Only now connect the reader to the restarted follower, so its direct gets are answered
@@ -229,7 +229,7 @@ async fn follower_round(
     let mut round = 0;
     while started.elapsed() < Duration::from_secs(4) {
         round += 1;
-        write(&mut client, &hot, format!("{prefix}-{round}")).await;
+        write(&client, &hot, format!("{prefix}-{round}")).await;
         let _ = client.get(&hot).await;
     }
     let history = recorder.finish().await;
