@@ -36,11 +36,18 @@
 //! the current one, since revisions are store-wide and strictly increasing. A check (a
 //! transaction's condition on a key it does not write) observes the key's revision or its
 //! absence, not its value. A failed conditional write or check (`AlreadyExists`,
-//! `RevisionMismatch`) must be explained by the state at its linearization point. An expiry observed by the watcher removes the key only if it is
-//! still at the expired write's revision; it may be linearized between the call of that write
-//! and the moment the watcher saw it. An operation whose outcome is unknown (`Ambiguous`, a
-//! time-out) may apply at any point after its call, or never; its client continues under a new
-//! id. `Unavailable` means nothing was sent, so such an operation is not recorded at all.
+//! `RevisionMismatch`) must be explained by the state at its linearization point. An expiry
+//! observed by the watcher removes the key only if it is still at the expired write's
+//! revision; it may be linearized between the call of that write and the moment the watcher
+//! saw it. An operation whose outcome is unknown (`Ambiguous`, a time-out) may apply at any
+//! point after its call, or never; its client continues under a new id. `Unavailable` means
+//! nothing was sent, so such an operation is not recorded at all.
+//!
+//! A transaction is recorded as its part on each key (see [`RecordingClient`]): its writes as
+//! puts and deletes at the revisions it returned, its conditions on keys it does not write as
+//! checks, a refusal as an observation of the key it names. Each key's part is checked against
+//! that key's register, so the checker sees everything a transaction does to each key, but not
+//! that its parts happened as one step.
 
 mod checker;
 mod explain;

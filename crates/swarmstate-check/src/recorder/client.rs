@@ -1,5 +1,5 @@
 //! [`RecordingClient`]: a [`StateStore`] that forwards every call to the recorded store, and
-//! records get, put and delete with their call and return times.
+//! records get, put, delete and txn with their call and return times.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -11,13 +11,13 @@ use swarmstate_core::{
     StateStore, TxnOp, TxnResult, WatchStart, WatchStream,
 };
 
-use super::{KeyOp, Shared};
+use super::{KeyOp, Shared, txn};
 use crate::history::{Input, Operation, Output};
 
 /// One client of a [`Recorder`](super::Recorder), and a [`StateStore`]: every method forwards
-/// to the recorded store. `get`, `put` and `delete` are recorded with their call and return
-/// times; `keys`, `watch`, `capabilities` and `close` pass through unrecorded. `txn` is refused
-/// for now (see there).
+/// to the recorded store. `get`, `put`, `delete` and `txn` are recorded with their call and
+/// return times (a transaction as what it does to each key it touches, see below); `keys`,
+/// `watch`, `capabilities` and `close` pass through unrecorded.
 ///
 /// A client is one process of the history, whose operations never overlap: give each
 /// concurrent actor its own client (wrap it in an `Arc` for code that takes an
@@ -36,6 +36,24 @@ use crate::history::{Input, Operation, Output};
 /// may be a retry's, naming the revision of an earlier attempt, so when it applied is not
 /// known.
 ///
+/// A transaction is recorded per key, each part under the transaction's call and return
+/// times:
+/// - committed: each put, and each delete at a revision or unconditional, as that write at the
+///   revision the answer gives (or, for a delete that found nothing, as such); each check, and
+///   each delete of a key required absent (which changes nothing), as an [`Input::Check`] of
+///   its condition. A check with no condition records nothing.
+/// - refused with [`Error::RevisionMismatch`] or [`Error::AlreadyExists`]: one operation, on
+///   the key the error names, whose condition was found not to hold, with the revision found;
+///   nothing for the other keys, whose state the refusal does not tell. A refusal naming a key
+///   not in the transaction, or a kind of conflict its condition cannot cause, is taken as an
+///   unknown outcome.
+/// - unknown outcome: each write it would make, with an unknown outcome.
+///
+/// The per-key register model then sees every part at the transaction's linearization point,
+/// which is sound: a linearizable store gives each key's part exactly that effect there. What
+/// it does not see is that the parts are one atomic step (that all or none of an unknown
+/// transaction applied, or that its parts on two keys happened at the same moment); a store
+/// that tears a transaction apart without breaking any one key's register goes unnoticed.
 #[derive(Debug)]
 pub struct RecordingClient {
     store: Arc<dyn StateStore>,
@@ -53,7 +71,7 @@ struct Ids {
 }
 
 /// What a call's answer leaves in the history.
-enum Recorded {
+pub(super) enum Recorded {
     /// The call definitely did not apply and tells nothing: not recorded.
     Nothing,
     /// The call may have applied: every write it would make, with an unknown outcome.
@@ -63,7 +81,7 @@ enum Recorded {
 }
 
 /// Errors that say nothing was applied are not recorded; any other may hide an applied write.
-fn classify(err: &Error) -> Recorded {
+pub(super) fn classify(err: &Error) -> Recorded {
     match err {
         Error::Unavailable { .. }
         | Error::Closed
@@ -313,14 +331,21 @@ impl StateStore for RecordingClient {
         self.store.watch(pattern, start).await
     }
 
-    /// Refused with [`Error::Unsupported`] before anything is sent: a transaction is not
-    /// recorded yet, and passing it through unrecorded would leave writes in the store that
-    /// the history does not know of.
-    async fn txn(&self, _ops: Vec<TxnOp>) -> Result<Vec<TxnResult>> {
-        Err(Error::Unsupported {
-            operation: "txn through a recording client".into(),
-            backend: "swarmstate-check recorder",
-        })
+    /// Applies the transaction through the store and records it per key (see
+    /// [`RecordingClient`]).
+    async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<TxnResult>> {
+        let asked = ops.clone();
+        self.record(
+            asked.iter().map(|op| &op.key),
+            txn::unknown(&asked),
+            || {
+                let keys: Vec<&str> = asked.iter().map(|op| op.key.as_str()).collect();
+                format!("recorded txn on {}", keys.join(", "))
+            },
+            self.store.txn(ops),
+            |result| txn::recorded(&asked, result),
+        )
+        .await
     }
 
     /// Passes through: closes the recorded store, which ends the recorder's watcher too.

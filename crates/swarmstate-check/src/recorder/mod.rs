@@ -5,10 +5,12 @@
 //!
 //! - `client.rs` — [`RecordingClient`]: the decorator, and the bookkeeping that keeps every
 //!   client id's operations sequential.
+//! - `txn.rs` — what a transaction stands for on each key it touches.
 //! - `expiries.rs` — the watcher, and the expiry operations it adds to the history.
 
 mod client;
 mod expiries;
+mod txn;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
