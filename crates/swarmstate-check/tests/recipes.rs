@@ -8,13 +8,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use swarmstate_check::{History, Input, Output, Recorder, check};
+use swarmstate_check::{Input, Output, Recorder, check};
 use swarmstate_core::{
     Capabilities, Condition, Entry, Error, Key, KeyStream, MemoryStore, Pattern, PutOptions,
     Result, Revision, StateStore, TxnAction, TxnOp, TxnResult, WatchStart, WatchStream,
 };
 use swarmstate_recipes::lock::{acquire_lock, acquire_lock_wait};
 use swarmstate_recipes::queue::{ItemState, WorkQueue};
+
+#[path = "support/lock_counter.rs"]
+mod lock_counter;
+
+use lock_counter::counter_under_the_lock;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -87,59 +92,6 @@ impl StateStore for AcknowledgesTxnsItDrops {
     }
 }
 
-/// `workers` workers, each with a recording client of its own, take the lock `rounds` times
-/// each through `acquire_lock_wait`, read the counter, and write it one higher with a fenced
-/// put. Returns the history and the counter's final value, read from the store itself.
-async fn counter_under_the_lock(
-    store: Arc<dyn StateStore>,
-    workers: usize,
-    rounds: usize,
-) -> (History, u64) {
-    let recorder = Recorder::new(store.clone()).await.unwrap();
-    let lock = Key::new("jobs.lock").unwrap();
-    let counter = Key::new("jobs.counter").unwrap();
-    let mut tasks = Vec::new();
-    for worker in 0..workers {
-        let client: Arc<dyn StateStore> = Arc::new(recorder.client());
-        let (lock, counter) = (lock.clone(), counter.clone());
-        tasks.push(tokio::spawn(async move {
-            for round in 0..rounds {
-                let owner = format!("w{worker}");
-                let guard = acquire_lock_wait(
-                    &client,
-                    &lock,
-                    &owner,
-                    Duration::from_secs(10),
-                    Duration::from_secs(60),
-                )
-                .await
-                .unwrap();
-                let count = match client.get(&counter).await.unwrap() {
-                    Some(entry) => count_of(&entry.value),
-                    None => 0,
-                };
-                // Hold the lock a little, so that the others queue up behind it.
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                // Unique values, so that an explanation tells the writes apart.
-                let value = format!("{} {owner}-{round}", count + 1);
-                guard.fenced_put(&counter, value).await.unwrap();
-                guard.release().await.unwrap();
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let history = recorder.finish().await;
-    let last = store.get(&counter).await.unwrap();
-    (history, last.map_or(0, |entry| count_of(&entry.value)))
-}
-
-fn count_of(value: &[u8]) -> u64 {
-    let text = std::str::from_utf8(value).unwrap();
-    text.split(' ').next().unwrap().parse().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_lock_recipe_with_fenced_writes_is_linearizable_on_memory_store() {
     let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
@@ -166,7 +118,7 @@ async fn a_holder_that_stalls_past_its_ttl_is_fenced_off_and_the_history_is_line
         (Arc::new(recorder.client()), Arc::new(recorder.client()));
     let lock = Key::new("jobs.lock").unwrap();
     let data = Key::new("jobs.data").unwrap();
-    let old = acquire_lock(&stalled, &lock, "old", Duration::from_millis(50))
+    let old = acquire_lock(&stalled, &lock, "old", Duration::from_millis(200))
         .await
         .unwrap();
     old.fenced_put(&data, "old-1").await.unwrap();
