@@ -50,10 +50,12 @@ use crate::history::{Input, Operation, Output};
 /// - unknown outcome: each write it would make, with an unknown outcome.
 ///
 /// The per-key register model then sees every part at the transaction's linearization point,
-/// which is sound: a linearizable store gives each key's part exactly that effect there. What
-/// it does not see is that the parts are one atomic step (that all or none of an unknown
-/// transaction applied, or that its parts on two keys happened at the same moment); a store
-/// that tears a transaction apart without breaking any one key's register goes unnoticed.
+/// which is sound: a linearizable store gives each key's part exactly that effect there, so a
+/// violation found is a real one. What it does not see is that the parts are one atomic step:
+/// each key's part may be placed at its own moment within the call. A store that decides a
+/// condition on one key and applies a write to another at two different moments (a fence that
+/// does not hold), or applies only some writes of a transaction whose outcome is unknown, goes
+/// unnoticed as long as each key's part is explainable on its own.
 #[derive(Debug)]
 pub struct RecordingClient {
     store: Arc<dyn StateStore>,
