@@ -62,6 +62,7 @@ fn main() {
         overlap: 400,
         ambiguous: 0.005,
         expiries: 0.02,
+        checks: 0.0,
         seed: 11,
     });
     let rate = throughput(&generated, 20);
@@ -90,6 +91,7 @@ fn main() {
             overlap: 300,
             ambiguous,
             expiries: 0.02,
+            checks: 0.0,
             seed: 5,
         });
         let started = Instant::now();
@@ -127,6 +129,7 @@ fn beside_the_oracle(size: usize) -> (f64, f64) {
                 overlap: 200,
                 ambiguous: 0.1,
                 expiries: 0.1,
+                checks: 0.0,
                 seed,
             });
             if seed % 3 == 0 {

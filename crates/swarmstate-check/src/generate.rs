@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use swarmstate_core::{PutMode, Revision};
+use swarmstate_core::{Condition, PutMode, Revision};
 
 use crate::history::{History, Input, Operation, Output};
 
@@ -53,6 +53,9 @@ pub struct Synthetic {
     pub ambiguous: f64,
     /// The share of operations that are expiries of a present key.
     pub expiries: f64,
+    /// The share of the other operations that are checks (a transaction's condition on a key
+    /// it does not write): of absence, or of a current or stale revision.
+    pub checks: f64,
     /// The seed.
     pub seed: u64,
 }
@@ -65,6 +68,7 @@ impl Default for Synthetic {
             overlap: 300,
             ambiguous: 0.02,
             expiries: 0.03,
+            checks: 0.0,
             seed: 1,
         }
     }
@@ -144,7 +148,25 @@ pub fn synthetic(shape: &Synthetic) -> History {
             None => Revision::new(1 + rng.below(revision.max(1))).unwrap(),
         };
         let value = Bytes::from(format!("v{i}"));
+        // Without checks, no random number is drawn for them, so older seeds give the same
+        // histories.
+        let is_check = shape.checks > 0.0 && rng.chance(shape.checks);
         let (input, applies, output): (Input, Option<Option<Bytes>>, Output) = match roll {
+            _ if is_check => {
+                let condition = if rng.chance(0.3) {
+                    Condition::Absent
+                } else {
+                    Condition::At(expected)
+                };
+                let output = match condition {
+                    Condition::Absent if present => Output::Exists(current.unwrap()),
+                    Condition::At(expected) if !present || current != Some(expected) => {
+                        Output::Mismatch(if present { current } else { None })
+                    }
+                    _ => Output::Checked,
+                };
+                (Input::Check { condition }, None, output)
+            }
             0..35 => {
                 let output =
                     Output::Value(state.value.clone().map(|value| (value, current.unwrap())));
@@ -185,7 +207,7 @@ pub fn synthetic(shape: &Synthetic) -> History {
                 }
             }
         };
-        let is_write = !matches!(input, Input::Get);
+        let is_write = matches!(input, Input::Put { .. } | Input::Delete { .. });
         let ambiguous = is_write && rng.chance(shape.ambiguous);
         let applied = match (&applies, ambiguous) {
             (Some(_), true) => rng.chance(0.5),

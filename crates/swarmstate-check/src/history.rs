@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use swarmstate_core::{PutMode, Revision};
+use swarmstate_core::{Condition, PutMode, Revision};
 
 /// The first line of a saved history.
 const HEADER: &str = "# swarmstate history v1";
@@ -40,6 +40,13 @@ pub enum Input {
         /// The revision the key must be at.
         expected: Option<Revision>,
     },
+    /// Require a condition of the key without changing it: a transaction's
+    /// [`Check`](swarmstate_core::TxnAction::Check) (or its delete conditioned on absence, which
+    /// changes nothing either). It observes the key's revision or absence, not its value.
+    Check {
+        /// What the key's state must be.
+        condition: Condition,
+    },
     /// The store expired the entry written at `written`; the expiry itself got `revision`.
     /// Observed by a watcher, not asked by a client. With an unknown outcome (and no
     /// `revision`) it stands for an expiry the watcher may have missed.
@@ -60,10 +67,13 @@ pub enum Output {
     Written(Revision),
     /// A delete applied at this revision, or (`None`) found the key absent and changed nothing.
     Deleted(Option<Revision>),
-    /// A create found the key present at this revision.
+    /// A create (or a check for absence) found the key present at this revision.
     Exists(Revision),
-    /// A conditional write found the key at another revision, or (`None`) absent.
+    /// A conditional write (or a check at a revision) found the key at another revision, or
+    /// (`None`) absent.
     Mismatch(Option<Revision>),
+    /// A check's condition held.
+    Checked,
     /// An expiry happened.
     Expired,
     /// The outcome is unknown: the operation may or may not have applied.
@@ -193,6 +203,11 @@ fn encode_input(input: &Input) -> String {
             format!("put:{mode}:{ttl}:{}", hex(value))
         }
         Input::Delete { expected } => format!("delete:{}", optional(*expected)),
+        Input::Check { condition } => match condition {
+            Condition::Any => "check:any".to_owned(),
+            Condition::Absent => "check:absent".to_owned(),
+            Condition::At(revision) => format!("check:at={revision}"),
+        },
         Input::Expire { written, revision } => format!("expire:{written}:{}", optional(*revision)),
     }
 }
@@ -205,6 +220,7 @@ fn encode_output(output: &Output) -> String {
         Output::Deleted(revision) => format!("deleted:{}", optional(*revision)),
         Output::Exists(revision) => format!("exists:{revision}"),
         Output::Mismatch(actual) => format!("mismatch:{}", optional(*actual)),
+        Output::Checked => "checked".to_owned(),
         Output::Expired => "expired".to_owned(),
         Output::Unknown => "unknown".to_owned(),
     }
@@ -259,6 +275,18 @@ fn parse_input(text: &str) -> Result<Input, String> {
         ["delete", expected] => Ok(Input::Delete {
             expected: parse_optional(expected)?,
         }),
+        ["check", "any"] => Ok(Input::Check {
+            condition: Condition::Any,
+        }),
+        ["check", "absent"] => Ok(Input::Check {
+            condition: Condition::Absent,
+        }),
+        ["check", at] => match at.strip_prefix("at=") {
+            Some(revision) => Ok(Input::Check {
+                condition: Condition::At(parse_revision(revision)?),
+            }),
+            None => Err(format!("unknown check condition {at:?}")),
+        },
         ["expire", written, revision] => Ok(Input::Expire {
             written: parse_revision(written)?,
             revision: parse_optional(revision)?,
@@ -279,6 +307,7 @@ fn parse_output(text: &str) -> Result<Output, String> {
         ["deleted", revision] => Ok(Output::Deleted(parse_optional(revision)?)),
         ["exists", revision] => Ok(Output::Exists(parse_revision(revision)?)),
         ["mismatch", actual] => Ok(Output::Mismatch(parse_optional(actual)?)),
+        ["checked"] => Ok(Output::Checked),
         ["expired"] => Ok(Output::Expired),
         ["unknown"] => Ok(Output::Unknown),
         _ => Err(format!("unknown output {text:?}")),
@@ -350,6 +379,15 @@ mod tests {
                 written: revision(5),
                 revision: None,
             },
+            Input::Check {
+                condition: Condition::Any,
+            },
+            Input::Check {
+                condition: Condition::Absent,
+            },
+            Input::Check {
+                condition: Condition::At(revision(11)),
+            },
         ];
         let outputs = [
             Output::Value(None),
@@ -360,6 +398,7 @@ mod tests {
             Output::Exists(revision(9)),
             Output::Mismatch(None),
             Output::Mismatch(Some(revision(10))),
+            Output::Checked,
             Output::Expired,
             Output::Unknown,
         ];

@@ -7,7 +7,7 @@
 //! its revision is unknown, so the register then knows only a lower bound, which a later read
 //! of that revision makes exact again.
 
-use swarmstate_core::PutMode;
+use swarmstate_core::{Condition, PutMode};
 
 /// A value, interned per key so that model states are small and cheap to hash.
 pub(crate) type ValueId = u32;
@@ -76,6 +76,9 @@ pub(crate) enum StepInput {
     Delete {
         expected: Option<u64>,
     },
+    Check {
+        condition: Condition,
+    },
     /// `revision` is 0 for an expiry that may have been missed.
     Expire {
         written: u64,
@@ -91,6 +94,7 @@ pub(crate) enum StepOutput {
     Deleted(Option<u64>),
     Exists(u64),
     Mismatch(Option<u64>),
+    Checked,
     Expired,
     Unknown,
 }
@@ -143,6 +147,28 @@ pub(crate) fn step(state: Register, input: StepInput, output: StepOutput) -> Opt
         (I::Delete { expected }, O::Unknown) => {
             Some(present_at(state, expected)?.changed_unknown(None))
         }
+        (I::Check { condition }, O::Checked) => match condition {
+            Condition::Any => Some(state),
+            Condition::Absent => state.value.is_none().then_some(state),
+            Condition::At(expected) => present_at(state, Some(expected.get())),
+        },
+        (
+            I::Check {
+                condition: Condition::At(expected),
+            },
+            O::Mismatch(actual),
+        ) => mismatch(state, expected.get(), actual),
+        (
+            I::Check {
+                condition: Condition::Absent,
+            },
+            O::Exists(revision),
+        ) => {
+            state.value?;
+            state.at(revision)
+        }
+        // A check changes nothing, applied or not.
+        (I::Check { .. }, O::Unknown) => Some(state),
         (I::Expire { written, revision }, O::Expired) => {
             present_at(state, Some(written))?.changed(None, revision)
         }
@@ -352,6 +378,73 @@ mod tests {
         assert!(only(step(present(1, 3), expire(3), StepOutput::Expired)).is_some());
         assert!(only(step(present(1, 4), expire(3), StepOutput::Expired)).is_none());
         assert!(only(step(Register::INITIAL, expire(3), StepOutput::Expired)).is_none());
+    }
+
+    #[test]
+    fn a_check_observes_the_revision_or_the_absence_and_changes_nothing() {
+        let check = |condition| StepInput::Check { condition };
+        let at = |revision| Condition::At(Revision::new(revision).unwrap());
+        assert_eq!(
+            step(present(1, 3), check(at(3)), StepOutput::Checked),
+            Some(present(1, 3))
+        );
+        assert_eq!(step(present(1, 3), check(at(2)), StepOutput::Checked), None);
+        assert_eq!(
+            step(Register::INITIAL, check(at(3)), StepOutput::Checked),
+            None
+        );
+        assert_eq!(
+            step(
+                Register::INITIAL,
+                check(Condition::Absent),
+                StepOutput::Checked
+            ),
+            Some(Register::INITIAL)
+        );
+        assert_eq!(
+            step(present(1, 3), check(Condition::Absent), StepOutput::Checked),
+            None
+        );
+        assert_eq!(
+            step(
+                present(1, 3),
+                check(Condition::Absent),
+                StepOutput::Exists(3)
+            ),
+            Some(present(1, 3))
+        );
+        assert_eq!(
+            step(
+                present(1, 3),
+                check(Condition::Absent),
+                StepOutput::Exists(4)
+            ),
+            None
+        );
+        assert_eq!(
+            step(present(1, 3), check(at(2)), StepOutput::Mismatch(Some(3))),
+            Some(present(1, 3))
+        );
+        assert_eq!(
+            step(present(1, 3), check(at(3)), StepOutput::Mismatch(Some(3))),
+            None
+        );
+        assert_eq!(
+            step(Register::INITIAL, check(at(2)), StepOutput::Mismatch(None)),
+            Some(Register::INITIAL)
+        );
+        // After a change at an unknown revision, a check that held pins the revision down.
+        let applied = step(
+            present(1, 3),
+            put(2, PutMode::Overwrite),
+            StepOutput::Unknown,
+        )
+        .unwrap();
+        assert_eq!(step(applied, check(at(3)), StepOutput::Checked), None);
+        assert_eq!(
+            step(applied, check(at(6)), StepOutput::Checked),
+            Some(present(2, 6))
+        );
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The key-value workload: concurrent clients doing mixed reads and writes over many keys,
 //! recorded for the checker.
 //!
-//! This is the register workload. Workloads for the recipes (locks, queues) check invariants of
-//! their own rather than a register model; they belong beside this one as their own types that
-//! drive a [`Recorder`] (or record their own events) and return what their checker needs.
+//! This is the register workload. A recipe (lock, queue) is recorded by handing it recording
+//! clients instead of the store ([`RecordingClient`] is a `StateStore`), and its history checked
+//! like this one's; invariants of its own (one holder at a time, each item done once) it checks
+//! beside (see `tests/recipes.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

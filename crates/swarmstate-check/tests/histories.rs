@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use swarmstate_check::generate::{Rng, Synthetic, corrupt_one_read, synthetic};
 use swarmstate_check::{History, Input, Operation, Output, Verdict, check};
-use swarmstate_core::{PutMode, Revision};
+use swarmstate_core::{Condition, PutMode, Revision};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -129,6 +129,90 @@ fn of_two_racing_updates_at_one_revision_one_wins() {
             Output::Mismatch(Some(r(2))),
         ),
         op(4, 50, Some(60), Input::Get, read("b", 2)),
+    ]);
+}
+
+fn check_at(revision: u64) -> Input {
+    Input::Check {
+        condition: Condition::At(r(revision)),
+    }
+}
+
+#[test]
+fn a_check_sees_the_revision_a_write_left_and_a_concurrent_one_may_see_either() {
+    assert_ok(vec![
+        op(
+            1,
+            0,
+            Some(10),
+            put("a", PutMode::Create),
+            Output::Written(r(1)),
+        ),
+        op(2, 20, Some(30), check_at(1), Output::Checked),
+        op(
+            1,
+            40,
+            Some(60),
+            put("b", PutMode::Overwrite),
+            Output::Written(r(2)),
+        ),
+        op(2, 45, Some(55), check_at(1), Output::Checked),
+        op(3, 45, Some(55), check_at(1), Output::Mismatch(Some(r(2)))),
+        op(
+            2,
+            70,
+            Some(80),
+            Input::Check {
+                condition: Condition::Absent,
+            },
+            Output::Exists(r(2)),
+        ),
+    ]);
+}
+
+#[test]
+fn a_check_that_holds_on_an_overwritten_revision_is_a_violation() {
+    // What a fenced write on a store that serves stale conditions looks like: the lock key was
+    // rewritten before the check began, and the check still held at the old revision.
+    let why = assert_violation(vec![
+        op(
+            1,
+            0,
+            Some(10),
+            put("a", PutMode::Create),
+            Output::Written(r(1)),
+        ),
+        op(
+            2,
+            20,
+            Some(30),
+            put("b", PutMode::Update(r(1))),
+            Output::Written(r(2)),
+        ),
+        op(3, 40, Some(50), check_at(1), Output::Checked),
+    ]);
+    assert!(why.contains("check at r1 -> held"), "{why}");
+}
+
+#[test]
+fn a_check_for_absence_that_holds_on_a_present_key_is_a_violation() {
+    assert_violation(vec![
+        op(
+            1,
+            0,
+            Some(10),
+            put("a", PutMode::Create),
+            Output::Written(r(1)),
+        ),
+        op(
+            2,
+            20,
+            Some(30),
+            Input::Check {
+                condition: Condition::Absent,
+            },
+            Output::Checked,
+        ),
     ]);
 }
 
@@ -399,6 +483,7 @@ fn a_history_checks_the_same_after_a_save_and_a_load() {
     let mut rng = Rng::new(9);
     let mut history = synthetic(&Synthetic {
         operations: 500,
+        checks: 0.1,
         seed: 9,
         ..Synthetic::default()
     });
@@ -433,6 +518,8 @@ fn synthetic_histories_pass_and_fail_once_a_read_is_corrupted() {
             overlap: 100 + 50 * (seed % 8),
             ambiguous: 0.02,
             expiries: 0.03,
+            // Every other seed with transaction checks among the reads and writes.
+            checks: if seed % 2 == 0 { 0.0 } else { 0.15 },
             seed,
         };
         let mut history = synthetic(&shape);

@@ -4,7 +4,11 @@
 //! not, while default reads through the same follower are.
 //!
 //! The workloads write a share of their values with 1 s TTLs and delete at revisions, so
-//! expiry and conditional deletes are checked too.
+//! expiry and conditional deletes are checked too. The lock recipe, recorded through recording
+//! clients, checks transactions (its fenced writes) on a single node.
+
+#[path = "support/lock_counter.rs"]
+mod lock_counter;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -55,6 +59,28 @@ async fn the_workload_on_a_single_node_is_linearizable() {
     eprintln!("{report}");
     assert!(report.is_ok(), "{report}");
     assert!(report.checked.counts.operations > 500, "{report}");
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_recipe_with_fenced_writes_on_a_single_node_is_linearizable() {
+    if require_server().is_none() {
+        return;
+    }
+    let server = NatsServer::start().await;
+    let store = NatsStore::builder(server.url())
+        .bucket("locks")
+        .request_timeout(REQUEST_TIMEOUT)
+        .watch_buffer(WATCH_BUFFER)
+        .connect()
+        .await
+        .expect("the store connects");
+    let store: Arc<dyn StateStore> = Arc::new(store);
+    let (history, count) = lock_counter::counter_under_the_lock(store.clone(), 3, 5).await;
+    assert_eq!(count, 15, "every increment under the lock counts");
+    let checked = check(&history, Duration::from_secs(30));
+    eprintln!("{checked}");
+    assert!(checked.verdict.is_ok(), "{checked}");
     store.close().await.unwrap();
 }
 
@@ -155,7 +181,7 @@ impl StateStore for ReadsThrough {
 }
 
 /// Writes through the recording client until the write is acknowledged.
-async fn write(client: &mut RecordingClient, key: &Key, value: String) {
+async fn write(client: &RecordingClient, key: &Key, value: String) {
     let deadline = Instant::now() + WRITE_DEADLINE;
     loop {
         match client
@@ -202,13 +228,13 @@ async fn follower_round(
         stale,
     });
     let recorder = Recorder::new(store.clone()).await.unwrap();
-    let mut client = recorder.client();
+    let client = recorder.client();
     for key in &keys {
-        write(&mut client, key, format!("old-{prefix}-{key}")).await;
+        write(&client, key, format!("old-{prefix}-{key}")).await;
     }
     cluster.node_mut(follower).kill();
     for key in &keys {
-        write(&mut client, key, format!("new-{prefix}-{key}")).await;
+        write(&client, key, format!("new-{prefix}-{key}")).await;
     }
     cluster.node_mut(follower).restart().await;
     // Only now connect the reader to the restarted follower, so its direct gets are answered
@@ -229,7 +255,7 @@ async fn follower_round(
     let mut round = 0;
     while started.elapsed() < Duration::from_secs(4) {
         round += 1;
-        write(&mut client, &hot, format!("{prefix}-{round}")).await;
+        write(&client, &hot, format!("{prefix}-{round}")).await;
         let _ = client.get(&hot).await;
     }
     let history = recorder.finish().await;

@@ -181,7 +181,7 @@ async fn an_ambiguous_write_is_recorded_as_unknown_and_the_client_moves_on() {
         writes: AtomicU64::new(0),
     });
     let recorder = Recorder::new(store).await.unwrap();
-    let mut client = recorder.client();
+    let client = recorder.client();
     let key = Key::new("amb.k").unwrap();
     let first_id = client.id();
     let err = client
@@ -212,7 +212,7 @@ async fn an_ambiguous_write_is_recorded_as_unknown_and_the_client_moves_on() {
 async fn an_expiry_seen_by_the_watcher_is_in_the_history() {
     let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
     let recorder = Recorder::new(store).await.unwrap();
-    let mut client = recorder.client();
+    let client = recorder.client();
     let key = Key::new("ttl.k").unwrap();
     let written = client
         .put(

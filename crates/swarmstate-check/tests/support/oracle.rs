@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use stateright::semantics::{ConsistencyTester, LinearizabilityTester, SequentialSpec};
 use swarmstate_check::{History, Input, Output};
-use swarmstate_core::PutMode;
+use swarmstate_core::{Condition, PutMode};
 
 /// One key: its value and revision. After an operation with an unknown outcome applied, the
 /// revision is unknown but above `revision` (`exact` false).
@@ -68,7 +68,7 @@ impl Register {
             Input::Expire { written, .. } => {
                 (self.value.is_some() && self.could_be_at(written.get())).then_some(written.get())
             }
-            Input::Get => None,
+            Input::Get | Input::Check { .. } => None,
         }
     }
 }
@@ -93,6 +93,17 @@ impl SequentialSpec for Register {
 
     fn is_valid_step(&mut self, input: &Input, output: &Output) -> bool {
         match (input, output) {
+            (Input::Check { condition }, Output::Checked) => match condition {
+                Condition::Any => true,
+                Condition::Absent => self.value.is_none(),
+                Condition::At(at) => {
+                    let fits = self.value.is_some() && self.could_be_at(at.get());
+                    if fits {
+                        self.pin(at.get());
+                    }
+                    fits
+                }
+            },
             (Input::Get, Output::Value(None)) => self.value.is_none(),
             (Input::Get, Output::Value(Some((value, revision)))) => {
                 let fits = self.value.as_ref() == Some(value) && self.could_be_at(revision.get());
@@ -124,6 +135,9 @@ impl SequentialSpec for Register {
                 Input::Put {
                     mode: PutMode::Create,
                     ..
+                }
+                | Input::Check {
+                    condition: Condition::Absent,
                 },
                 Output::Exists(revision),
             ) => {
@@ -140,6 +154,9 @@ impl SequentialSpec for Register {
                 }
                 | Input::Delete {
                     expected: Some(expected),
+                }
+                | Input::Check {
+                    condition: Condition::At(expected),
                 },
                 Output::Mismatch(actual),
             ) => match actual {
@@ -173,8 +190,8 @@ pub(crate) fn linearizable(history: &History) -> bool {
     let mut tester = LinearizabilityTester::new(Register::default());
     for (_, is_call, index) in events {
         let op = &history.operations[index];
-        // Reads in flight say nothing; the checker drops them too.
-        if op.input == Input::Get && op.ret.is_none() {
+        // Reads and checks in flight say nothing; the checker drops them too.
+        if matches!(op.input, Input::Get | Input::Check { .. }) && op.ret.is_none() {
             continue;
         }
         if is_call {
