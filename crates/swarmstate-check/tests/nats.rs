@@ -16,10 +16,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use swarmstate_check::{Recorder, RecordingClient, Workload, check, run};
-use swarmstate_core::{
-    Capabilities, Entry, Key, KeyStream, Pattern, PutOptions, Result, Revision, StateStore, TxnOp,
-    TxnResult, WatchStart, WatchStream,
-};
+use swarmstate_core::{Entry, Key, PutOptions, Result, StateStore};
 use swarmstate_nats::NatsStore;
 use swarmstate_nats::testing::{NatsCluster, NatsServer, require_server};
 
@@ -142,10 +139,6 @@ impl ReadsThrough {
 
 #[async_trait]
 impl StateStore for ReadsThrough {
-    fn capabilities(&self) -> Capabilities {
-        self.writer.capabilities()
-    }
-
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         let reader = self.reader();
         if self.stale {
@@ -154,30 +147,11 @@ impl StateStore for ReadsThrough {
             reader.get(key).await
         }
     }
-
-    async fn put(&self, key: &Key, value: Bytes, options: PutOptions) -> Result<Revision> {
-        self.writer.put(key, value, options).await
-    }
-
-    async fn delete(&self, key: &Key, expected: Option<Revision>) -> Result<Option<Revision>> {
-        self.writer.delete(key, expected).await
-    }
-
-    async fn keys(&self, pattern: &Pattern) -> Result<KeyStream> {
-        self.writer.keys(pattern).await
-    }
-
-    async fn watch(&self, pattern: &Pattern, start: WatchStart) -> Result<WatchStream> {
-        self.writer.watch(pattern, start).await
-    }
-
-    async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<TxnResult>> {
-        self.writer.txn(ops).await
-    }
-
     async fn close(&self) -> Result<()> {
         self.reader().close().await
     }
+    swarmstate_core::forward_state_store!(|s| &s.writer;
+        capabilities, put, delete, keys, watch, txn);
 }
 
 /// Writes through the recording client until the write is acknowledged.

@@ -7,11 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use swarmstate_check::{Input, Output, Recorder, check};
 use swarmstate_core::{
-    Capabilities, Condition, Entry, Error, Key, KeyStream, MemoryStore, Pattern, PutOptions,
-    Result, Revision, StateStore, TxnAction, TxnOp, TxnResult, WatchStart, WatchStream,
+    Condition, Error, Key, MemoryStore, PutOptions, Result, StateStore, TxnAction, TxnOp, TxnResult,
 };
 use swarmstate_recipes::lock::{acquire_lock, acquire_lock_wait};
 use swarmstate_recipes::queue::{ItemState, WorkQueue};
@@ -36,30 +34,6 @@ struct AcknowledgesTxnsItDrops {
 
 #[async_trait]
 impl StateStore for AcknowledgesTxnsItDrops {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        self.inner.get(key).await
-    }
-
-    async fn put(&self, key: &Key, value: Bytes, options: PutOptions) -> Result<Revision> {
-        self.inner.put(key, value, options).await
-    }
-
-    async fn delete(&self, key: &Key, expected: Option<Revision>) -> Result<Option<Revision>> {
-        self.inner.delete(key, expected).await
-    }
-
-    async fn keys(&self, pattern: &Pattern) -> Result<KeyStream> {
-        self.inner.keys(pattern).await
-    }
-
-    async fn watch(&self, pattern: &Pattern, start: WatchStart) -> Result<WatchStream> {
-        self.inner.watch(pattern, start).await
-    }
-
     async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<TxnResult>> {
         let writes = ops.iter().any(|op| op.action != TxnAction::Check);
         let n = self.txns.fetch_add(1, Ordering::Relaxed);
@@ -86,10 +60,8 @@ impl StateStore for AcknowledgesTxnsItDrops {
         }
         Ok(results)
     }
-
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
-    }
+    swarmstate_core::forward_state_store!(|s| &s.inner;
+        capabilities, get, put, delete, keys, watch, close);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

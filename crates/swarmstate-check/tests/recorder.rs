@@ -8,10 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use swarmstate_check::{Input, Output, Recorder, check};
-use swarmstate_core::{
-    Capabilities, Entry, Key, KeyStream, MemoryStore, Pattern, PutOptions, Result, Revision,
-    StateStore, TxnOp, TxnResult, WatchStart, WatchStream,
-};
+use swarmstate_core::{Key, MemoryStore, Pattern, PutOptions, Result, Revision, StateStore};
 
 /// Applies every put at once and answers a put to a key under `slow` `delay` later, so that a
 /// caller can give up on a put that has already applied. (The recorder's own barrier write at
@@ -28,14 +25,6 @@ fn slow() -> Pattern {
 
 #[async_trait]
 impl StateStore for AnswersLate {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        self.inner.get(key).await
-    }
-
     async fn put(&self, key: &Key, value: Bytes, options: PutOptions) -> Result<Revision> {
         let written = self.inner.put(key, value, options).await;
         if slow().matches(key) {
@@ -43,26 +32,8 @@ impl StateStore for AnswersLate {
         }
         written
     }
-
-    async fn delete(&self, key: &Key, expected: Option<Revision>) -> Result<Option<Revision>> {
-        self.inner.delete(key, expected).await
-    }
-
-    async fn keys(&self, pattern: &Pattern) -> Result<KeyStream> {
-        self.inner.keys(pattern).await
-    }
-
-    async fn watch(&self, pattern: &Pattern, start: WatchStart) -> Result<WatchStream> {
-        self.inner.watch(pattern, start).await
-    }
-
-    async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<TxnResult>> {
-        self.inner.txn(ops).await
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
-    }
+    swarmstate_core::forward_state_store!(|s| &s.inner;
+        capabilities, get, delete, keys, watch, txn, close);
 }
 
 fn late(delay: Duration) -> Arc<dyn StateStore> {

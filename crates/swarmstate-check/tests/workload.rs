@@ -9,10 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use swarmstate_check::{History, Input, Output, Recorder, Workload, check, run};
-use swarmstate_core::{
-    Capabilities, Entry, Error, Key, KeyStream, MemoryStore, Pattern, PutMode, PutOptions, Result,
-    Revision, StateStore, TxnOp, TxnResult, WatchStart, WatchStream,
-};
+use swarmstate_core::{Error, Key, MemoryStore, PutMode, PutOptions, Result, Revision, StateStore};
 
 /// Acknowledges every `lose_every`-th write without writing it where it was asked: the write
 /// goes to a sink key instead, so the acknowledgement carries a real, fresh revision, and the
@@ -27,14 +24,6 @@ struct AcknowledgesBeforeWriting {
 
 #[async_trait]
 impl StateStore for AcknowledgesBeforeWriting {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        self.inner.get(key).await
-    }
-
     async fn put(&self, key: &Key, value: Bytes, options: PutOptions) -> Result<Revision> {
         let n = self.writes.fetch_add(1, Ordering::Relaxed);
         if options.mode == PutMode::Overwrite && n.is_multiple_of(self.lose_every) {
@@ -43,26 +32,8 @@ impl StateStore for AcknowledgesBeforeWriting {
         }
         self.inner.put(key, value, options).await
     }
-
-    async fn delete(&self, key: &Key, expected: Option<Revision>) -> Result<Option<Revision>> {
-        self.inner.delete(key, expected).await
-    }
-
-    async fn keys(&self, pattern: &Pattern) -> Result<KeyStream> {
-        self.inner.keys(pattern).await
-    }
-
-    async fn watch(&self, pattern: &Pattern, start: WatchStart) -> Result<WatchStream> {
-        self.inner.watch(pattern, start).await
-    }
-
-    async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<TxnResult>> {
-        self.inner.txn(ops).await
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
-    }
+    swarmstate_core::forward_state_store!(|s| &s.inner;
+        capabilities, get, delete, keys, watch, txn, close);
 }
 
 /// Applies every write, but answers every other one with `Ambiguous`.
@@ -74,14 +45,6 @@ struct AnswersAmbiguously {
 
 #[async_trait]
 impl StateStore for AnswersAmbiguously {
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        self.inner.get(key).await
-    }
-
     async fn put(&self, key: &Key, value: Bytes, options: PutOptions) -> Result<Revision> {
         let revision = self.inner.put(key, value, options).await?;
         if self
@@ -96,26 +59,8 @@ impl StateStore for AnswersAmbiguously {
         }
         Ok(revision)
     }
-
-    async fn delete(&self, key: &Key, expected: Option<Revision>) -> Result<Option<Revision>> {
-        self.inner.delete(key, expected).await
-    }
-
-    async fn keys(&self, pattern: &Pattern) -> Result<KeyStream> {
-        self.inner.keys(pattern).await
-    }
-
-    async fn watch(&self, pattern: &Pattern, start: WatchStart) -> Result<WatchStream> {
-        self.inner.watch(pattern, start).await
-    }
-
-    async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<TxnResult>> {
-        self.inner.txn(ops).await
-    }
-
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
-    }
+    swarmstate_core::forward_state_store!(|s| &s.inner;
+        capabilities, get, delete, keys, watch, txn, close);
 }
 
 fn workload() -> Workload {
