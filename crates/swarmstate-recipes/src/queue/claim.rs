@@ -11,10 +11,11 @@ use tokio::time::Instant;
 
 use swarmstate_core::backend::validate_ttl;
 use swarmstate_core::{
-    Condition, Error, Key, Pattern, Result, Revision, TxnOp, TxnResult, WatchEvent, WatchStart,
+    Condition, Error, Key, Result, Revision, TxnOp, TxnResult, WatchEvent, WatchStart,
 };
 
 use super::WorkQueue;
+use super::layout::Slot;
 use super::record::{ItemState, Record};
 use crate::lock::FencingToken;
 
@@ -92,7 +93,7 @@ impl WorkQueue {
         let mut previous: Option<Vec<String>> = None;
         let mut unchanged_rounds = 0;
         loop {
-            let pending = self.ids("pending").await?;
+            let pending = self.ids(Slot::Pending).await?;
             let (ids, expired) = if pending.is_empty() {
                 (self.expired_claims().await?, true)
             } else {
@@ -120,21 +121,32 @@ impl WorkQueue {
         }
     }
 
-    /// The ids of the items in one index (`pending` or `claimed` or `lease`), sorted.
-    pub(super) async fn ids(&self, kind: &str) -> Result<Vec<String>> {
-        let pattern = self.index(kind)?;
-        let prefix_len = self.name.as_str().len() + kind.len() + 2;
-        self.store
-            .keys(&pattern)
+    /// The ids of the items with a key in `slot`, sorted (a listing is in key order, and the
+    /// keys of one slot differ only in their id). Keys under the slot that are not in the
+    /// layout (written around the recipe) are left out.
+    pub(super) async fn ids(&self, slot: Slot) -> Result<Vec<String>> {
+        let keys: Vec<Key> = self
+            .store
+            .keys(&self.layout.slot(slot)?)
             .await?
-            .map_ok(|key| key.as_str()[prefix_len..].to_owned())
             .try_collect()
-            .await
+            .await?;
+        Ok(keys
+            .iter()
+            .filter_map(|key| match self.layout.parse(key) {
+                Some((listed, id)) if listed == slot => Some(id.to_owned()),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn in_slot(&self, key: &Key, slot: Slot) -> bool {
+        matches!(self.layout.parse(key), Some((listed, _)) if listed == slot)
     }
 
     /// Items whose record says claimed but whose lease is gone.
     async fn expired_claims(&self) -> Result<Vec<String>> {
-        let (claimed, leased) = futures::try_join!(self.ids("claimed"), self.ids("lease"))?;
+        let (claimed, leased) = futures::try_join!(self.ids(Slot::Claimed), self.ids(Slot::Lease))?;
         Ok(claimed
             .into_iter()
             .filter(|id| leased.binary_search(id).is_err())
@@ -155,9 +167,9 @@ impl WorkQueue {
         } else {
             ItemState::Pending
         };
-        let item = self.key("item", id)?;
-        let lease_key = self.key("lease", id)?;
-        let payload_key = self.key("payload", id)?;
+        let item = self.layout.key(Slot::Item, id)?;
+        let lease_key = self.layout.key(Slot::Lease, id)?;
+        let payload_key = self.layout.key(Slot::Payload, id)?;
         let (entry, payload) =
             futures::try_join!(self.store.get(&item), self.store.get(&payload_key))?;
         let Some(entry) = entry else {
@@ -180,9 +192,13 @@ impl WorkQueue {
                 claimant: None,
                 ..record
             };
-            let index = if expired { "claimed" } else { "pending" };
+            let index = if expired {
+                Slot::Claimed
+            } else {
+                Slot::Pending
+            };
             ops.push(TxnOp::put(&item, dead.encode()).when(Condition::At(entry.revision)));
-            ops.push(TxnOp::delete(&self.key(index, id)?));
+            ops.push(TxnOp::delete(&self.layout.key(index, id)?));
             ops.push(TxnOp::check(&lease_key, Condition::Absent));
             return match self.store.txn(ops).await {
                 Ok(_) => Ok(Attempt::DeadLettered),
@@ -203,8 +219,11 @@ impl WorkQueue {
                 .when(Condition::Absent),
         );
         if expected_state == ItemState::Pending {
-            ops.push(TxnOp::delete(&self.key("pending", id)?));
-            ops.push(TxnOp::put(&self.key("claimed", id)?, Bytes::new()));
+            ops.push(TxnOp::delete(&self.layout.key(Slot::Pending, id)?));
+            ops.push(TxnOp::put(
+                &self.layout.key(Slot::Claimed, id)?,
+                Bytes::new(),
+            ));
         }
         let results = match self.store.txn(ops).await {
             Ok(results) => results,
@@ -221,7 +240,7 @@ impl WorkQueue {
             worker: worker.to_owned(),
             attempt,
             token: FencingToken(*token),
-            queue: self.name.clone(),
+            queue: self.layout.name().clone(),
             lease,
             item_revision: *item_revision,
             lease_revision: Arc::new(Mutex::new(*token)),
@@ -244,8 +263,6 @@ impl WorkQueue {
         check_worker(worker)?;
         validate_ttl(lease)?;
         let deadline = Instant::now() + wait;
-        let pending = self.index("pending")?;
-        let leases = self.index("lease")?;
         // A busy queue answers at once, without the cost of opening a watch.
         if let Some(claim) = self.claim(worker, lease).await? {
             return Ok(Some(claim));
@@ -254,7 +271,7 @@ impl WorkQueue {
             // Watch before looking, so nothing that happens after the look is missed.
             let mut events = self
                 .store
-                .watch(&Pattern::prefix(&self.name), WatchStart::Now)
+                .watch(&self.layout.all(), WatchStart::Now)
                 .await?;
             if let Some(claim) = self.claim(worker, lease).await? {
                 return Ok(Some(claim));
@@ -267,8 +284,8 @@ impl WorkQueue {
                     Ok(Some(event)) => event,
                 };
                 let wakes = match &event {
-                    WatchEvent::Put(entry) => pending.matches(&entry.key),
-                    WatchEvent::Expire { key, .. } => leases.matches(key),
+                    WatchEvent::Put(entry) => self.in_slot(&entry.key, Slot::Pending),
+                    WatchEvent::Expire { key, .. } => self.in_slot(key, Slot::Lease),
                     _ => false,
                 };
                 if wakes {

@@ -3,10 +3,11 @@
 
 use bytes::Bytes;
 
-use swarmstate_core::{Condition, Error, Pattern, PutOptions, Result, TxnOp, TxnResult};
+use swarmstate_core::{Condition, Error, PutOptions, Result, TxnOp, TxnResult};
 
 use super::WorkQueue;
 use super::claim::Claim;
+use super::layout::Slot;
 use super::record::{ItemState, Record};
 
 /// The longest failure reason kept, in bytes; a longer one is cut at a character boundary.
@@ -18,7 +19,7 @@ impl WorkQueue {
     /// nothing changes.
     pub async fn heartbeat(&self, claim: &Claim) -> Result<()> {
         self.check_claim(claim)?;
-        let lease_key = self.key("lease", &claim.id)?;
+        let lease_key = self.layout.key(Slot::Lease, &claim.id)?;
         let options = PutOptions::update(claim.lease_revision()).ttl(claim.lease);
         match self
             .store
@@ -56,10 +57,7 @@ impl WorkQueue {
     /// [`StateStore::txn`]: swarmstate_core::StateStore::txn
     pub async fn complete_with(&self, claim: Claim, ops: Vec<TxnOp>) -> Result<Vec<TxnResult>> {
         self.check_claim(&claim)?;
-        if let Some(op) = ops
-            .iter()
-            .find(|op| Pattern::prefix(&self.name).matches(&op.key))
-        {
+        if let Some(op) = ops.iter().find(|op| self.layout.owns(&op.key)) {
             return Err(Error::InvalidInput {
                 message: format!(
                     "an operation completing a work item must not touch the queue's own key {}",
@@ -109,14 +107,17 @@ impl WorkQueue {
     /// and the item back in the pending index if `retry`.
     fn finish_ops(&self, claim: &Claim, record: Record, retry: bool) -> Result<Vec<TxnOp>> {
         let mut ops = vec![
-            TxnOp::put(&self.key("item", &claim.id)?, record.encode())
+            TxnOp::put(&self.layout.key(Slot::Item, &claim.id)?, record.encode())
                 .when(Condition::At(claim.item_revision)),
-            TxnOp::delete(&self.key("lease", &claim.id)?)
+            TxnOp::delete(&self.layout.key(Slot::Lease, &claim.id)?)
                 .when(Condition::At(claim.lease_revision())),
-            TxnOp::delete(&self.key("claimed", &claim.id)?),
+            TxnOp::delete(&self.layout.key(Slot::Claimed, &claim.id)?),
         ];
         if retry {
-            ops.push(TxnOp::put(&self.key("pending", &claim.id)?, Bytes::new()));
+            ops.push(TxnOp::put(
+                &self.layout.key(Slot::Pending, &claim.id)?,
+                Bytes::new(),
+            ));
         }
         Ok(ops)
     }
@@ -124,11 +125,10 @@ impl WorkQueue {
     /// Applies a transaction whose first operations end `claim`; a failed condition on the
     /// queue's own keys means the claim is stale.
     async fn fenced_txn(&self, claim: &Claim, ops: Vec<TxnOp>) -> Result<Vec<TxnResult>> {
-        let lease_key = self.key("lease", &claim.id)?;
-        let own = Pattern::prefix(&self.name);
+        let lease_key = self.layout.key(Slot::Lease, &claim.id)?;
         match self.store.txn(ops).await {
             Err(Error::RevisionMismatch { key, .. } | Error::AlreadyExists { key, .. })
-                if own.matches(&key) =>
+                if self.layout.owns(&key) =>
             {
                 Err(Error::LockLost { key: lease_key })
             }
@@ -137,11 +137,13 @@ impl WorkQueue {
     }
 
     fn check_claim(&self, claim: &Claim) -> Result<()> {
-        if claim.queue != self.name {
+        if &claim.queue != self.layout.name() {
             return Err(Error::InvalidInput {
                 message: format!(
                     "claim of item {} belongs to queue {}, not {}",
-                    claim.id, claim.queue, self.name
+                    claim.id,
+                    claim.queue,
+                    self.layout.name()
                 ),
             });
         }

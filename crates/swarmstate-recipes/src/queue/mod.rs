@@ -36,10 +36,15 @@
 //! moves it to `dead` instead; until then [`status`](WorkQueue::status) and
 //! [`list`](WorkQueue::list) already report it as [`ItemState::Dead`].
 //!
+//! One concern per file: `layout` (every key above, built from a slot and an id, and parsed
+//! back), `record` (the item record and its encoding), `claim` (claiming, and waiting for a
+//! claimable item), `finish` (heartbeat, complete, fail) and `status` (reading items).
+//!
 //! [`FencingToken`]: crate::lock::FencingToken
 
 mod claim;
 mod finish;
+mod layout;
 mod record;
 mod status;
 
@@ -47,13 +52,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use swarmstate_core::{Condition, Error, Key, Pattern, Result, StateStore, TxnOp};
+use swarmstate_core::{Condition, Error, Key, Result, StateStore, TxnOp};
 
 pub use claim::Claim;
 pub use finish::MAX_REASON_LEN;
 pub use record::ItemState;
 pub use status::ItemStatus;
 
+use layout::{Layout, Slot};
 use record::Record;
 
 /// The default number of attempts an item gets before it is dead-lettered.
@@ -90,7 +96,7 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 #[derive(Debug, Clone)]
 pub struct WorkQueue {
     store: Arc<dyn StateStore>,
-    name: Key,
+    layout: Layout,
     // Invariant: at least 1.
     max_attempts: u32,
 }
@@ -101,7 +107,7 @@ impl WorkQueue {
     pub fn new(store: Arc<dyn StateStore>, name: Key) -> WorkQueue {
         WorkQueue {
             store,
-            name,
+            layout: Layout::new(name),
             max_attempts: DEFAULT_MAX_ATTEMPTS,
         }
     }
@@ -119,15 +125,7 @@ impl WorkQueue {
 
     /// The queue's name: the prefix of all its keys.
     pub fn name(&self) -> &Key {
-        &self.name
-    }
-
-    fn key(&self, kind: &str, id: &str) -> Result<Key> {
-        Key::new(format!("{}.{kind}.{id}", self.name))
-    }
-
-    fn index(&self, kind: &str) -> Result<Pattern> {
-        Ok(Pattern::prefix(&Key::new(format!("{}.{kind}", self.name))?))
+        self.layout.name()
     }
 
     /// Checks an item id: one key token (`A-Z a-z 0-9 _ - / =`, no dot), and short enough that
@@ -139,9 +137,7 @@ impl WorkQueue {
             });
         }
         Key::new(id)?;
-        // The longest key of an item; if it fits, they all do.
-        self.key("payload", id)?;
-        Ok(())
+        self.layout.check_fits(id)
     }
 
     /// Adds an item with `payload`, pending. Returns `true` if it was added and `false` if an
@@ -153,7 +149,7 @@ impl WorkQueue {
     /// token, [`Error::ValueTooLarge`] for a payload over the store's limit; nothing is written.
     pub async fn enqueue(&self, id: &str, payload: impl Into<Bytes>) -> Result<bool> {
         self.check_id(id)?;
-        let item = self.key("item", id)?;
+        let item = self.layout.key(Slot::Item, id)?;
         let record = Record {
             state: ItemState::Pending,
             attempts: 0,
@@ -162,8 +158,8 @@ impl WorkQueue {
         };
         let ops = vec![
             TxnOp::put(&item, record.encode()).when(Condition::Absent),
-            TxnOp::put(&self.key("payload", id)?, payload),
-            TxnOp::put(&self.key("pending", id)?, Bytes::new()),
+            TxnOp::put(&self.layout.key(Slot::Payload, id)?, payload),
+            TxnOp::put(&self.layout.key(Slot::Pending, id)?, Bytes::new()),
         ];
         match self.store.txn(ops).await {
             Ok(_) => Ok(true),

@@ -7,6 +7,7 @@ use futures::{StreamExt, TryStreamExt};
 use swarmstate_core::{Entry, Error, Result};
 
 use super::WorkQueue;
+use super::layout::Slot;
 use super::record::{ItemState, Record};
 
 /// How many item records [`WorkQueue::list`] reads at once.
@@ -36,12 +37,12 @@ impl WorkQueue {
     /// Errors: [`Error::InvalidKey`] or [`Error::InvalidInput`] for an invalid id.
     pub async fn status(&self, id: &str) -> Result<Option<ItemStatus>> {
         self.check_id(id)?;
-        let item = self.key("item", id)?;
+        let item = self.layout.key(Slot::Item, id)?;
         let Some(entry) = self.store.get(&item).await? else {
             return Ok(None);
         };
         let lease = match Record::decode(&item, &entry.value)?.state {
-            ItemState::Claimed => self.store.get(&self.key("lease", id)?).await?,
+            ItemState::Claimed => self.store.get(&self.layout.key(Slot::Lease, id)?).await?,
             _ => None,
         };
         self.describe(id, &entry, lease).map(Some)
@@ -53,7 +54,7 @@ impl WorkQueue {
     /// 16 at a time, plus one read per claimed item for its lease. Not a snapshot: each item is
     /// read on its own, so items moving meanwhile are seen as of their own read.
     pub async fn list(&self) -> Result<Vec<ItemStatus>> {
-        let ids = self.ids("item").await?;
+        let ids = self.ids(Slot::Item).await?;
         futures::stream::iter(ids)
             .map(|id| async move {
                 let status = self.status(&id).await?;
