@@ -1,17 +1,14 @@
 //! A waiter's ticket in the queue of a lock: its value, its place, its removal and its id.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use swarmstate_core::{Entry, Error, Key, Revision, StateStore};
+use swarmstate_core::{Entry, Error, Key, Result, Revision, StateStore};
 
 /// One of our tickets, as we last wrote it.
 pub(super) struct Ticket {
-    // The last token of `key`.
-    pub(super) id: String,
     pub(super) key: Key,
     // The revision that created the ticket: its place in the queue.
     pub(super) order: Revision,
@@ -36,56 +33,122 @@ pub(super) fn ticket_order(entry: &Entry) -> u64 {
         .unwrap_or(entry.revision.get())
 }
 
-/// Deletes one of our tickets; once it is known gone, its id becomes spare.
+/// Deletes one of our tickets, best effort (a ticket left behind expires on its own).
 ///
 /// The delete is conditional on the ticket's last known revision, which spares the store a
-/// read of the key first (a round trip on NATS). The ticket is ours alone, so a mismatch
-/// means it expired, or that a refresh whose answer was lost applied after all: then delete
-/// whatever is there.
+/// read of the key first (a round trip on NATS). A mismatch means the ticket expired, or that
+/// a refresh whose answer was lost applied after all. Since ids are reused (see
+/// [`ticket_id`]), an expired ticket's key may by then hold another waiter's ticket: only an
+/// entry that records our ticket's creation revision is ours to delete.
 pub(super) async fn remove_ticket(store: &Arc<dyn StateStore>, ticket: Ticket) {
     let removed = match store.delete(&ticket.key, Some(ticket.revision)).await {
         Ok(_) | Err(Error::RevisionMismatch { actual: None, .. }) => Ok(()),
-        Err(Error::RevisionMismatch { .. }) => store.delete(&ticket.key, None).await.map(|_| ()),
+        Err(Error::RevisionMismatch { .. }) => remove_if_ours(store, &ticket).await,
         Err(err) => Err(err),
     };
-    match removed {
-        Ok(()) => {
-            let mut spare = SPARE_TICKET_IDS.lock().unwrap_or_else(|e| e.into_inner());
-            if spare.len() < MAX_SPARE_TICKET_IDS {
-                spare.push(ticket.id);
-            }
-        }
-        Err(err) => tracing::debug!(key = %ticket.key, %err, "removing a lock ticket failed"),
+    if let Err(err) = removed {
+        tracing::debug!(key = %ticket.key, %err, "removing a lock ticket failed");
     }
 }
 
-/// Ids of tickets this process removed, for its next tickets. A deleted key can leave a
-/// marker behind (a NATS bucket keeps one tombstone per key), and a snapshot watch of the
-/// queue, which every waiter opens, reads past all of them: a fresh id for every wait would
-/// make each wait on a busy lock slower than the last. Reusing an id is safe, since its ticket
-/// is gone; `join_queue` takes another if it finds one there after all.
-static SPARE_TICKET_IDS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-/// How many spare ticket ids a process keeps: about as many as it has waiters at once.
-const MAX_SPARE_TICKET_IDS: usize = 64;
-
-pub(super) fn spare_ticket_id() -> Option<String> {
-    SPARE_TICKET_IDS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .pop()
+/// Deletes whatever is at our ticket's key if it is our ticket: the revisions that created
+/// tickets are distinct, so an entry whose recorded order is ours was written by us.
+async fn remove_if_ours(store: &Arc<dyn StateStore>, ticket: &Ticket) -> Result<()> {
+    match store.get(&ticket.key).await? {
+        Some(entry) if ticket_order(&entry) == ticket.order.get() => store
+            .delete(&ticket.key, Some(entry.revision))
+            .await
+            .map(drop),
+        _ => Ok(()),
+    }
 }
 
-/// A ticket id unique across processes: 64 random bits in hex.
-pub(super) fn ticket_id() -> String {
-    use std::hash::BuildHasher;
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    // `RandomState` is seeded from the operating system's randomness.
-    let random = std::collections::hash_map::RandomState::new().hash_one((
-        n,
-        std::process::id(),
-        std::time::SystemTime::now(),
-    ));
-    format!("{random:016x}")
+/// The id of a waiter's ticket: for `owner`, the candidate numbered `attempt` (from 0), in
+/// 16 hex digits.
+///
+/// Choosing an id needs no state shared between waiters, in one process or in many: a ticket
+/// is written with a create, which only one writer of a key can win, so two live tickets never
+/// share a key however their ids were chosen, and a waiter whose candidate is taken tries the
+/// next one. What the choice does decide is how many keys a lock's queue wears out. A deleted
+/// key can leave a marker behind (a NATS bucket keeps one tombstone per key) that every later
+/// snapshot of the queue, which each waiter opens, reads past, so a new key for every wait
+/// would make each wait on a busy lock slower than the last. Derived from the owner name, an
+/// owner's ids are the same in every wait and in every process: a lock's queue uses about one
+/// key per owner that ever waited on it, more only for an owner with several waits queued at
+/// once (each of those pays one refused create per candidate taken before its own). The pool of
+/// removed ids this replaces was shared by every store in the process and started empty in
+/// every new one. The hash is FNV-1a, fixed by its definition, where `RandomState` or
+/// `DefaultHasher` may differ between processes or Rust versions.
+pub(super) fn ticket_id(owner: &str, attempt: u64) -> String {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let bytes = owner.bytes().chain([0xff]).chain(attempt.to_le_bytes());
+    let hash = bytes.fold(OFFSET_BASIS, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    });
+    format!("{hash:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use swarmstate_core::{MemoryStore, PutOptions};
+
+    use super::*;
+
+    fn ticket(key: &Key, order: Revision, revision: Revision) -> Ticket {
+        Ticket {
+            key: key.clone(),
+            order,
+            revision,
+            refresh_at: Instant::now(),
+        }
+    }
+
+    /// A ticket that expired may have its key taken by another waiter of the same owner before
+    /// its own waiter removes it: the removal must leave the other ticket alone, and still
+    /// delete our own ticket after a refresh whose answer was lost.
+    #[tokio::test]
+    async fn removing_a_stale_ticket_deletes_only_our_own() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+        let key = Key::new("locks.a.waiters.0123456789abcdef").unwrap();
+        let value = || Bytes::from_static(b"0 agent");
+        let ours = store
+            .put(&key, value(), PutOptions::create())
+            .await
+            .unwrap();
+        store.delete(&key, Some(ours)).await.unwrap();
+        let theirs = store
+            .put(&key, value(), PutOptions::create())
+            .await
+            .unwrap();
+        remove_ticket(&store, ticket(&key, ours, ours)).await;
+        let left = store.get(&key).await.unwrap().expect("their ticket stays");
+        assert_eq!(left.revision, theirs);
+
+        store.delete(&key, Some(theirs)).await.unwrap();
+        let created = store
+            .put(&key, value(), PutOptions::create())
+            .await
+            .unwrap();
+        // Our refresh applied, but we never learned its revision.
+        let refreshed = ticket_value(created.get(), "agent");
+        store
+            .put(&key, refreshed, PutOptions::update(created))
+            .await
+            .unwrap();
+        remove_ticket(&store, ticket(&key, created, created)).await;
+        assert_eq!(store.get(&key).await.unwrap(), None);
+    }
+
+    #[test]
+    fn ticket_ids_are_fixed_per_owner_and_attempt() {
+        assert_eq!(ticket_id("agent-1", 0), ticket_id("agent-1", 0));
+        assert_eq!(ticket_id("agent-1", 0).len(), 16);
+        let ids: std::collections::HashSet<String> = ["agent-1", "agent-2", "agent-10"]
+            .iter()
+            .flat_map(|owner| (0..3).map(move |attempt| ticket_id(owner, attempt)))
+            .collect();
+        assert_eq!(ids.len(), 9, "{ids:?}");
+    }
 }

@@ -15,9 +15,7 @@ use swarmstate_core::{
 
 use super::acquire::{try_acquire, validate_lock_input};
 use super::guard::LockGuard;
-use super::ticket::{
-    Ticket, remove_ticket, spare_ticket_id, ticket_id, ticket_order, ticket_value,
-};
+use super::ticket::{Ticket, remove_ticket, ticket_id, ticket_order, ticket_value};
 use super::watch::LockWatch;
 
 /// The name of the token under a lock key that holds its waiters' tickets:
@@ -63,6 +61,9 @@ pub fn lock_waiters_prefix(key: &Key) -> Result<Key> {
 ///
 /// Uncontended, it costs three writes (the ticket, the lock, and the ticket's delete, which it
 /// does not wait for); the two watches it needs open concurrently with the ticket write.
+/// Ticket ids derive from the owner name, so an owner's waits reuse the same ticket keys (a
+/// deleted key can leave a marker each later snapshot of the queue reads past); a wait whose
+/// owner already has waits queued on the lock costs one refused create per such wait.
 /// [`acquire_lock`] does not queue: it may take a free lock ahead of waiters (see there).
 ///
 /// Errors besides `LockHeld`: [`Error::InvalidInput`] for an empty owner or a TTL out of
@@ -201,17 +202,18 @@ impl Waiter {
         }
     }
 
-    /// Writes a new ticket at the back of the queue.
+    /// Writes a new ticket at the back of the queue, under the first of the owner's ticket ids
+    /// whose key is free (see [`ticket_id`]).
     async fn join_queue(&mut self) -> Result<()> {
+        let mut attempt = 0;
         loop {
-            let id = spare_ticket_id().unwrap_or_else(ticket_id);
+            let id = ticket_id(&self.owner, attempt);
             let key = Key::new(format!("{}.{}", self.prefix, id))?;
             let value = ticket_value(0, &self.owner);
             let options = PutOptions::create().ttl(self.ticket_ttl);
             match self.store.put(&key, value, options).await {
                 Ok(revision) => {
                     self.ticket = Some(Ticket {
-                        id,
                         key,
                         order: revision,
                         revision,
@@ -219,9 +221,9 @@ impl Waiter {
                     });
                     return Ok(());
                 }
-                // A spare id whose ticket is there after all (the key was written by someone
-                // else, or the store reported the delete before it applied): take another.
-                Err(Error::AlreadyExists { .. }) => {}
+                // Taken: another wait of this owner is queued, the ticket of its last wait is
+                // not deleted yet, or (rarely) another owner's id hashes alike. Try the next.
+                Err(Error::AlreadyExists { .. }) => attempt += 1,
                 Err(other) => return Err(other),
             }
         }
@@ -293,16 +295,15 @@ impl Waiter {
 
     async fn on_ticket_event(&mut self, event: WatchEvent) -> Result<()> {
         self.seen = self.seen.max(event.revision());
-        let ours = self.ticket.as_ref().map(|ticket| &ticket.key);
         match event {
             WatchEvent::Put(entry) => {
-                if Some(&entry.key) != ours {
+                if !self.is_ours(&entry.key, entry.revision) {
                     let order = ticket_order(&entry);
                     self.others.insert(entry.key, order);
                 }
             }
-            WatchEvent::Delete { key, .. } | WatchEvent::Expire { key, .. } => {
-                if Some(&key) == ours {
+            WatchEvent::Delete { key, revision } | WatchEvent::Expire { key, revision } => {
+                if self.is_ours(&key, revision) {
                     self.rejoin().await?;
                 } else {
                     self.others.remove(&key);
@@ -312,6 +313,15 @@ impl Waiter {
             WatchEvent::Lagged { .. } => {}
         }
         Ok(())
+    }
+
+    /// Whether a change of `key` at `revision` is one of our current ticket. Ticket ids are
+    /// reused, so the same key may have held an earlier ticket (ours before a rejoin, or
+    /// another waiter's): its changes came before our ticket was created.
+    fn is_ours(&self, key: &Key, revision: Revision) -> bool {
+        self.ticket
+            .as_ref()
+            .is_some_and(|ticket| ticket.key == *key && revision >= ticket.order)
     }
 
     async fn refresh_ticket(&mut self) -> Result<()> {
@@ -429,6 +439,48 @@ mod tests {
         }
     }
 
+    /// Waits of one owner queued at once share its ticket ids: each takes the first one free,
+    /// and they are served in the order they queued like any others.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_waits_of_one_owner_take_distinct_tickets_and_are_served_in_order() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+        let lock = Key::new("locks.one-owner").unwrap();
+        let ttl = Duration::from_secs(30);
+        let holder = acquire_lock(&store, &lock, "holder", ttl).await.unwrap();
+        let prefix = Pattern::prefix(&lock_waiters_prefix(&lock).unwrap());
+        let served = Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for i in 0..3 {
+            let (task_store, task_lock, served) = (store.clone(), lock.clone(), served.clone());
+            waiters.push(tokio::spawn(async move {
+                let guard = acquire_lock_wait(&task_store, &task_lock, "same", ttl, ttl)
+                    .await
+                    .unwrap();
+                served.lock().unwrap().push((i, guard.token()));
+                guard.release().await.unwrap();
+            }));
+            while store.keys(&prefix).await.unwrap().count().await < i + 1 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let first = holder.token();
+        holder.release().await.unwrap();
+        for waiter in waiters {
+            tokio::time::timeout(Duration::from_secs(10), waiter)
+                .await
+                .expect("every waiter is served")
+                .unwrap();
+        }
+        let served = served.lock().unwrap().clone();
+        assert_eq!(
+            served.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        assert!(served.windows(2).all(|pair| pair[0].1 < pair[1].1));
+        assert!(served[0].1 > first);
+        assert_eq!(store.keys(&prefix).await.unwrap().count().await, 0);
+    }
+
     /// Every delete can leave a marker per key behind (a NATS tombstone) that each new snapshot
     /// watch of the queue reads: waits one after another reuse the ids of removed tickets
     /// rather than leave a new key each time.
@@ -458,7 +510,8 @@ mod tests {
                 _ => {}
             }
         }
-        // Other tests in this process may take a spare id in between, never most of them.
+        // One owner waiting again and again takes the same id each time (the last ticket is
+        // gone before the next wait begins).
         assert!(
             keys.len() <= waits / 2,
             "{} ticket keys for {waits} waits",
