@@ -19,14 +19,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use tokio::time::Instant;
 
 use swarmstate_core::backend::validate_ttl;
-use swarmstate_core::{
-    Condition, Error, Key, Pattern, Result, StateStore, TxnOp, WatchEvent, WatchStart, WatchStream,
-};
+use swarmstate_core::{Condition, Error, Key, Result, StateStore, TxnOp};
 
+use crate::follow::KeyFollower;
 use crate::lock::{LockGuard, acquire_lock};
 
 /// The fill timeout of a new [`TtlCache`].
@@ -254,53 +252,32 @@ impl TtlCache {
         held_for: Duration,
     ) -> Result<Option<Bytes>> {
         let slack = self.store.capabilities().ttl_granularity + EXPIRY_SLACK;
-        // Snapshot watches, so the state read and the changes after it leave no gap.
-        let mut lock_events = self
-            .store
-            .watch(&Pattern::exact(lock), WatchStart::Snapshot)
-            .await?;
-        let mut deadline = match read_snapshot(&mut lock_events).await {
-            Some(Some(holder)) => Instant::now() + holder.unwrap_or(held_for) + slack,
-            Some(None) | None => return Ok(None),
+        // Followers start from a snapshot, so the state read and the changes after it leave no
+        // gap; after a lag they read the key afresh.
+        let mut holder = KeyFollower::open(&self.store, lock).await?;
+        let mut deadline = match holder.next().await? {
+            Some(lock) => Instant::now() + lock.expires_in.unwrap_or(held_for) + slack,
+            None => return Ok(None),
         };
-        let mut entry_events = self
-            .store
-            .watch(&Pattern::exact(entry), WatchStart::Snapshot)
-            .await?;
+        let mut value = KeyFollower::open(&self.store, entry).await?;
         loop {
-            let event = tokio::select! {
-                event = entry_events.next() => match event {
-                    Some(WatchEvent::Put(found)) => return Ok(Some(found.value)),
-                    Some(WatchEvent::Lagged { .. }) | None => return Ok(None),
-                    Some(_) => continue,
-                },
-                event = lock_events.next() => event,
-                () = tokio::time::sleep_until(deadline) => return Ok(None),
-            };
-            match event {
-                // A new holder took over: wait for it in turn.
-                Some(WatchEvent::Put(holder)) => {
-                    let left = holder.expires_in.unwrap_or(self.fill_timeout);
-                    deadline = Instant::now() + left + slack;
+            tokio::select! {
+                found = value.next() => {
+                    if let Some(found) = found? {
+                        return Ok(Some(found.value));
+                    }
                 }
-                Some(WatchEvent::CaughtUp { .. }) => {}
-                // Released (with or without a value), expired, or the watch broke.
-                _ => return Ok(None),
+                lock = holder.next() => match lock? {
+                    // A new holder took over (or the holder refreshed): wait for it in turn.
+                    Some(lock) => {
+                        let left = lock.expires_in.unwrap_or(self.fill_timeout);
+                        deadline = Instant::now() + left + slack;
+                    }
+                    // Released (with or without a value) or expired.
+                    None => return Ok(None),
+                },
+                () = tokio::time::sleep_until(deadline) => return Ok(None),
             }
-        }
-    }
-}
-
-/// Reads a snapshot watch of one key up to its `CaughtUp`: `Some(Some(expires_in))` when the
-/// key is present, `Some(None)` when absent, `None` when the stream broke first.
-async fn read_snapshot(events: &mut WatchStream) -> Option<Option<Option<Duration>>> {
-    let mut present = None;
-    loop {
-        match events.next().await? {
-            WatchEvent::Put(found) => present = Some(found.expires_in),
-            WatchEvent::CaughtUp { .. } => return Some(present),
-            WatchEvent::Delete { .. } | WatchEvent::Expire { .. } => present = None,
-            WatchEvent::Lagged { .. } => return None,
         }
     }
 }

@@ -12,5 +12,6 @@
 pub mod cache;
 pub mod config;
 pub mod election;
+mod follow;
 pub mod lock;
 pub mod queue;

@@ -77,7 +77,7 @@ async fn refresh_loop(
                 next_refresh = attempt + period;
             }
             present = events.next() => {
-                if present == Some(false) {
+                if !present {
                     // A lock key is never deleted or expired while it is still ours.
                     guard.finished.store(true, Ordering::Relaxed);
                     break;

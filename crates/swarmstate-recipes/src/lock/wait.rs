@@ -6,17 +6,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use tokio::time::Instant;
 
-use swarmstate_core::{
-    Error, Key, Pattern, PutOptions, Result, Revision, StateStore, WatchEvent, WatchStart,
-};
+use swarmstate_core::{Error, Key, Pattern, PutOptions, Result, Revision, StateStore, WatchEvent};
 
 use super::acquire::{try_acquire, validate_lock_input};
 use super::guard::LockGuard;
 use super::ticket::{Ticket, remove_ticket, ticket_id, ticket_order, ticket_value};
 use super::watch::LockWatch;
+use crate::follow::{Followed, Follower, OnLag, Start};
 
 /// The name of the token under a lock key that holds its waiters' tickets:
 /// `<lock key>.waiters.<id>`.
@@ -142,8 +140,8 @@ struct Waiter {
 /// What woke a waiter.
 enum Wake {
     Deadline,
-    Lock(Option<bool>),
-    Ticket(Option<WatchEvent>),
+    Lock(bool),
+    Ticket(Result<Followed>),
     Refresh,
 }
 
@@ -151,15 +149,16 @@ impl Waiter {
     async fn wait_until(&mut self, deadline: Instant) -> Result<LockGuard> {
         let tickets = Pattern::prefix(&self.prefix);
         // The two watches open while the ticket is written: the ticket watch sees every
-        // ticket older than ours, either in its snapshot or live before our own.
+        // ticket older than ours, either in its snapshot or live before our own. A lag of
+        // either is answered by a fresh snapshot rather than trust in a gap.
         let (store, lock) = (self.store.clone(), self.lock.clone());
-        let (joined, ticket_stream, lock_watch) = tokio::join!(
+        let (joined, queue, lock_watch) = tokio::join!(
             self.join_queue(),
-            store.watch(&tickets, WatchStart::Snapshot),
+            Follower::open(&store, tickets, Start::Snapshot, OnLag::Restart),
             LockWatch::try_open(&store, &lock),
         );
         joined?;
-        let mut ticket_stream = ticket_stream?;
+        let mut queue = queue?;
         let mut lock_watch = lock_watch?;
         loop {
             if self.is_first() && self.lock_present == Some(false) {
@@ -173,7 +172,7 @@ impl Waiter {
                 biased;
                 () = tokio::time::sleep_until(deadline) => Wake::Deadline,
                 present = lock_watch.next() => Wake::Lock(present),
-                event = ticket_stream.next() => Wake::Ticket(event),
+                followed = queue.next() => Wake::Ticket(followed),
                 () = tokio::time::sleep_until(refresh_at) => Wake::Refresh,
             };
             match wake {
@@ -188,15 +187,17 @@ impl Waiter {
                     )
                     .await;
                 }
-                Wake::Lock(present) => self.lock_present = present.or(self.lock_present),
-                Wake::Ticket(Some(WatchEvent::Lagged { .. }) | None) => {
-                    // Re-read the queue from a fresh snapshot rather than trust a gap.
-                    tracing::debug!(lock = %self.lock, "lock waiter re-reads the queue");
-                    self.others.clear();
-                    self.snapshot_done = false;
-                    ticket_stream = self.store.watch(&tickets, WatchStart::Snapshot).await?;
-                }
-                Wake::Ticket(Some(event)) => self.on_ticket_event(event).await?,
+                Wake::Lock(present) => self.lock_present = Some(present),
+                Wake::Ticket(followed) => match followed? {
+                    Followed::Event(event) => self.on_ticket_event(event).await?,
+                    Followed::Restarted => {
+                        // A fresh snapshot of the queue follows.
+                        tracing::debug!(lock = %self.lock, "lock waiter re-reads the queue");
+                        self.others.clear();
+                        self.snapshot_done = false;
+                    }
+                    Followed::Resumed => {}
+                },
                 Wake::Refresh => self.refresh_ticket().await?,
             }
         }
@@ -379,7 +380,8 @@ impl Drop for Waiter {
 
 #[cfg(test)]
 mod tests {
-    use swarmstate_core::MemoryStore;
+    use futures::StreamExt;
+    use swarmstate_core::{MemoryStore, WatchStart};
 
     use super::*;
     use crate::lock::acquire_lock;

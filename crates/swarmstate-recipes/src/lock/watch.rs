@@ -3,103 +3,53 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
-use futures::future::BoxFuture;
+use swarmstate_core::{Error, Key, Result, StateStore};
 
-use swarmstate_core::{Key, Pattern, Result, StateStore, WatchEvent, WatchStart, WatchStream};
+use crate::follow::KeyFollower;
 
-/// Whether a lock key is present, followed through a watch that re-snapshots after a lag.
+/// Whether a lock key is present, followed through a [`KeyFollower`] (which reads the key
+/// afresh after a lag).
 pub(crate) struct LockWatch {
-    store: Arc<dyn StateStore>,
     key: Key,
-    stream: LockStream,
-    // Whether the current snapshot has shown the key yet.
-    seen_in_snapshot: bool,
-}
-
-enum LockStream {
-    Open(WatchStream),
-    // A fresh snapshot watch being opened after a lag. It lives here, not in `next`'s future,
-    // so that a `next` cancelled while waiting for it (a waiter selects on several wake-ups)
-    // resumes the same reopening: dropping it would leave the ended stream behind, and with it
-    // every later change of the lock unseen.
-    Reopening(BoxFuture<'static, Result<WatchStream>>),
-    // The store ended the watch for good (it closed) or refused to open it.
-    Gone,
+    follower: KeyFollower,
+    // Set once the follower ended (the store closed, or refused a watch): nothing more will
+    // be known.
+    gone: bool,
 }
 
 impl LockWatch {
     /// A snapshot watch of exactly `key`, opened by the first call to `next`.
     pub(crate) fn open(store: &Arc<dyn StateStore>, key: &Key) -> LockWatch {
-        let mut watch = LockWatch {
-            store: store.clone(),
+        LockWatch {
             key: key.clone(),
-            stream: LockStream::Gone,
-            seen_in_snapshot: false,
-        };
-        watch.reopen();
-        watch
+            follower: KeyFollower::open_later(store, key),
+            gone: false,
+        }
     }
 
     /// Opens a snapshot watch of exactly `key`, failing if the store refuses it.
     pub(crate) async fn try_open(store: &Arc<dyn StateStore>, key: &Key) -> Result<LockWatch> {
-        let stream = store
-            .watch(&Pattern::exact(key), WatchStart::Snapshot)
-            .await?;
         Ok(LockWatch {
-            store: store.clone(),
             key: key.clone(),
-            stream: LockStream::Open(stream),
-            seen_in_snapshot: false,
+            follower: KeyFollower::open(store, key).await?,
+            gone: false,
         })
     }
 
-    /// Starts opening a fresh snapshot watch; `next` completes it.
-    fn reopen(&mut self) {
-        let (store, key) = (self.store.clone(), self.key.clone());
-        self.stream = LockStream::Reopening(Box::pin(async move {
-            store
-                .watch(&Pattern::exact(&key), WatchStart::Snapshot)
-                .await
-        }));
-    }
-
-    /// The key's presence after its next change: `Some(true)` when written, `Some(false)` when
-    /// deleted, expired, or absent from a snapshot. Never resolves once the watch is gone.
-    /// Cancel-safe: a call cancelled at any point loses no change.
-    pub(crate) async fn next(&mut self) -> Option<bool> {
-        loop {
-            let stream = match &mut self.stream {
-                LockStream::Open(stream) => stream,
-                LockStream::Reopening(opening) => {
-                    let opened = opening.await;
-                    self.seen_in_snapshot = false;
-                    self.stream = match opened {
-                        Ok(stream) => LockStream::Open(stream),
-                        Err(err) => {
-                            tracing::debug!(key = %self.key, %err, "cannot watch the lock key");
-                            LockStream::Gone
-                        }
-                    };
-                    continue;
-                }
-                LockStream::Gone => return std::future::pending().await,
-            };
-            match stream.next().await {
-                Some(WatchEvent::Put(_)) => {
-                    self.seen_in_snapshot = true;
-                    return Some(true);
-                }
-                Some(WatchEvent::Delete { .. } | WatchEvent::Expire { .. }) => return Some(false),
-                Some(WatchEvent::CaughtUp { .. }) => {
-                    if !self.seen_in_snapshot {
-                        return Some(false);
-                    }
-                }
-                Some(WatchEvent::Lagged { .. }) => self.reopen(),
-                None => self.stream = LockStream::Gone,
+    /// The key's presence after its next change: `true` when written, `false` when deleted,
+    /// expired, or absent from a snapshot (the first, or a fresh one after a lag). Never
+    /// resolves once the watch is gone. Cancel-safe: a call cancelled at any point loses no
+    /// change.
+    pub(crate) async fn next(&mut self) -> bool {
+        if !self.gone {
+            match self.follower.next().await {
+                Ok(entry) => return entry.is_some(),
+                Err(Error::Closed) => {}
+                Err(err) => tracing::debug!(key = %self.key, %err, "cannot watch the lock key"),
             }
+            self.gone = true;
         }
+        std::future::pending().await
     }
 }
 
@@ -108,7 +58,10 @@ mod tests {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use swarmstate_core::{Entry, MemoryStore, PutOptions, Revision, TxnOp, TxnResult};
+    use swarmstate_core::{
+        Entry, MemoryStore, Pattern, PutOptions, Revision, TxnOp, TxnResult, WatchStart,
+        WatchStream,
+    };
 
     use super::*;
 
@@ -160,7 +113,7 @@ mod tests {
             .await
             .unwrap();
         let mut watch = LockWatch::try_open(&store, &lock).await.unwrap();
-        assert_eq!(watch.next().await, Some(true));
+        assert!(watch.next().await);
         // Overflow the one-event buffer: the watch lags.
         for _ in 0..4 {
             revision = store
@@ -182,10 +135,10 @@ mod tests {
             reads += 1;
             assert!(reads < 10, "the watch never lagged");
         }
-        assert!(matches!(watch.stream, LockStream::Reopening(_)));
+        assert!(watch.follower.is_opening());
         store.delete(&lock, Some(revision)).await.unwrap();
         let released = tokio::time::timeout(Duration::from_secs(5), async {
-            while watch.next().await != Some(false) {}
+            while watch.next().await {}
         })
         .await;
         assert!(released.is_ok(), "the release was never seen");

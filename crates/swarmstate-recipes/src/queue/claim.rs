@@ -6,17 +6,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use tokio::time::Instant;
 
 use swarmstate_core::backend::validate_ttl;
-use swarmstate_core::{
-    Condition, Error, Key, Result, Revision, TxnOp, TxnResult, WatchEvent, WatchStart,
-};
+use swarmstate_core::{Condition, Error, Key, Result, Revision, TxnOp, TxnResult, WatchEvent};
 
 use super::WorkQueue;
 use super::layout::Slot;
 use super::record::{ItemState, Record};
+use crate::follow::{Followed, Follower, OnLag, Start};
 use crate::lock::FencingToken;
 
 /// The longest worker name, in bytes.
@@ -267,34 +266,30 @@ impl WorkQueue {
         if let Some(claim) = self.claim(worker, lease).await? {
             return Ok(Some(claim));
         }
+        // Watch before looking, so nothing that happens after the look is missed. After a lag
+        // (or an end) the follower opens a new watch from now, and this looks again.
+        let mut changes =
+            Follower::open(&self.store, self.layout.all(), Start::Now, OnLag::Restart).await?;
+        if let Some(claim) = self.claim(worker, lease).await? {
+            return Ok(Some(claim));
+        }
         loop {
-            // Watch before looking, so nothing that happens after the look is missed.
-            let mut events = self
-                .store
-                .watch(&self.layout.all(), WatchStart::Now)
-                .await?;
-            if let Some(claim) = self.claim(worker, lease).await? {
-                return Ok(Some(claim));
-            }
-            loop {
-                let event = match tokio::time::timeout_at(deadline, events.next()).await {
-                    Err(_) => return Ok(None),
-                    // The stream ended or lagged: open a new watch and look again.
-                    Ok(None | Some(WatchEvent::Lagged { .. })) => break,
-                    Ok(Some(event)) => event,
-                };
-                let wakes = match &event {
-                    WatchEvent::Put(entry) => self.in_slot(&entry.key, Slot::Pending),
-                    WatchEvent::Expire { key, .. } => self.in_slot(key, Slot::Lease),
-                    _ => false,
-                };
-                if wakes {
-                    if let Some(claim) = self.claim(worker, lease).await? {
-                        return Ok(Some(claim));
-                    }
-                    if Instant::now() >= deadline {
-                        return Ok(None);
-                    }
+            let followed = match tokio::time::timeout_at(deadline, changes.next()).await {
+                Err(_) => return Ok(None),
+                Ok(followed) => followed?,
+            };
+            let wakes = match &followed {
+                Followed::Event(WatchEvent::Put(entry)) => self.in_slot(&entry.key, Slot::Pending),
+                Followed::Event(WatchEvent::Expire { key, .. }) => self.in_slot(key, Slot::Lease),
+                Followed::Restarted => true,
+                Followed::Event(_) | Followed::Resumed => false,
+            };
+            if wakes {
+                if let Some(claim) = self.claim(worker, lease).await? {
+                    return Ok(Some(claim));
+                }
+                if Instant::now() >= deadline {
+                    return Ok(None);
                 }
             }
         }
