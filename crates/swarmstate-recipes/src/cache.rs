@@ -13,9 +13,10 @@
 //! without a released lock or a released lock without the value; a filler that dies holds
 //! everyone up for at most the lock's TTL.
 
+use std::collections::hash_map::RandomState;
 use std::future::Future;
+use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -78,12 +79,11 @@ impl TtlCache {
     /// A cache whose entries live at `prefix.<name>`, with a fill timeout of
     /// [`DEFAULT_FILL_TIMEOUT`].
     pub fn new(store: Arc<dyn StateStore>, prefix: Key) -> TtlCache {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let owner = format!(
-            "ttl-cache-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        // A random suffix, not a counter shared by every cache in the process: the name only
+        // tells holders apart in `LockHeld` (the fill lock's create decides who fills).
+        // `RandomState` is seeded from the operating system's randomness.
+        let random = RandomState::new().hash_one((std::process::id(), Instant::now()));
+        let owner = format!("ttl-cache-{}-{random:016x}", std::process::id());
         TtlCache {
             store,
             prefix,
@@ -101,7 +101,8 @@ impl TtlCache {
     }
 
     /// Sets the owner name the fill lock is taken under (shown in [`Error::LockHeld`] and in
-    /// the lock's value); by default unique per process and cache.
+    /// the lock's value); by default `ttl-cache-<process id>-<64 random bits>`, unique per
+    /// cache.
     pub fn owner(mut self, owner: impl Into<String>) -> TtlCache {
         self.owner = owner.into().into();
         self
