@@ -125,7 +125,8 @@ struct Waiter {
     ticket_ttl: Duration,
     // Our ticket while we are queued; dropped (and deleted) when we leave.
     ticket: Option<Ticket>,
-    // The other tickets and their order (creation revision).
+    // The other tickets and their order (creation revision). A ticket that held our key
+    // before our ticket was created is another's (see `is_ours`).
     others: HashMap<Key, u64>,
     // Whether the current ticket snapshot is complete.
     snapshot_done: bool,
