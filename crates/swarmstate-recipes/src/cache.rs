@@ -13,20 +13,19 @@
 //! without a released lock or a released lock without the value; a filler that dies holds
 //! everyone up for at most the lock's TTL.
 
+use std::collections::hash_map::RandomState;
 use std::future::Future;
+use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::StreamExt;
 use tokio::time::Instant;
 
 use swarmstate_core::backend::validate_ttl;
-use swarmstate_core::{
-    Condition, Error, Key, Pattern, Result, StateStore, TxnOp, WatchEvent, WatchStart, WatchStream,
-};
+use swarmstate_core::{Condition, Error, Key, Result, StateStore, TxnOp};
 
+use crate::follow::KeyFollower;
 use crate::lock::{LockGuard, acquire_lock};
 
 /// The fill timeout of a new [`TtlCache`].
@@ -80,12 +79,11 @@ impl TtlCache {
     /// A cache whose entries live at `prefix.<name>`, with a fill timeout of
     /// [`DEFAULT_FILL_TIMEOUT`].
     pub fn new(store: Arc<dyn StateStore>, prefix: Key) -> TtlCache {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let owner = format!(
-            "ttl-cache-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        // A random suffix, not a counter shared by every cache in the process: the name only
+        // tells holders apart in `LockHeld` (the fill lock's create decides who fills).
+        // `RandomState` is seeded from the operating system's randomness.
+        let random = RandomState::new().hash_one((std::process::id(), Instant::now()));
+        let owner = format!("ttl-cache-{}-{random:016x}", std::process::id());
         TtlCache {
             store,
             prefix,
@@ -103,7 +101,8 @@ impl TtlCache {
     }
 
     /// Sets the owner name the fill lock is taken under (shown in [`Error::LockHeld`] and in
-    /// the lock's value); by default unique per process and cache.
+    /// the lock's value); by default `ttl-cache-<process id>-<64 random bits>`, unique per
+    /// cache.
     pub fn owner(mut self, owner: impl Into<String>) -> TtlCache {
         self.owner = owner.into().into();
         self
@@ -254,53 +253,32 @@ impl TtlCache {
         held_for: Duration,
     ) -> Result<Option<Bytes>> {
         let slack = self.store.capabilities().ttl_granularity + EXPIRY_SLACK;
-        // Snapshot watches, so the state read and the changes after it leave no gap.
-        let mut lock_events = self
-            .store
-            .watch(&Pattern::exact(lock), WatchStart::Snapshot)
-            .await?;
-        let mut deadline = match read_snapshot(&mut lock_events).await {
-            Some(Some(holder)) => Instant::now() + holder.unwrap_or(held_for) + slack,
-            Some(None) | None => return Ok(None),
+        // Followers start from a snapshot, so the state read and the changes after it leave no
+        // gap; after a lag they read the key afresh.
+        let mut holder = KeyFollower::open(&self.store, lock).await?;
+        let mut deadline = match holder.next().await? {
+            Some(lock) => Instant::now() + lock.expires_in.unwrap_or(held_for) + slack,
+            None => return Ok(None),
         };
-        let mut entry_events = self
-            .store
-            .watch(&Pattern::exact(entry), WatchStart::Snapshot)
-            .await?;
+        let mut value = KeyFollower::open(&self.store, entry).await?;
         loop {
-            let event = tokio::select! {
-                event = entry_events.next() => match event {
-                    Some(WatchEvent::Put(found)) => return Ok(Some(found.value)),
-                    Some(WatchEvent::Lagged { .. }) | None => return Ok(None),
-                    Some(_) => continue,
-                },
-                event = lock_events.next() => event,
-                () = tokio::time::sleep_until(deadline) => return Ok(None),
-            };
-            match event {
-                // A new holder took over: wait for it in turn.
-                Some(WatchEvent::Put(holder)) => {
-                    let left = holder.expires_in.unwrap_or(self.fill_timeout);
-                    deadline = Instant::now() + left + slack;
+            tokio::select! {
+                found = value.next() => {
+                    if let Some(found) = found? {
+                        return Ok(Some(found.value));
+                    }
                 }
-                Some(WatchEvent::CaughtUp { .. }) => {}
-                // Released (with or without a value), expired, or the watch broke.
-                _ => return Ok(None),
+                lock = holder.next() => match lock? {
+                    // A new holder took over (or the holder refreshed): wait for it in turn.
+                    Some(lock) => {
+                        let left = lock.expires_in.unwrap_or(self.fill_timeout);
+                        deadline = Instant::now() + left + slack;
+                    }
+                    // Released (with or without a value) or expired.
+                    None => return Ok(None),
+                },
+                () = tokio::time::sleep_until(deadline) => return Ok(None),
             }
-        }
-    }
-}
-
-/// Reads a snapshot watch of one key up to its `CaughtUp`: `Some(Some(expires_in))` when the
-/// key is present, `Some(None)` when absent, `None` when the stream broke first.
-async fn read_snapshot(events: &mut WatchStream) -> Option<Option<Option<Duration>>> {
-    let mut present = None;
-    loop {
-        match events.next().await? {
-            WatchEvent::Put(found) => present = Some(found.expires_in),
-            WatchEvent::CaughtUp { .. } => return Some(present),
-            WatchEvent::Delete { .. } | WatchEvent::Expire { .. } => present = None,
-            WatchEvent::Lagged { .. } => return None,
         }
     }
 }

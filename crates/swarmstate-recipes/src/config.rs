@@ -11,23 +11,17 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use tokio::sync::watch;
 
-use swarmstate_core::{
-    Error, Key, Pattern, Result, Revision, StateStore, WatchEvent, WatchStart, WatchStream,
-};
+use swarmstate_core::{Error, Key, Pattern, Result, Revision, StateStore, WatchEvent};
+
+use crate::follow::{Followed, Follower, OnLag, Start};
 
 /// Turns a stored value into the caller's type; an `Err` carries why the value was refused.
 type Decode<T> = dyn Fn(&Key, &Bytes) -> std::result::Result<T, String> + Send + Sync;
-
-/// The first wait after a failed attempt to re-establish the watch; doubled up to
-/// [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_millis(50);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// How many lagged snapshots [`ConfigWatch::start`] takes again before it gives up.
 const START_ATTEMPTS: u32 = 3;
@@ -261,32 +255,47 @@ impl<T: Send + Sync + 'static> ConfigWatch<T> {
     /// starts applying live changes in the background.
     ///
     /// Returns once the snapshot is complete, so [`current`](ConfigWatch::current) reflects the
-    /// store as of the moment the watch began. Errors are those of
-    /// [`StateStore::watch`] (e.g. [`Error::Closed`]), or [`Error::Closed`] when the snapshot
-    /// stream ended before it was complete. Must be called within a Tokio runtime.
+    /// store as of the moment the watch began. A snapshot the store lags or cuts short is taken
+    /// again, up to three times. Errors are those of [`StateStore::watch`] (e.g.
+    /// [`Error::Closed`]), [`Error::Closed`] when the store closed before the snapshot was
+    /// complete, or [`Error::Unavailable`] when it lagged every snapshot. Must be called within
+    /// a Tokio runtime.
     pub async fn start(
         store: Arc<dyn StateStore>,
         pattern: Pattern,
         decode: impl Fn(&Key, &Bytes) -> std::result::Result<T, String> + Send + Sync + 'static,
     ) -> Result<ConfigWatch<T>> {
         let decode: Arc<Decode<T>> = Arc::new(decode);
-        let mut attempts = 0;
-        let (view, stream) = loop {
-            let mut stream = store.watch(&pattern, WatchStart::Snapshot).await?;
-            match read_snapshot(&mut stream, &*decode).await {
-                Snapshot::Complete(view) => break (view, stream),
-                // A plain end before the snapshot completed means the store closed.
-                Snapshot::Ended => return Err(Error::Closed),
-                Snapshot::Lagged if attempts < START_ATTEMPTS => attempts += 1,
-                Snapshot::Lagged => {
+        let mut changes =
+            Follower::open(&store, pattern.clone(), Start::Snapshot, OnLag::Resume).await?;
+        let mut view = ConfigSnapshot::empty();
+        let mut retakes = 0;
+        loop {
+            match changes.next().await? {
+                Followed::Event(WatchEvent::CaughtUp { revision }) => {
+                    view.revision = revision.max(view.revision);
+                    break;
+                }
+                Followed::Event(event) => {
+                    view.apply(event, &*decode);
+                }
+                // The snapshot lagged or was cut short; the follower takes it again.
+                Followed::Restarted if retakes < START_ATTEMPTS => {
+                    retakes += 1;
+                    view = ConfigSnapshot::empty();
+                }
+                Followed::Restarted => {
                     return Err(Error::Unavailable {
                         message: format!(
                             "the store lagged {START_ATTEMPTS} snapshots of {pattern} in a row"
                         ),
                     });
                 }
+                Followed::Resumed => {}
             }
-        };
+        }
+        // Once the view is up, it outlasts failures to watch again that may pass.
+        changes.retry_transient();
         let (sender, receiver) = watch::channel(Arc::new(view));
         let shared = Arc::new(Shared {
             pattern,
@@ -294,12 +303,11 @@ impl<T: Send + Sync + 'static> ConfigWatch<T> {
             ended: Mutex::new(None),
         });
         let task = Task {
-            store,
             decode,
             sender,
             shared: shared.clone(),
         };
-        tokio::spawn(task.run(stream));
+        tokio::spawn(task.run(changes));
         Ok(ConfigWatch { receiver, shared })
     }
 
@@ -350,48 +358,16 @@ impl<T: Send + Sync + 'static> ConfigWatch<T> {
     }
 }
 
-/// How reading a snapshot from a stream went.
-enum Snapshot<T> {
-    Complete(ConfigSnapshot<T>),
-    Lagged,
-    Ended,
-}
-
-/// Reads the entries of a snapshot watch up to its `CaughtUp` marker.
-async fn read_snapshot<T>(stream: &mut WatchStream, decode: &Decode<T>) -> Snapshot<T> {
-    let mut view = ConfigSnapshot::empty();
-    loop {
-        match stream.next().await {
-            Some(WatchEvent::CaughtUp { revision }) => {
-                view.revision = revision.max(view.revision);
-                return Snapshot::Complete(view);
-            }
-            Some(WatchEvent::Lagged { .. }) => return Snapshot::Lagged,
-            None => return Snapshot::Ended,
-            Some(event) => {
-                view.apply(event, decode);
-            }
-        }
-    }
-}
-
-/// What the task does next after its stream stopped.
-enum Next {
-    Resume(Revision),
-    Resnapshot,
-}
-
 struct Task<T> {
-    store: Arc<dyn StateStore>,
     decode: Arc<Decode<T>>,
     sender: watch::Sender<Arc<ConfigSnapshot<T>>>,
     shared: Arc<Shared>,
 }
 
 impl<T: Send + Sync + 'static> Task<T> {
-    async fn run(self, stream: WatchStream) {
+    async fn run(self, changes: Follower) {
         let outcome = tokio::select! {
-            outcome = self.follow(stream) => outcome,
+            outcome = self.follow(changes) => outcome,
             // Every handle is gone: nobody reads the view any more.
             () = self.sender.closed() => return,
         };
@@ -405,36 +381,56 @@ impl<T: Send + Sync + 'static> Task<T> {
     }
 
     /// Applies changes until the view ends for good; `Ok` when the store closed.
-    async fn follow(&self, mut stream: WatchStream) -> Result<()> {
+    async fn follow(&self, mut changes: Follower) -> Result<()> {
+        // A fresh snapshot being read after a gap the store could not replay; it replaces the
+        // view once complete, so keys deleted in the gap leave the view too.
+        let mut fresh: Option<ConfigSnapshot<T>> = None;
+        // What ended the last batch, to be handled after it is published.
+        let mut held = None;
         loop {
-            let next = match stream.next().await {
-                Some(WatchEvent::Lagged { resume_from }) => Next::Resume(resume_from),
-                // A plain end means the store closed; a fresh watch tells for sure, and
-                // carries on if the stream ended for another reason.
-                None => Next::Resnapshot,
-                Some(event) => {
-                    let mut batch = vec![event];
-                    let mut lagged = None;
-                    // Take whatever else is ready, so a transaction is published whole.
-                    while let Some(Some(event)) = stream.next().now_or_never() {
-                        if let WatchEvent::Lagged { resume_from } = event {
-                            lagged = Some(resume_from);
-                            break;
-                        }
-                        batch.push(event);
-                    }
-                    self.publish(batch);
-                    match lagged {
-                        Some(resume_from) => Next::Resume(resume_from),
-                        None => continue,
-                    }
-                }
+            let followed = match held.take() {
+                Some(followed) => followed,
+                None => changes.next().await,
             };
-            stream = match self.reconnect(next).await {
-                Ok(stream) => stream,
+            let event = match followed {
+                Ok(Followed::Event(event)) => event,
+                Ok(Followed::Resumed) => {
+                    self.shared.recoveries.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Ok(Followed::Restarted) => {
+                    fresh = Some(ConfigSnapshot::empty());
+                    continue;
+                }
                 Err(Error::Closed) => return Ok(()),
                 Err(err) => return Err(err),
             };
+            if let Some(mut view) = fresh.take() {
+                match event {
+                    WatchEvent::CaughtUp { revision } => {
+                        view.revision = revision.max(view.revision);
+                        self.replace(view);
+                        self.shared.recoveries.fetch_add(1, Ordering::Relaxed);
+                    }
+                    event => {
+                        view.apply(event, &*self.decode);
+                        fresh = Some(view);
+                    }
+                }
+                continue;
+            }
+            let mut batch = vec![event];
+            // Take whatever else is ready, so a transaction is published whole.
+            while let Some(followed) = changes.next().now_or_never() {
+                match followed {
+                    Ok(Followed::Event(event)) => batch.push(event),
+                    other => {
+                        held = Some(other);
+                        break;
+                    }
+                }
+            }
+            self.publish(batch);
         }
     }
 
@@ -451,68 +447,15 @@ impl<T: Send + Sync + 'static> Task<T> {
         }
     }
 
-    /// Re-establishes the stream after a lag or an end, retrying failures that may pass.
-    async fn reconnect(&self, mut next: Next) -> Result<WatchStream> {
-        let pattern = &self.shared.pattern;
-        let mut backoff = FIRST_BACKOFF;
-        loop {
-            let attempt = match next {
-                Next::Resume(from) => {
-                    match self
-                        .store
-                        .watch(pattern, WatchStart::FromRevision(from))
-                        .await
-                    {
-                        Ok(stream) => Ok(stream),
-                        Err(Error::Compacted { .. }) => {
-                            next = Next::Resnapshot;
-                            continue;
-                        }
-                        Err(err) => Err(err),
-                    }
-                }
-                Next::Resnapshot => self.resnapshot().await,
-            };
-            match attempt {
-                Ok(stream) => {
-                    self.shared.recoveries.fetch_add(1, Ordering::Relaxed);
-                    return Ok(stream);
-                }
-                Err(
-                    err @ (Error::Unavailable { .. }
-                    | Error::Ambiguous { .. }
-                    | Error::Backend { .. }),
-                ) => {
-                    tracing::warn!(%pattern, %err, ?backoff, "config watch cannot resume yet; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                }
-                Err(err) => return Err(err),
-            }
-        }
-    }
-
-    /// Replaces the view with a fresh snapshot and returns the stream that continues it. A
-    /// snapshot that is lagged or cut short is taken again.
-    async fn resnapshot(&self) -> Result<WatchStream> {
-        loop {
-            let mut stream = self
-                .store
-                .watch(&self.shared.pattern, WatchStart::Snapshot)
-                .await?;
-            let fresh = match read_snapshot(&mut stream, &*self.decode).await {
-                Snapshot::Complete(view) => view,
-                Snapshot::Lagged | Snapshot::Ended => continue,
-            };
-            self.sender.send_if_modified(|current| {
-                let changed = !current.same_entries(&fresh);
-                let revision = fresh.revision.max(current.revision);
-                *current = Arc::new(ConfigSnapshot { revision, ..fresh });
-                // A snapshot equal to the view is no change to announce; it only moves the
-                // revision the view is known to reflect.
-                changed
-            });
-            return Ok(stream);
-        }
+    /// Replaces the view with a complete fresh snapshot.
+    fn replace(&self, fresh: ConfigSnapshot<T>) {
+        self.sender.send_if_modified(|current| {
+            let changed = !current.same_entries(&fresh);
+            let revision = fresh.revision.max(current.revision);
+            *current = Arc::new(ConfigSnapshot { revision, ..fresh });
+            // A snapshot equal to the view is no change to announce; it only moves the
+            // revision the view is known to reflect.
+            changed
+        });
     }
 }

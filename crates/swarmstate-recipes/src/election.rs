@@ -17,11 +17,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 
-use swarmstate_core::{
-    Entry, Error, Key, Pattern, Result, Revision, StateStore, TxnOp, TxnResult, WatchEvent,
-    WatchStart, WatchStream,
-};
+use swarmstate_core::{Entry, Error, Key, Result, Revision, StateStore, TxnOp, TxnResult};
 
+use crate::follow::KeyFollower;
 use crate::lock::{FencingToken, KeepAlive, acquire_waiting, validate_lock_input};
 
 /// One election: the leader key `name` in a store.
@@ -145,13 +143,9 @@ impl Election {
     /// that came and went meanwhile are then not reported). The stream ends when the store
     /// closes; an error re-opening the watch is its last item.
     pub async fn observe(&self) -> Result<BoxStream<'static, Result<Option<Leader>>>> {
-        let stream = self.open_watch().await?;
         let observer = Observer {
-            election: self.clone(),
-            stream: Some(stream),
+            leader_key: Some(KeyFollower::open(&self.store, &self.name).await?),
             last: None,
-            in_snapshot: true,
-            snapshot: None,
         };
         Ok(
             futures::stream::unfold(observer, |mut observer| async move {
@@ -161,60 +155,31 @@ impl Election {
             .boxed(),
         )
     }
-
-    async fn open_watch(&self) -> Result<WatchStream> {
-        self.store
-            .watch(&Pattern::exact(&self.name), WatchStart::Snapshot)
-            .await
-    }
 }
 
 /// The state of an [`Election::observe`] stream.
 struct Observer {
-    election: Election,
     // `None` once the stream has ended.
-    stream: Option<WatchStream>,
+    leader_key: Option<KeyFollower>,
     // The last item given, `None` before the first.
     last: Option<Option<Leader>>,
-    // Whether the current watch is still giving its snapshot, and the leader it showed.
-    in_snapshot: bool,
-    snapshot: Option<Leader>,
 }
 
 impl Observer {
     /// The next change to report, or `None` when the stream ends.
     async fn next_change(&mut self) -> Option<Result<Option<Leader>>> {
         loop {
-            let stream = self.stream.as_mut()?;
-            let now = match stream.next().await {
-                None => {
-                    self.stream = None;
-                    return None;
-                }
-                Some(WatchEvent::Put(entry)) if self.in_snapshot => {
-                    self.snapshot = Some(decode(&entry));
-                    continue;
-                }
-                Some(WatchEvent::CaughtUp { .. }) => {
-                    self.in_snapshot = false;
-                    self.snapshot.take()
-                }
-                Some(WatchEvent::Put(entry)) => Some(decode(&entry)),
-                Some(WatchEvent::Delete { .. } | WatchEvent::Expire { .. }) => None,
-                Some(WatchEvent::Lagged { .. }) => {
-                    // Re-read the current state rather than trust a gap.
-                    match self.election.open_watch().await {
-                        Ok(stream) => {
-                            self.stream = Some(stream);
-                            self.in_snapshot = true;
-                            self.snapshot = None;
-                            continue;
-                        }
-                        Err(err) => {
-                            self.stream = None;
-                            return Some(Err(err));
-                        }
-                    }
+            let leader_key = self.leader_key.as_mut()?;
+            // After a lag the follower reads the leader key afresh, so the gap's leaders are
+            // skipped and the current one compared with the last reported.
+            let now = match leader_key.next().await {
+                Ok(entry) => entry.as_ref().map(decode),
+                Err(err) => {
+                    self.leader_key = None;
+                    return match err {
+                        Error::Closed => None,
+                        err => Some(Err(err)),
+                    };
                 }
             };
             if self.last.as_ref() != Some(&now) {

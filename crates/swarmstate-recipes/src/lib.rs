@@ -8,9 +8,14 @@
 //! - [`config`]: a typed, live view of a key pattern.
 //!
 //! Users reach these through the `swarmstate` facade (`swarmstate::lock`, ...).
+//!
+//! Every recipe that waits for a change of the store does so through one follower of a key or
+//! a pattern (the private `follow` module): waiting is driven by watches, never by polling,
+//! and a watch that lags is answered by re-reading, never by hanging or guessing.
 
 pub mod cache;
 pub mod config;
 pub mod election;
+mod follow;
 pub mod lock;
 pub mod queue;
