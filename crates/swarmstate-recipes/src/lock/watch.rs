@@ -58,10 +58,7 @@ mod tests {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use swarmstate_core::{
-        Entry, MemoryStore, Pattern, PutOptions, Revision, TxnOp, TxnResult, WatchStart,
-        WatchStream,
-    };
+    use swarmstate_core::{MemoryStore, Pattern, PutOptions, WatchStart, WatchStream};
 
     use super::*;
 
@@ -72,31 +69,12 @@ mod tests {
 
     #[async_trait::async_trait]
     impl StateStore for SlowWatches {
-        fn capabilities(&self) -> swarmstate_core::Capabilities {
-            self.0.capabilities()
-        }
-        async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-            self.0.get(key).await
-        }
-        async fn put(&self, key: &Key, value: Bytes, options: PutOptions) -> Result<Revision> {
-            self.0.put(key, value, options).await
-        }
-        async fn delete(&self, key: &Key, expected: Option<Revision>) -> Result<Option<Revision>> {
-            self.0.delete(key, expected).await
-        }
-        async fn keys(&self, pattern: &Pattern) -> Result<swarmstate_core::KeyStream> {
-            self.0.keys(pattern).await
-        }
         async fn watch(&self, pattern: &Pattern, start: WatchStart) -> Result<WatchStream> {
             tokio::time::sleep(Duration::from_millis(50)).await;
             self.0.watch(pattern, start).await
         }
-        async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<TxnResult>> {
-            self.0.txn(ops).await
-        }
-        async fn close(&self) -> Result<()> {
-            self.0.close().await
-        }
+        swarmstate_core::forward_state_store!(|s| &s.0;
+        capabilities, get, put, delete, keys, txn, close);
     }
 
     /// A waiter selects on its lock watch and other wake-ups, so `LockWatch::next` is often

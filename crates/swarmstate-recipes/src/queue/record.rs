@@ -70,8 +70,9 @@ impl Record {
     }
 
     pub(super) fn decode(key: &Key, value: &[u8]) -> Result<Record> {
-        let corrupt = |what: &str| Error::InvalidInput {
-            message: format!("work item record {key} is malformed ({what})"),
+        let corrupt = |what: &str| Error::Corrupt {
+            what: format!("work item record {key}"),
+            message: format!("malformed ({what})"),
         };
         let text = std::str::from_utf8(value).map_err(|_| corrupt("not UTF-8"))?;
         let mut rest = text;
@@ -154,7 +155,7 @@ mod tests {
         ] {
             let err = Record::decode(&key, text).unwrap_err();
             assert!(
-                matches!(&err, Error::InvalidInput { message } if message.contains("jobs.item.a")),
+                matches!(&err, Error::Corrupt { what, .. } if what.contains("jobs.item.a")),
                 "{err}"
             );
         }
