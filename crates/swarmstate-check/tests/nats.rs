@@ -17,7 +17,7 @@ use swarmstate_core::{
     TxnResult, WatchStart, WatchStream,
 };
 use swarmstate_nats::NatsStore;
-use swarmstate_nats::testing::{NatsCluster, NatsServer, require_server};
+use swarmstate_nats_local::{NatsCluster, NatsServer, require_server};
 
 /// How long a write may take before it is recorded as ambiguous: long enough for a loaded
 /// 2-core machine, short enough that the writes in flight at a kill end soon.

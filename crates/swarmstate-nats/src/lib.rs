@@ -26,8 +26,5 @@ mod txn;
 mod watch;
 mod wire;
 
-#[cfg(feature = "testing")]
-pub mod testing;
-
 pub use config::{DEFAULT_BUCKET, IDEMPOTENCY_WINDOW, NatsStoreBuilder, ReadConsistency};
 pub use store::NatsStore;

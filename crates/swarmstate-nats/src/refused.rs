@@ -130,12 +130,12 @@ impl NatsStore {
     }
 }
 
-#[cfg(all(test, feature = "testing"))]
+#[cfg(test)]
 mod tests {
     use swarmstate_core::{PutOptions, StateStore};
 
     use super::*;
-    use crate::testing::{NatsCluster, require_server};
+    use swarmstate_nats_local::{NatsCluster, require_server};
 
     /// What the probe relies on, on a replicated stream (the only kind where a refusal can
     /// come from a stale leader): the leader answers a message whose id it has stored with

@@ -12,7 +12,7 @@ use swarmstate_core::{
     TxnResult, WatchStart, WatchStream,
 };
 use swarmstate_nats::NatsStore;
-use swarmstate_nats::testing::{NatsCluster, NatsServer, require_server};
+use swarmstate_nats_local::{NatsCluster, NatsServer, require_server};
 
 /// A store that owns the server it talks to, so the server lives exactly as long as the case.
 #[derive(Debug)]
