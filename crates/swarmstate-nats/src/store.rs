@@ -73,6 +73,13 @@ pub(crate) struct Last {
     pub(crate) write_id: Option<String>,
 }
 
+impl Last {
+    /// The revision of the value it holds; `None` for a tombstone or an expiry marker.
+    pub(crate) fn revision(&self) -> Option<Revision> {
+        self.live.as_ref().map(|entry| entry.revision)
+    }
+}
+
 impl NatsStore {
     /// A builder for a store on the servers at `urls` (comma-separated `nats://host:port`).
     pub fn builder(urls: impl Into<String>) -> NatsStoreBuilder {
@@ -517,13 +524,7 @@ impl StateStore for NatsStore {
                     return revision(sequence);
                 }
                 let confirmed = Seen::of(last.as_ref());
-                if !confirmed.holds(wanted) {
-                    return Err(Error::RevisionMismatch {
-                        key: key.clone(),
-                        expected: wanted,
-                        actual: confirmed.value(),
-                    });
-                }
+                Condition::At(wanted).check(key, confirmed.value())?;
                 replaces = confirmed;
             }
             if replaces.expiring(Instant::now()) {
@@ -610,12 +611,7 @@ impl StateStore for NatsStore {
                     return revision(sequence);
                 }
                 let confirmed = Seen::of(last.as_ref());
-                if let Some(revision) = confirmed.value() {
-                    return Err(Error::AlreadyExists {
-                        key: key.clone(),
-                        revision,
-                    });
-                }
+                Condition::Absent.check(key, confirmed.value())?;
                 replaces = confirmed;
             }
         }
@@ -649,16 +645,10 @@ impl StateStore for NatsStore {
                     return revision(sequence).map(Some);
                 }
                 replaces = Seen::of(last.as_ref());
-                match expected {
-                    Some(wanted) if !replaces.holds(wanted) => {
-                        return Err(Error::RevisionMismatch {
-                            key: key.clone(),
-                            expected: wanted,
-                            actual: replaces.value(),
-                        });
-                    }
-                    None if replaces.value().is_none() => return Ok(None),
-                    _ => {}
+                Condition::expecting(expected).check(key, replaces.value())?;
+                if replaces.value().is_none() {
+                    // Only an unconditional delete gets here with nothing to delete.
+                    return Ok(None);
                 }
             }
             if replaces.expiring(Instant::now()) {
@@ -730,25 +720,5 @@ impl StateStore for NatsStore {
         // Anything still buffered goes out before the connection closes.
         let _ = self.inner.client.flush().await;
         Ok(())
-    }
-}
-
-/// What a txn operation's condition and action require of the message the batch writes.
-pub(crate) fn conflict_for(op: &TxnOp, last: Option<&Last>) -> Option<Error> {
-    let live = last.and_then(|l| l.live.as_ref()).map(|e| e.revision);
-    match (op.condition, live) {
-        (Condition::Any, _) | (Condition::Absent, None) => None,
-        (Condition::Absent, Some(revision)) => Some(Error::AlreadyExists {
-            key: op.key.clone(),
-            revision,
-        }),
-        (Condition::At(expected), actual) if actual != Some(expected) => {
-            Some(Error::RevisionMismatch {
-                key: op.key.clone(),
-                expected,
-                actual,
-            })
-        }
-        (Condition::At(_), _) => None,
     }
 }

@@ -21,7 +21,7 @@ use swarmstate_core::{Condition, Error, Key, Result, TxnAction, TxnOp, TxnResult
 
 use crate::NatsStore;
 use crate::expiry::Seen;
-use crate::store::{Last, conflict_for};
+use crate::store::Last;
 use crate::wire;
 
 /// A key the batch must find at a given last sequence (0: no message at all).
@@ -48,15 +48,13 @@ pub(crate) async fn apply(store: &NatsStore, ops: &[TxnOp]) -> Result<Vec<TxnRes
     loop {
         let reads = futures::future::try_join_all(ops.iter().map(|op| store.last(&op.key)));
         let lasts: Vec<Option<Last>> = reads.await?;
-        if let Some(op) = ops
-            .iter()
-            .zip(&lasts)
-            .find_map(|(op, last)| conflict_for(op, last.as_ref()).map(|_| op))
-        {
+        if let Some(op) = ops.iter().zip(&lasts).find_map(|(op, last)| {
+            let current = last.as_ref().and_then(Last::revision);
+            op.condition.check(&op.key, current).is_err().then_some(op)
+        }) {
             let confirmed = store.confirmed_last(&op.key, "txn").await?;
-            if let Some(conflict) = conflict_for(op, confirmed.as_ref()) {
-                return Err(conflict);
-            }
+            let current = confirmed.as_ref().and_then(Last::revision);
+            op.condition.check(&op.key, current)?;
             continue;
         }
         if let Some((op, last)) = ops.iter().zip(&lasts).find(|(op, last)| {
