@@ -1,8 +1,10 @@
-//! How the contract maps onto JetStream messages: subjects, headers, pub acks and their
-//! errors, and the request that tells `Unavailable` from `Ambiguous`.
+//! How the contract maps onto JetStream messages: subjects, headers, what a stored message
+//! means for its key, pub acks and their errors, and the request that tells `Unavailable` from
+//! `Ambiguous`.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use async_nats::jetstream::message::StreamMessage;
 use async_nats::{HeaderMap, client::RequestErrorKind};
 use bytes::Bytes;
 use serde_json::Value;
@@ -140,6 +142,46 @@ pub(crate) fn live_entry(
     })
 }
 
+/// The last message stored for a key, whatever it is.
+#[derive(Debug)]
+pub(crate) struct Last {
+    pub(crate) sequence: u64,
+    pub(crate) live: Option<Entry>,
+    /// When the value's TTL ends, on this machine's monotonic clock, if it has one.
+    pub(crate) deadline: Option<Instant>,
+    /// The `Nats-Msg-Id` of the write that stored it, if any.
+    pub(crate) write_id: Option<String>,
+}
+
+impl Last {
+    /// What the stored message `message` of `key`'s subject means.
+    pub(crate) fn of(key: &Key, message: &StreamMessage) -> Last {
+        let live = live_entry(
+            key,
+            message.sequence,
+            Some(&message.headers),
+            &message.payload,
+            message.time.unix_timestamp_nanos(),
+        );
+        let deadline = live
+            .as_ref()
+            .and_then(|entry| entry.expires_in)
+            .map(|left| Instant::now() + left);
+        let write_id = message.headers.get(MSG_ID).map(|id| id.as_str().to_owned());
+        Last {
+            sequence: message.sequence,
+            live,
+            deadline,
+            write_id,
+        }
+    }
+
+    /// The revision of the value it holds; `None` for a tombstone or an expiry marker.
+    pub(crate) fn revision(&self) -> Option<Revision> {
+        self.live.as_ref().map(|entry| entry.revision)
+    }
+}
+
 /// A JetStream API error from a pub ack.
 #[derive(Debug, Clone)]
 pub(crate) struct ApiError {
@@ -182,64 +224,6 @@ impl ApiError {
             "{operation}: JetStream error {} ({}): {}",
             self.err_code, self.code, self.description
         )))
-    }
-}
-
-/// Paces the attempts of one request whose writes or barriers the server refuses: it gives up
-/// once the request timeout has passed since it began, and waits (1 ms, doubling to 50 ms)
-/// only after a refusal because another write to the subject was in flight, which says
-/// nothing about the subject's state; any other refusal is answered by reading again at once.
-#[derive(Debug)]
-pub(crate) struct Attempts {
-    give_up: Instant,
-    pause: Duration,
-}
-
-impl Attempts {
-    pub(crate) fn new(timeout: Duration) -> Attempts {
-        Attempts {
-            give_up: Instant::now() + timeout,
-            pause: Duration::from_millis(1),
-        }
-    }
-
-    /// When the request gives up.
-    pub(crate) fn give_up(&self) -> Instant {
-        self.give_up
-    }
-
-    pub(crate) fn expired(&self) -> bool {
-        Instant::now() >= self.give_up
-    }
-
-    /// Waits a moment if `refused` was only because of a write in flight.
-    pub(crate) async fn pause_if_in_flight(&mut self, refused: &ApiError) {
-        if refused.is_in_flight() {
-            self.pause().await;
-        }
-    }
-
-    /// Waits a moment, longer each time.
-    pub(crate) async fn pause(&mut self) {
-        tokio::time::sleep(self.pause).await;
-        self.pause = (self.pause * 2).min(Duration::from_millis(50));
-    }
-
-    /// After a refusal: [`Error::Unavailable`] (every attempt was refused, nothing applied)
-    /// with `give_up()`'s message and the refusal once the time is up; otherwise
-    /// [`pause_if_in_flight`](Self::pause_if_in_flight).
-    pub(crate) async fn after(
-        &mut self,
-        refused: &ApiError,
-        gave_up: impl FnOnce() -> String,
-    ) -> Result<()> {
-        if self.expired() {
-            return Err(Error::Unavailable {
-                message: format!("{}: {}", gave_up(), refused.description),
-            });
-        }
-        self.pause_if_in_flight(refused).await;
-        Ok(())
     }
 }
 
