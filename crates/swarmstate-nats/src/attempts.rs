@@ -2,9 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use swarmstate_core::{Error, Result};
-
-use crate::wire::ApiError;
+use crate::error::{ApiError, NatsError};
 
 /// Paces the attempts of one request whose writes or barriers the server refuses: it gives up
 /// once the request timeout has passed since it began, and waits (1 ms, doubling to 50 ms)
@@ -46,16 +44,16 @@ impl Attempts {
         self.pause = (self.pause * 2).min(Duration::from_millis(50));
     }
 
-    /// After a refusal: [`Error::Unavailable`] (every attempt was refused, nothing applied)
-    /// with `give_up()`'s message and the refusal once the time is up; otherwise
+    /// After a refusal: [`NatsError::NotApplied`] (every attempt was refused) with `gave_up()`'s
+    /// message and the refusal once the time is up; otherwise
     /// [`pause_if_in_flight`](Self::pause_if_in_flight).
     pub(crate) async fn after(
         &mut self,
         refused: &ApiError,
         gave_up: impl FnOnce() -> String,
-    ) -> Result<()> {
+    ) -> Result<(), NatsError> {
         if self.expired() {
-            return Err(Error::Unavailable {
+            return Err(NatsError::NotApplied {
                 message: format!("{}: {}", gave_up(), refused.description),
             });
         }

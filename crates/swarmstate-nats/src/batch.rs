@@ -1,10 +1,9 @@
 //! JetStream atomic batches (server 2.12 or newer): several messages, each with its own
 //! expectations, that the server stores together or not at all.
 
-use swarmstate_core::{Error, Result};
-
 use crate::bucket::Bucket;
-use crate::wire::{self, ApiError};
+use crate::error::NatsError;
+use crate::wire;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 
@@ -22,13 +21,14 @@ pub(crate) struct Message {
 pub(crate) const CHECK_ONLY: usize = usize::MAX;
 
 /// Publishes the messages as one atomic batch; returns the last message's sequence.
-/// A failure before the commit message is sent leaves nothing applied (`Unavailable`); a
-/// commit without an answer is `Ambiguous`.
+/// A failure before the commit message is sent leaves nothing applied
+/// ([`NatsError::NotApplied`]); a commit without an answer is [`NatsError::Unknown`]; a
+/// refusal of the batch is [`NatsError::Api`].
 pub(crate) async fn publish_batch(
     bucket: &Bucket,
     operation: &str,
     messages: &[Message],
-) -> Result<Result<u64, ApiError>> {
+) -> Result<u64, NatsError> {
     let client = &bucket.client;
     // Sends one message of the batch and waits for the server's answer.
     let ask = |message: &Message, headers: HeaderMap| {
@@ -43,7 +43,7 @@ pub(crate) async fn publish_batch(
     };
     if let [message] = messages {
         let reply = ask(message, message.headers.clone()).await?;
-        return Ok(wire::parse_ack(&reply.payload, operation)?.map(|ack| ack.sequence));
+        return Ok(wire::parse_ack(&reply.payload, operation)?.sequence);
     }
     let inbox = client.new_inbox();
     let batch_id = inbox.rsplit('.').next().unwrap_or(&inbox).to_owned();
@@ -55,22 +55,23 @@ pub(crate) async fn publish_batch(
         if index == last {
             headers.insert(wire::BATCH_COMMIT, "1");
             let reply = ask(message, headers).await?;
-            return Ok(wire::parse_ack(&reply.payload, operation)?.map(|ack| ack.sequence));
+            return Ok(wire::parse_ack(&reply.payload, operation)?.sequence);
         }
         if index == 0 {
             // The server answers the first message: an empty reply starts the batch.
-            let reply = ask(message, headers).await.map_err(never_applied)?;
-            if !reply.payload.is_empty()
-                && let Err(api) = wire::parse_ack(&reply.payload, operation)?
-            {
-                return Ok(Err(api));
+            let reply = ask(message, headers)
+                .await
+                .map_err(|err| never_applied(operation, err))?;
+            if !reply.payload.is_empty() {
+                // A refusal of the whole batch, before anything was stored.
+                wire::parse_ack(&reply.payload, operation)?;
             }
         } else {
             client
                 .publish_with_headers(message.subject.clone(), headers, message.payload.clone())
                 .await
-                .map_err(|err| Error::Unavailable {
-                    message: format!("txn: batch message not sent: {err}"),
+                .map_err(|err| NatsError::NotApplied {
+                    message: format!("{operation}: batch message not sent: {err}"),
                 })?;
         }
     }
@@ -78,10 +79,12 @@ pub(crate) async fn publish_batch(
 }
 
 /// Before the commit message, nothing can have applied.
-fn never_applied(err: Error) -> Error {
+fn never_applied(operation: &str, err: NatsError) -> NatsError {
     match err {
-        Error::Ambiguous { message, .. } => Error::Unavailable {
-            message: format!("txn: batch start not acknowledged, nothing applied: {message}"),
+        NatsError::Unknown { message, .. } => NatsError::NotApplied {
+            message: format!(
+                "{operation}: batch start not acknowledged, nothing applied: {message}"
+            ),
         },
         other => other,
     }

@@ -9,14 +9,15 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
-use swarmstate_core::{Error, Key, Result};
+use swarmstate_core::Key;
 use tokio::sync::watch as signal;
 
 use crate::attempts::Attempts;
 use crate::config::{NatsStoreBuilder, ReadConsistency};
+use crate::error::NatsError;
 use crate::seen::{Seen, SeenCache};
 use crate::slots::{BARRIER_TTL, BarrierSlots};
-use crate::wire::{self, ApiError, Last};
+use crate::wire::{self, Last};
 
 /// One client's connection to one bucket, and what the client keeps about it. A store and its
 /// clones share one.
@@ -78,9 +79,9 @@ impl Bucket {
         format!("{}{}", self.prefix, key)
     }
 
-    pub(crate) fn ensure_open(&self) -> Result<()> {
+    pub(crate) fn ensure_open(&self) -> Result<(), NatsError> {
         if self.closed.load(Ordering::Acquire) {
-            Err(Error::Closed)
+            Err(NatsError::Closed)
         } else {
             Ok(())
         }
@@ -98,11 +99,11 @@ impl Bucket {
     }
 
     /// The last message on the key's subject, read from the stream leader.
-    pub(crate) async fn last(&self, key: &Key) -> Result<Option<Last>> {
+    pub(crate) async fn last(&self, key: &Key) -> Result<Option<Last>, NatsError> {
         self.ensure_open()?;
         // Fail at once without a connection, as a write does, rather than wait for a time-out.
         if self.client.connection_state() != async_nats::connection::State::Connected {
-            return Err(Error::Unavailable {
+            return Err(NatsError::NotApplied {
                 message: format!("get {key}: not connected to NATS"),
             });
         }
@@ -117,26 +118,28 @@ impl Bucket {
             {
                 Ok(None)
             }
-            Err(err) => Err(Error::Unavailable {
+            Err(err) => Err(NatsError::NotApplied {
                 message: format!("get {key}: {err}"),
             }),
         }
     }
 
     /// The key's last message as the stream leader has it now (not confirmed), remembered.
-    pub(crate) async fn read_seen(&self, key: &Key) -> Result<Seen> {
+    pub(crate) async fn read_seen(&self, key: &Key) -> Result<Seen, NatsError> {
         let seen = Seen::of(self.last(key).await?.as_ref());
         self.seen.remember(key, seen);
         Ok(seen)
     }
 
+    /// Publishes one message to the key's subject; returns its sequence. Errors as
+    /// [`wire::request`] and [`wire::parse_ack`]: a refusal is [`NatsError::Api`].
     pub(crate) async fn publish(
         &self,
         operation: &str,
         key: &Key,
         headers: HeaderMap,
         payload: Bytes,
-    ) -> Result<Result<u64, ApiError>> {
+    ) -> Result<u64, NatsError> {
         self.ensure_open()?;
         let reply = wire::request(
             &self.client,
@@ -147,26 +150,30 @@ impl Bucket {
             payload,
         )
         .await?;
-        Ok(wire::parse_ack(&reply.payload, operation)?.map(|ack| ack.sequence))
+        Ok(wire::parse_ack(&reply.payload, operation)?.sequence)
     }
 
     /// The key's last message, confirmed by a commit barrier, so it may be reported as the
     /// key's state at a moment within the call (a linearizable `get`, a refusal's `actual`
     /// revision, an absent key a delete finds). It is remembered for the next write.
-    pub(crate) async fn confirmed_last(&self, key: &Key, operation: &str) -> Result<Option<Last>> {
+    pub(crate) async fn confirmed_last(
+        &self,
+        key: &Key,
+        operation: &str,
+    ) -> Result<Option<Last>, NatsError> {
         let mut attempts = Attempts::new(self.request_timeout);
         loop {
             let last = self.last(key).await?;
             let at = last.as_ref().map_or(0, |l| l.sequence);
-            match self.barrier(key, at, operation).await? {
+            match self.barrier(key, at, operation).await {
                 Ok(()) => {
                     self.seen.remember(key, Seen::of(last.as_ref()));
                     return Ok(last);
                 }
                 // The key moved since the read: read again.
-                Err(refused) if refused.is_conflict() => {
+                Err(NatsError::Api { error, .. }) if error.is_conflict() => {
                     attempts
-                        .after(&refused, || {
+                        .after(&error, || {
                             format!(
                                 "{operation}: the read could not be confirmed within {:?}",
                                 self.request_timeout
@@ -174,14 +181,15 @@ impl Bucket {
                         })
                         .await?
                 }
-                Err(other) => return Err(other.into_error(operation)),
+                Err(other) => return Err(other),
             }
         }
     }
 
-    /// Publishes a commit barrier expecting `key` at sequence `at` (0: no message). `Ok(Err)`
-    /// when the server refused it (nothing was stored); a barrier without an answer is
-    /// [`Error::Unavailable`]: whether or not it was stored, it confirmed nothing.
+    /// Publishes a commit barrier expecting `key` at sequence `at` (0: no message).
+    /// [`NatsError::Api`] when the server refused it (nothing was stored); a barrier without
+    /// an answer is [`NatsError::NotApplied`]: whether or not it was stored, it confirmed
+    /// nothing, and a barrier changes no key.
     ///
     /// The barrier is a message to a reserved subject of this client carrying
     /// `Nats-Expected-Last-Subject-Sequence(-Subject)`: the key must still be at the sequence
@@ -196,7 +204,7 @@ impl Bucket {
         key: &Key,
         at: u64,
         operation: &str,
-    ) -> Result<Result<(), ApiError>> {
+    ) -> Result<(), NatsError> {
         self.ensure_open()?;
         let mut slot = self.barrier_slots.take();
         let mut headers = HeaderMap::new();
@@ -234,18 +242,25 @@ impl Bucket {
         )
         .await
         .map_err(|err| match err {
-            Error::Ambiguous { message, .. } => Error::Unavailable {
+            NatsError::Unknown { message, .. } => NatsError::NotApplied {
                 message: format!(
                     "{operation}: the read was not confirmed by the stream's quorum: {message}"
                 ),
             },
             other => other,
         })?;
-        let outcome = wire::parse_ack(&reply.payload, operation)?;
-        if let Ok(ack) = &outcome {
-            slot.acknowledged(ack.sequence);
+        match wire::parse_ack(&reply.payload, operation) {
+            Ok(ack) => {
+                slot.acknowledged(ack.sequence);
+                self.barrier_slots.give_back(slot);
+                Ok(())
+            }
+            // Refused: nothing was stored, so the slot's last barrier is still the newest.
+            Err(refused @ NatsError::Api { .. }) => {
+                self.barrier_slots.give_back(slot);
+                Err(refused)
+            }
+            Err(unreadable) => Err(unreadable),
         }
-        self.barrier_slots.give_back(slot);
-        Ok(outcome.map(|_| ()))
     }
 }

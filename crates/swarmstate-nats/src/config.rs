@@ -6,6 +6,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use swarmstate_core::{Error, Result};
 
+use crate::error::NatsError;
+
 /// The default bucket name.
 pub const DEFAULT_BUCKET: &str = "swarmstate";
 /// How long an expiry or delete marker stays in the stream before the server removes it.
@@ -141,7 +143,7 @@ pub(crate) async fn open(
         .request_timeout(Some(builder.request_timeout))
         .connect(servers)
         .await
-        .map_err(|err| Error::Unavailable {
+        .map_err(|err| NatsError::NotApplied {
             message: format!("cannot connect to {}: {err}", builder.urls),
         })?;
     check_max_payload(&client, builder.max_value_size)?;
@@ -252,9 +254,10 @@ async fn open_stream(
                 None
             }
             _ => {
-                return Err(Error::Unavailable {
+                return Err(NatsError::NotApplied {
                     message: format!("cannot look up bucket {}: {err}", builder.bucket),
-                });
+                }
+                .into());
             }
         },
     };
@@ -263,7 +266,7 @@ async fn open_stream(
             let config = stream
                 .info()
                 .await
-                .map_err(|err| Error::Unavailable {
+                .map_err(|err| NatsError::NotApplied {
                     message: format!("cannot read bucket {}: {err}", builder.bucket),
                 })?
                 .config
@@ -272,13 +275,11 @@ async fn open_stream(
             Ok(stream)
         }
         None => {
-            let stream =
-                context
-                    .get_or_create_stream(wanted)
-                    .await
-                    .map_err(|err| Error::Unavailable {
-                        message: format!("cannot create bucket {}: {err}", builder.bucket),
-                    })?;
+            let stream = context.get_or_create_stream(wanted).await.map_err(|err| {
+                NatsError::NotApplied {
+                    message: format!("cannot create bucket {}: {err}", builder.bucket),
+                }
+            })?;
             wait_for_leader(stream, builder).await
         }
     }
@@ -303,9 +304,10 @@ async fn wait_for_leader(
             return Ok(stream);
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(Error::Unavailable {
+            return Err(NatsError::NotApplied {
                 message: format!("bucket {} has no stream leader yet", builder.bucket),
-            });
+            }
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -42,10 +42,11 @@
 
 use std::time::{Duration, Instant};
 
-use swarmstate_core::{Error, Key, Result};
+use swarmstate_core::Key;
 
 use crate::attempts::Attempts;
 use crate::bucket::Bucket;
+use crate::error::NatsError;
 use crate::seen::{Held, Seen};
 
 /// A write is not sent over a value whose TTL ends sooner than this: it waits for the expiry.
@@ -74,7 +75,7 @@ impl Seen {
 /// Waits until the value `seen` holds is no longer about to expire: the server expired it
 /// (or something replaced it). Returns the key's new last message.
 ///
-/// Errors: [`Error::Unavailable`] if that has not happened when `attempts` gives up (a
+/// Errors: [`NatsError::NotApplied`] if that has not happened when `attempts` gives up (a
 /// stream without a leader expires nothing); nothing was written.
 pub(crate) async fn outlast(
     bucket: &Bucket,
@@ -82,10 +83,10 @@ pub(crate) async fn outlast(
     mut seen: Seen,
     attempts: &Attempts,
     operation: &str,
-) -> Result<Seen> {
+) -> Result<Seen, NatsError> {
     while seen.expiring(Instant::now()) {
         if attempts.expired() {
-            return Err(Error::Unavailable {
+            return Err(NatsError::NotApplied {
                 message: format!(
                     "{operation}: the value it replaces (revision {}) reached the end of its \
                      TTL and the server has not expired it yet",
@@ -109,7 +110,7 @@ pub(crate) async fn outlast(
 /// through a commit barrier: once the barrier commits, any expiry marker that could purge
 /// the write has been applied before it (or will never be).
 ///
-/// Errors: [`Error::Ambiguous`] when the write cannot be confirmed: it was purged by the
+/// Errors: [`NatsError::Unknown`] when the write cannot be confirmed: it was purged by the
 /// late marker, or the key changed again before the barrier, or the barrier could not be
 /// committed. The write may or may not be in effect; re-read.
 pub(crate) async fn confirm_written(
@@ -118,26 +119,16 @@ pub(crate) async fn confirm_written(
     written: u64,
     attempts: &mut Attempts,
     operation: &str,
-) -> Result<()> {
+) -> Result<(), NatsError> {
     loop {
-        let outcome = match bucket.barrier(key, written, operation).await {
-            Ok(outcome) => outcome,
-            Err(err) => {
-                return Err(Error::Ambiguous {
-                    operation: operation.to_owned(),
-                    message: format!(
-                        "acknowledged at revision {written} right at the end of the TTL of \
-                         the value it replaced, and not confirmed since: {err}"
-                    ),
-                });
-            }
-        };
-        match outcome {
+        match bucket.barrier(key, written, operation).await {
             Ok(()) => return Ok(()),
-            Err(refused) if refused.is_in_flight() && !attempts.expired() => {
+            Err(NatsError::Api { error: refused, .. })
+                if refused.is_in_flight() && !attempts.expired() =>
+            {
                 attempts.pause_if_in_flight(&refused).await;
             }
-            Err(refused) => {
+            Err(NatsError::Api { error: refused, .. }) => {
                 let now = bucket.read_seen(key).await.ok();
                 let message = match now {
                     Some(Seen {
@@ -155,9 +146,18 @@ pub(crate) async fn confirm_written(
                         refused.description
                     ),
                 };
-                return Err(Error::Ambiguous {
+                return Err(NatsError::Unknown {
                     operation: operation.to_owned(),
                     message,
+                });
+            }
+            Err(err) => {
+                return Err(NatsError::Unknown {
+                    operation: operation.to_owned(),
+                    message: format!(
+                        "acknowledged at revision {written} right at the end of the TTL of \
+                         the value it replaced, and not confirmed since: {err}"
+                    ),
                 });
             }
         }

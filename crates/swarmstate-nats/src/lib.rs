@@ -22,9 +22,10 @@
 //!
 //! Each module uses only the modules listed before it:
 //!
-//! 1. `wire` (subjects, headers, what a stored message means, pub acks, the request that tells
-//!    `Unavailable` from `Ambiguous`) and `config` (the builder's settings, URLs, the bucket
-//!    settings and opening the stream).
+//! 1. `error` (`NatsError`: what a failed request says about its outcome, and the one
+//!    conversion into `swarmstate_core::Error`), `wire` (subjects, headers, what a stored
+//!    message means, pub acks, the request that tells "never sent" from "no answer") and
+//!    `config` (the builder's settings, URLs, the bucket settings and opening the stream).
 //! 2. Bookkeeping without I/O: `attempts` (how long a refused request keeps trying), `seen`
 //!    (the hint cache of each key's last message), `slots` (the read barriers' reserved
 //!    subjects).
@@ -38,6 +39,7 @@
 
 // In layer order (see above).
 mod config;
+mod error;
 mod wire;
 
 mod attempts;

@@ -24,11 +24,12 @@
 //! answers anything.
 
 use bytes::Bytes;
-use swarmstate_core::{Error, Key, Result};
+use swarmstate_core::Key;
 
 use crate::attempts::Attempts;
 use crate::bucket::Bucket;
-use crate::wire::{self, ApiError, Last};
+use crate::error::{ApiError, NatsError};
+use crate::wire::{self, Last};
 
 /// A `Nats-Msg-Id` for one write, the same for all of its attempts.
 pub(crate) fn write_id(bucket: &Bucket) -> String {
@@ -42,7 +43,7 @@ pub(crate) fn write_id(bucket: &Bucket) -> String {
 /// attempt was refused) was applied after all, given a confirmed read of its key taken
 /// after the refusals: `Some(sequence)` of the attempt that applied, `None` if none did.
 ///
-/// Errors: [`Error::Ambiguous`] when that cannot be learned (no answer, or only stale
+/// Errors: [`NatsError::Unknown`] when that cannot be learned (no answer, or only stale
 /// ones, within the request timeout).
 pub(crate) async fn applied_anyway(
     bucket: &Bucket,
@@ -50,7 +51,7 @@ pub(crate) async fn applied_anyway(
     refused: Option<&str>,
     confirmed: Option<&Last>,
     operation: &str,
-) -> Result<Option<u64>> {
+) -> Result<Option<u64>, NatsError> {
     let Some(id) = refused else { return Ok(None) };
     if let Some(last) = confirmed
         && last.write_id.as_deref() == Some(id)
@@ -58,7 +59,7 @@ pub(crate) async fn applied_anyway(
         return Ok(Some(last.sequence));
     }
     let floor = confirmed.map_or(0, |last| last.sequence);
-    let unknown = |why: String| Error::Ambiguous {
+    let unknown = |why: String| NatsError::Unknown {
         operation: operation.to_owned(),
         message: format!(
             "refused, and whether an earlier attempt was applied anyway is unknown: {why}"
@@ -73,47 +74,52 @@ pub(crate) async fn applied_anyway(
             wire::EXPECTED_LAST_SUBJECT_SEQUENCE,
             u64::MAX.to_string().as_str(),
         );
-        let outcome = bucket
-            .publish(operation, key, headers, Bytes::new())
-            .await
-            .map_err(|err| unknown(err.to_string()))?;
-        match outcome {
+        match bucket.publish(operation, key, headers, Bytes::new()).await {
             // Only a duplicate can be acknowledged: the attempt stored at `sequence`.
             Ok(sequence) => return Ok(Some(sequence)),
-            Err(refused) if refused.reported_last().is_some_and(|last| last >= floor) => {
+            Err(NatsError::Api { error: refused, .. })
+                if refused.reported_last().is_some_and(|last| last >= floor) =>
+            {
                 return Ok(None);
             }
             // In flight, in process, or a stale node's answer: ask again.
-            Err(refused) if refused.is_conflict() && !attempts.expired() => {
+            Err(NatsError::Api { error: refused, .. })
+                if refused.is_conflict() && !attempts.expired() =>
+            {
                 attempts.pause().await;
             }
-            Err(refused) => return Err(unknown(refused.description)),
+            Err(NatsError::Api { error: refused, .. }) => {
+                return Err(unknown(refused.description));
+            }
+            Err(err) => return Err(unknown(err.to_string())),
         }
     }
 }
 
 /// After the last refused attempt of a write whose time ran out: the sequence of an
-/// attempt that was applied anyway, else [`Error::Unavailable`] (none was).
+/// attempt that was applied anyway, else [`NatsError::NotApplied`] (none was).
 pub(crate) async fn out_of_attempts(
     bucket: &Bucket,
     key: &Key,
     refused: Option<&str>,
     last_refusal: &ApiError,
     operation: &str,
-) -> Result<u64> {
+) -> Result<u64, NatsError> {
     let confirmed = match refused {
-        Some(_) => bucket
-            .confirmed_last(key, operation)
-            .await
-            .map_err(|err| Error::Ambiguous {
-                operation: operation.to_owned(),
-                message: format!("refused, then the key could not be read: {err}"),
-            })?,
+        Some(_) => {
+            bucket
+                .confirmed_last(key, operation)
+                .await
+                .map_err(|err| NatsError::Unknown {
+                    operation: operation.to_owned(),
+                    message: format!("refused, then the key could not be read: {err}"),
+                })?
+        }
         None => None,
     };
     match applied_anyway(bucket, key, refused, confirmed.as_ref(), operation).await? {
         Some(sequence) => Ok(sequence),
-        None => Err(Error::Unavailable {
+        None => Err(NatsError::NotApplied {
             message: format!(
                 "{}: {}",
                 kept_changing(bucket, operation),

@@ -8,12 +8,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use swarmstate_core::backend::{validate_txn, validate_value};
 use swarmstate_core::{
-    Capabilities, Entry, Error, Key, KeyStream, Pattern, PutOptions, Result, Revision, StateStore,
-    TxnOp, TxnResult, WatchStart, WatchStream,
+    Capabilities, Entry, Key, KeyStream, Pattern, PutOptions, Result, Revision, StateStore, TxnOp,
+    TxnResult, WatchStart, WatchStream,
 };
 
 use crate::bucket::Bucket;
 use crate::config::{self, NatsStoreBuilder, ReadConsistency, parse_url};
+use crate::error::NatsError;
 use crate::wire;
 
 /// A store on a NATS JetStream bucket. Clones share one connection.
@@ -68,9 +69,10 @@ impl NatsStore {
             {
                 Ok(None)
             }
-            Err(err) => Err(Error::Unavailable {
+            Err(err) => Err(NatsError::NotApplied {
                 message: format!("stale get {key}: {err}"),
-            }),
+            }
+            .into()),
         }
     }
 
@@ -94,6 +96,9 @@ impl NatsStoreBuilder {
     /// Errors: [`Error::InvalidInput`] for a bad bucket name or replica count, or for an
     /// existing bucket whose settings would break the contract (the message names the
     /// setting); [`Error::Unavailable`] when no server answers.
+    ///
+    /// [`Error::InvalidInput`]: swarmstate_core::Error::InvalidInput
+    /// [`Error::Unavailable`]: swarmstate_core::Error::Unavailable
     pub async fn connect(self) -> Result<NatsStore> {
         let (client, context, stream) = config::open(&self).await?;
         Ok(NatsStore {
@@ -121,6 +126,8 @@ impl StateStore for NatsStore {
     /// or confirmed (no stream leader, no quorum, a partition, or a key that kept changing for
     /// the whole request timeout); retrying is safe. With [`ReadConsistency::Leader`], only
     /// the leader read.
+    ///
+    /// [`Error::Unavailable`]: swarmstate_core::Error::Unavailable
     #[tracing::instrument(skip_all, fields(key = %key))]
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         match self.bucket.read_consistency {

@@ -22,6 +22,7 @@ use swarmstate_core::{Condition, Error, Key, Result, TxnAction, TxnOp, TxnResult
 use crate::attempts::Attempts;
 use crate::batch::{CHECK_ONLY, Message, publish_batch};
 use crate::bucket::Bucket;
+use crate::error::NatsError;
 use crate::expiry::{confirm_written, outlast};
 use crate::seen::Seen;
 use crate::wire::{self, Last};
@@ -62,13 +63,13 @@ pub(crate) async fn apply(bucket: &Bucket, ops: &[TxnOp]) -> Result<Vec<TxnResul
             match pins.as_slice() {
                 [] => return Ok(results),
                 // Nothing to write and one key to check: a commit barrier is the check.
-                [pin] => match bucket.barrier(&pin.key, pin.sequence, "txn").await? {
+                [pin] => match bucket.barrier(&pin.key, pin.sequence, "txn").await {
                     Ok(()) => return Ok(results),
-                    Err(err) if err.is_conflict() => {
-                        attempts.after(&err, || kept_changing(bucket)).await?;
+                    Err(NatsError::Api { error, .. }) if error.is_conflict() => {
+                        attempts.after(&error, || kept_changing(bucket)).await?;
                         continue;
                     }
-                    Err(err) => return Err(err.into_error("txn")),
+                    Err(err) => return Err(err.into()),
                 },
                 _ => {}
             }
@@ -85,7 +86,7 @@ pub(crate) async fn apply(bucket: &Bucket, ops: &[TxnOp]) -> Result<Vec<TxnResul
             });
         }
         let mut results = results;
-        match publish_batch(bucket, "txn", &messages).await? {
+        match publish_batch(bucket, "txn", &messages).await {
             Ok(last_sequence) => {
                 let first = last_sequence + 1 - messages.len() as u64;
                 let acked = Instant::now();
@@ -108,8 +109,10 @@ pub(crate) async fn apply(bucket: &Bucket, ops: &[TxnOp]) -> Result<Vec<TxnResul
                 }
                 return Ok(results);
             }
-            Err(err) if err.is_conflict() => attempts.after(&err, || kept_changing(bucket)).await?,
-            Err(err) => return Err(err.into_error("txn")),
+            Err(NatsError::Api { error, .. }) if error.is_conflict() => {
+                attempts.after(&error, || kept_changing(bucket)).await?
+            }
+            Err(err) => return Err(err.into()),
         }
     }
 }

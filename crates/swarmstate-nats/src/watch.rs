@@ -22,6 +22,7 @@ use swarmstate_core::{
 };
 
 use crate::bucket::Bucket;
+use crate::error::NatsError;
 use crate::wire::{self, Kind};
 
 fn filter_subject(bucket: &Bucket, pattern: &Pattern) -> String {
@@ -52,7 +53,7 @@ async fn ordered_consumer(
             ..Default::default()
         })
         .await
-        .map_err(|err| Error::Unavailable {
+        .map_err(|err| NatsError::NotApplied {
             message: format!("cannot start a consumer on {}: {err}", bucket.name),
         })?;
     let pending = consumer.cached_info().num_pending;
@@ -60,7 +61,7 @@ async fn ordered_consumer(
     let messages = consumer
         .messages()
         .await
-        .map_err(|err| Error::Unavailable {
+        .map_err(|err| NatsError::NotApplied {
             message: format!("cannot read a consumer on {}: {err}", bucket.name),
         })?;
     Ok((messages, pending, name))
@@ -132,9 +133,10 @@ async fn list_keys(
         let message = match messages.next().await {
             Some(Ok(message)) => message,
             Some(Err(err)) => {
-                return Err(Error::Unavailable {
+                return Err(NatsError::NotApplied {
                     message: format!("listing keys: {err}"),
-                });
+                }
+                .into());
             }
             None => break,
         };
@@ -155,7 +157,7 @@ async fn check_replayable(bucket: &Bucket, from: Revision) -> Result<()> {
         .context
         .request(subject, &json!({ "deleted_details": true }))
         .await
-        .map_err(|err| Error::Unavailable {
+        .map_err(|err| NatsError::NotApplied {
             message: format!("cannot read the stream state: {err}"),
         })?;
     let state = &info["state"];
@@ -207,7 +209,7 @@ pub(crate) async fn watch(
     let floor = stream
         .info()
         .await
-        .map_err(|err| Error::Unavailable {
+        .map_err(|err| NatsError::NotApplied {
             message: format!("cannot read the stream state: {err}"),
         })?
         .state

@@ -1,6 +1,6 @@
 //! How the contract maps onto JetStream messages: subjects, headers, what a stored message
-//! means for its key, pub acks and their errors, and the request that tells `Unavailable` from
-//! `Ambiguous`.
+//! means for its key, pub acks, and the request that tells a request that never left
+//! (nothing applied) from one that got no answer (outcome unknown).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -8,7 +8,9 @@ use async_nats::jetstream::message::StreamMessage;
 use async_nats::{HeaderMap, client::RequestErrorKind};
 use bytes::Bytes;
 use serde_json::Value;
-use swarmstate_core::{Entry, Error, Key, Result, Revision};
+use swarmstate_core::{Entry, Key, Revision};
+
+use crate::error::{ApiError, NatsError};
 
 pub(crate) const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
 pub(crate) const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
@@ -31,12 +33,6 @@ pub(crate) const REPLACES: &str = "Swarmstate-Replaces";
 pub(crate) const REPLACES_KEPT: usize = 128;
 /// The reserved keys that carry reads' commit barriers, one subject per client and slot.
 pub(crate) const BARRIER_KEYS: &str = "_swarmstate.barrier.";
-
-/// JetStream's "wrong last sequence" error; on R3 a lost race may also come back as 10164.
-const WRONG_LAST_SEQUENCE: u64 = 10071;
-const WRONG_LAST_SEQUENCE_CLUSTERED: u64 = 10164;
-/// An earlier message with the same `Nats-Msg-Id` is being proposed and not yet applied.
-const DUPLICATE_IN_PROCESS: u64 = 10158;
 
 /// What a stored message means for its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,85 +178,47 @@ impl Last {
     }
 }
 
-/// A JetStream API error from a pub ack.
-#[derive(Debug, Clone)]
-pub(crate) struct ApiError {
-    pub(crate) code: u64,
-    pub(crate) err_code: u64,
-    pub(crate) description: String,
-}
-
-impl ApiError {
-    pub(crate) fn is_conflict(&self) -> bool {
-        matches!(
-            self.err_code,
-            WRONG_LAST_SEQUENCE | WRONG_LAST_SEQUENCE_CLUSTERED | DUPLICATE_IN_PROCESS
-        )
-    }
-
-    /// Refused without comparing, because another write to the subject (or an earlier attempt
-    /// of this very write) was still in flight: it says nothing about the subject's sequence.
-    pub(crate) fn is_in_flight(&self) -> bool {
-        matches!(
-            self.err_code,
-            WRONG_LAST_SEQUENCE_CLUSTERED | DUPLICATE_IN_PROCESS
-        )
-    }
-
-    /// The last sequence of the subject as the refusing server had it ("wrong last sequence:
-    /// N"), for a refusal that compared.
-    pub(crate) fn reported_last(&self) -> Option<u64> {
-        if self.err_code != WRONG_LAST_SEQUENCE {
-            return None;
-        }
-        self.description
-            .rsplit(": ")
-            .next()
-            .and_then(|n| n.trim().parse().ok())
-    }
-
-    pub(crate) fn into_error(self, operation: &str) -> Error {
-        Error::backend(std::io::Error::other(format!(
-            "{operation}: JetStream error {} ({}): {}",
-            self.err_code, self.code, self.description
-        )))
-    }
-}
-
 /// A successful pub ack.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Ack {
     pub(crate) sequence: u64,
 }
 
-pub(crate) fn parse_ack(payload: &[u8], operation: &str) -> Result<Result<Ack, ApiError>> {
-    let value: Value = serde_json::from_slice(payload).map_err(|err| {
-        Error::backend(std::io::Error::other(format!(
-            "{operation}: unreadable pub ack ({err}): {}",
+/// The acknowledgement in a publish's answer. Errors: [`NatsError::Api`] for a refusal (nothing
+/// was stored), [`NatsError::BadReply`] for an answer that is neither.
+pub(crate) fn parse_ack(payload: &[u8], operation: &str) -> Result<Ack, NatsError> {
+    let value: Value = serde_json::from_slice(payload).map_err(|err| NatsError::BadReply {
+        operation: operation.to_owned(),
+        message: format!(
+            "unreadable pub ack ({err}): {}",
             String::from_utf8_lossy(payload)
-        )))
+        ),
     })?;
     if let Some(error) = value.get("error") {
-        return Ok(Err(ApiError {
-            code: error.get("code").and_then(Value::as_u64).unwrap_or(0),
-            err_code: error.get("err_code").and_then(Value::as_u64).unwrap_or(0),
-            description: error
-                .get("description")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned(),
-        }));
+        return Err(NatsError::Api {
+            operation: operation.to_owned(),
+            error: ApiError {
+                code: error.get("code").and_then(Value::as_u64).unwrap_or(0),
+                err_code: error.get("err_code").and_then(Value::as_u64).unwrap_or(0),
+                description: error
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+            },
+        });
     }
     match value.get("seq").and_then(Value::as_u64) {
-        Some(sequence) if sequence > 0 => Ok(Ok(Ack { sequence })),
-        _ => Err(Error::backend(std::io::Error::other(format!(
-            "{operation}: pub ack without a sequence: {value}"
-        )))),
+        Some(sequence) if sequence > 0 => Ok(Ack { sequence }),
+        _ => Err(NatsError::BadReply {
+            operation: operation.to_owned(),
+            message: format!("pub ack without a sequence: {value}"),
+        }),
     }
 }
 
 /// Sends a request. A request that provably never left (no connection at the time) is
-/// `Unavailable`; one that was sent and got no answer is `Ambiguous`.
+/// [`NatsError::NotApplied`]; one that was sent and got no answer is [`NatsError::Unknown`].
 pub(crate) async fn request(
     client: &async_nats::Client,
     timeout: Duration,
@@ -268,9 +226,9 @@ pub(crate) async fn request(
     subject: String,
     headers: HeaderMap,
     payload: Bytes,
-) -> Result<async_nats::Message> {
+) -> Result<async_nats::Message, NatsError> {
     if client.connection_state() != async_nats::connection::State::Connected {
-        return Err(Error::Unavailable {
+        return Err(NatsError::NotApplied {
             message: format!("{operation}: not connected to NATS"),
         });
     }
@@ -283,20 +241,20 @@ pub(crate) async fn request(
         .await
         .map_err(|err| match err.kind() {
             // Nobody was listening on the subject: the stream did not take the message.
-            RequestErrorKind::NoResponders => Error::Unavailable {
+            RequestErrorKind::NoResponders => NatsError::NotApplied {
                 message: format!("{operation}: no JetStream server answered (no responders)"),
             },
-            RequestErrorKind::TimedOut => Error::Ambiguous {
+            RequestErrorKind::TimedOut => NatsError::Unknown {
                 operation: operation.to_owned(),
                 message: format!("no answer within {timeout:?}"),
             },
             // Refused by the client before sending.
             RequestErrorKind::InvalidSubject | RequestErrorKind::MaxPayloadExceeded => {
-                Error::InvalidInput {
+                NatsError::Unsendable {
                     message: format!("{operation}: {err}"),
                 }
             }
-            RequestErrorKind::Other => Error::Ambiguous {
+            RequestErrorKind::Other => NatsError::Unknown {
                 operation: operation.to_owned(),
                 message: err.to_string(),
             },
@@ -317,19 +275,20 @@ mod tests {
 
     #[test]
     fn acks_and_errors_parse() {
-        let ack = parse_ack(br#"{"stream":"KV_x","seq":42}"#, "put")
-            .unwrap()
-            .unwrap();
+        let ack = parse_ack(br#"{"stream":"KV_x","seq":42}"#, "put").unwrap();
         assert_eq!(ack.sequence, 42);
         let err = parse_ack(
             br#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 3"}}"#,
             "put",
         )
-        .unwrap()
         .unwrap_err();
-        assert!(err.is_conflict(), "{err:?}");
-        assert_eq!(err.reported_last(), Some(3));
-        assert!(parse_ack(b"not json", "put").is_err());
+        let NatsError::Api { error, .. } = err else {
+            panic!("not an API error: {err}");
+        };
+        assert!(error.is_conflict(), "{error}");
+        assert_eq!(error.reported_last(), Some(3));
+        let err = parse_ack(b"not json", "put").unwrap_err();
+        assert!(matches!(err, NatsError::BadReply { .. }), "{err}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use swarmstate_core::{Condition, Error, Key, PutMode, PutOptions, Result, Revisi
 use crate::attempts::Attempts;
 use crate::batch::{CHECK_ONLY, Message, publish_batch};
 use crate::bucket::Bucket;
+use crate::error::NatsError;
 use crate::expiry::{confirm_written, outlast};
 use crate::refused::{applied_anyway, out_of_attempts, write_id};
 use crate::seen::{Held, Seen};
@@ -93,7 +94,7 @@ pub(crate) async fn put(
             None => {
                 bucket
                     .publish(&operation, key, headers, value.clone())
-                    .await?
+                    .await
             }
             Some(record) => {
                 let messages = [
@@ -106,7 +107,7 @@ pub(crate) async fn put(
                     record_message(bucket, record, record_at),
                 ];
                 publish_batch(bucket, &operation, &messages)
-                    .await?
+                    .await
                     .map(|last| last - 1)
             }
         };
@@ -127,17 +128,17 @@ pub(crate) async fn put(
                 );
                 return revision(sequence);
             }
-            Err(err) if err.is_conflict() => {
+            Err(NatsError::Api { error, .. }) if error.is_conflict() => {
                 bucket.seen.forget(key);
                 refused = id.as_deref();
                 if attempts.expired() {
                     return revision(
-                        out_of_attempts(bucket, key, refused, &err, &operation).await?,
+                        out_of_attempts(bucket, key, refused, &error, &operation).await?,
                     );
                 }
-                attempts.pause_if_in_flight(&err).await;
+                attempts.pause_if_in_flight(&error).await;
             }
-            Err(err) => return Err(err.into_error(&operation)),
+            Err(err) => return Err(err.into()),
         }
         if let Some(record) = &record {
             match bucket.last(record).await? {
@@ -210,10 +211,7 @@ pub(crate) async fn delete(
             replaces.sequence.to_string().as_str(),
         );
         headers.insert(wire::MSG_ID, id.as_str());
-        match bucket
-            .publish(&operation, key, headers, Bytes::new())
-            .await?
-        {
+        match bucket.publish(&operation, key, headers, Bytes::new()).await {
             Ok(sequence) => {
                 if replaces.acknowledged_late(Instant::now()) {
                     bucket.seen.forget(key);
@@ -228,19 +226,19 @@ pub(crate) async fn delete(
                 );
                 return revision(sequence).map(Some);
             }
-            Err(err) if err.is_conflict() => {
+            Err(NatsError::Api { error, .. }) if error.is_conflict() => {
                 bucket.seen.forget(key);
                 refused = Some(id.as_str());
                 if attempts.expired() {
                     return revision(
-                        out_of_attempts(bucket, key, refused, &err, &operation).await?,
+                        out_of_attempts(bucket, key, refused, &error, &operation).await?,
                     )
                     .map(Some);
                 }
-                attempts.pause_if_in_flight(&err).await;
+                attempts.pause_if_in_flight(&error).await;
                 replaces = bucket.read_seen(key).await?;
             }
-            Err(err) => return Err(err.into_error(&operation)),
+            Err(err) => return Err(err.into()),
         }
     }
 }
