@@ -18,7 +18,7 @@ use bytes::Bytes;
 use swarmstate_check::{Recorder, RecordingClient, Workload, check, run};
 use swarmstate_core::{Entry, Key, PutOptions, Result, StateStore};
 use swarmstate_nats::NatsStore;
-use swarmstate_nats::testing::{NatsCluster, NatsServer, require_server};
+use swarmstate_nats_local::{NatsCluster, NatsServer, require_server};
 
 /// How long a write may take before it is recorded as ambiguous: long enough for a loaded
 /// 2-core machine, short enough that the writes in flight at a kill end soon.

@@ -16,7 +16,7 @@ use anyhow::{Context, bail};
 use swarmstate::StateStore;
 use swarmstate_check::{Workload, run};
 use swarmstate_nats::NatsStore;
-use swarmstate_nats::testing::{NatsCluster, NatsServer, nats_server_binary};
+use swarmstate_nats_local::{NatsCluster, NatsServer, nats_server_binary};
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::open::open_store;

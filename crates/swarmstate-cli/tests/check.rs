@@ -3,7 +3,7 @@
 
 use std::process::{Command, Output};
 
-use swarmstate_nats::testing::require_server;
+use swarmstate_nats_local::require_server;
 
 fn check(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_swarmstate"))

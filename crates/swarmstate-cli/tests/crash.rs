@@ -11,7 +11,7 @@ use std::time::Duration;
 use swarmstate::lock::acquire_lock_wait;
 use swarmstate::{Condition, Error, Key, StateStore, TxnOp};
 use swarmstate_nats::NatsStore;
-use swarmstate_nats::testing::{NatsServer, require_server};
+use swarmstate_nats_local::{NatsServer, require_server};
 use tokio::time::Instant;
 
 /// Scheduling slack on top of the contract's bound: process start-up is not part of it, but a

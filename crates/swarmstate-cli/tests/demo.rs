@@ -4,7 +4,7 @@
 
 use std::process::{Command, Output};
 
-use swarmstate_nats::testing::{NatsServer, require_server};
+use swarmstate_nats_local::{NatsServer, require_server};
 
 const INVARIANTS: [&str; 5] = [
     "every item done exactly once",

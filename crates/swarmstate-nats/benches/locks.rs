@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use swarmstate_core::{Key, MemoryStore, PutOptions, StateStore};
 use swarmstate_nats::NatsStore;
-use swarmstate_nats::testing::{NatsServer, require_server};
+use swarmstate_nats_local::{NatsServer, require_server};
 use swarmstate_recipes::lock::{acquire_lock, acquire_lock_wait};
 
 const TTL: Duration = Duration::from_secs(30);

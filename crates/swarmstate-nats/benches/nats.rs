@@ -1,8 +1,8 @@
 //! `NatsStore` against raw async-nats calls doing the same work on the same server, in the same
 //! run, at 1 and 16 operations in flight.
 //!
-//! One single-node `nats-server` (the `testing` fixture: loopback, `sync_interval: always`) and
-//! one bucket, opened first by `NatsStore` so that both sides use exactly the settings
+//! One single-node `nats-server` (from `swarmstate-nats-local`: loopback, `sync_interval: always`)
+//! and one bucket, opened first by `NatsStore` so that both sides use exactly the settings
 //! `NatsStore` creates (R1, history 1, per-message TTL, ...). The raw side has its own client
 //! connection, a `kv::Store` and the `KV_<bucket>` stream handle on the same bucket. Every
 //! benchmark row uses its own keys, distinct between the two sides.
@@ -50,8 +50,8 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use swarmstate_core::{Key, PutOptions, Revision, StateStore};
-use swarmstate_nats::testing::{NatsServer, require_server};
 use swarmstate_nats::{NatsStore, ReadConsistency};
+use swarmstate_nats_local::{NatsServer, require_server};
 use swarmstate_recipes::lock::acquire_lock;
 
 const BUCKET: &str = "bench";

@@ -1,12 +1,12 @@
-//! Opening a [`NatsStore`](crate::NatsStore): the builder, `nats://` URLs, and the bucket
-//! settings the contract depends on.
+//! What a [`NatsStore`](crate::NatsStore) is opened with: the builder's settings, `nats://`
+//! URLs, and the bucket settings the contract depends on, created or checked on connect.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use swarmstate_core::{Error, Result};
 
-use crate::NatsStore;
+use crate::error::NatsError;
 
 /// The default bucket name.
 pub const DEFAULT_BUCKET: &str = "swarmstate";
@@ -20,6 +20,8 @@ pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(120);
 /// Writes, [`StateStore::txn`](swarmstate_core::StateStore::txn) and conditional writes are
 /// the same in both modes: their conditions are checked by the stream leader when the write
 /// commits, whatever a read returned before.
+///
+/// [`NatsStore`]: crate::NatsStore
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum ReadConsistency {
@@ -47,6 +49,8 @@ pub enum ReadConsistency {
 
 /// Builds a [`NatsStore`]: `NatsStore::builder("nats://127.0.0.1:4222").bucket("swarm")
 /// .replicas(3).connect().await?`.
+///
+/// [`NatsStore`]: crate::NatsStore
 #[derive(Debug, Clone)]
 pub struct NatsStoreBuilder {
     pub(crate) urls: String,
@@ -106,45 +110,46 @@ impl NatsStoreBuilder {
     /// How `get` is answered (default [`ReadConsistency::Linearizable`]; see there for what
     /// [`ReadConsistency::Leader`] gives up). [`NatsStore::get_stale`] is the faster read any
     /// replica may answer, in either mode.
+    ///
+    /// [`NatsStore::get_stale`]: crate::NatsStore::get_stale
     pub fn read_consistency(mut self, consistency: ReadConsistency) -> Self {
         self.read_consistency = consistency;
         self
     }
+}
 
-    /// Connects, creates or checks the bucket, and returns the store.
-    ///
-    /// Errors: [`Error::InvalidInput`] for a bad bucket name or replica count, or for an
-    /// existing bucket whose settings would break the contract (the message names the
-    /// setting); [`Error::Unavailable`] when no server answers.
-    pub async fn connect(self) -> Result<NatsStore> {
-        check_bucket_name(&self.bucket)?;
-        if !(1..=5).contains(&self.replicas) {
-            return Err(Error::InvalidInput {
-                message: format!("replicas must be 1 to 5, got {}", self.replicas),
-            });
-        }
-        let servers = self
-            .urls
-            .split(',')
-            .map(|url| url.trim().parse::<async_nats::ServerAddr>())
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|err| Error::InvalidInput {
-                message: format!("bad server address in {:?}: {err}", self.urls),
-            })?;
-        let client = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connection_timeout(Duration::from_secs(5))
-            .request_timeout(Some(self.request_timeout))
-            .connect(servers)
-            .await
-            .map_err(|err| Error::Unavailable {
-                message: format!("cannot connect to {}: {err}", self.urls),
-            })?;
-        check_max_payload(&client, self.max_value_size)?;
-        let context = jetstream::new(client.clone());
-        let stream = open_stream(&context, &self).await?;
-        Ok(NatsStore::from_parts(client, context, stream, self))
+/// Connects to the servers and opens the bucket's stream, creating it or checking its
+/// settings: what [`NatsStoreBuilder::connect`] does before it builds the store.
+pub(crate) async fn open(
+    builder: &NatsStoreBuilder,
+) -> Result<(async_nats::Client, jetstream::Context, stream::Stream)> {
+    check_bucket_name(&builder.bucket)?;
+    if !(1..=5).contains(&builder.replicas) {
+        return Err(Error::InvalidInput {
+            message: format!("replicas must be 1 to 5, got {}", builder.replicas),
+        });
     }
+    let servers = builder
+        .urls
+        .split(',')
+        .map(|url| url.trim().parse::<async_nats::ServerAddr>())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|err| Error::InvalidInput {
+            message: format!("bad server address in {:?}: {err}", builder.urls),
+        })?;
+    let client = async_nats::ConnectOptions::new()
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(builder.request_timeout))
+        .connect(servers)
+        .await
+        .map_err(|err| NatsError::NotApplied {
+            message: format!("cannot connect to {}: {err}", builder.urls),
+        })?;
+    check_max_payload(&client, builder.max_value_size)?;
+    let context = jetstream::new(client.clone());
+    let stream = open_stream(&context, builder).await?;
+    Ok((client, context, stream))
 }
 
 /// Parses `nats://host:port/bucket` (bucket optional, default [`DEFAULT_BUCKET`]); several
@@ -249,9 +254,10 @@ async fn open_stream(
                 None
             }
             _ => {
-                return Err(Error::Unavailable {
+                return Err(NatsError::NotApplied {
                     message: format!("cannot look up bucket {}: {err}", builder.bucket),
-                });
+                }
+                .into());
             }
         },
     };
@@ -260,7 +266,7 @@ async fn open_stream(
             let config = stream
                 .info()
                 .await
-                .map_err(|err| Error::Unavailable {
+                .map_err(|err| NatsError::NotApplied {
                     message: format!("cannot read bucket {}: {err}", builder.bucket),
                 })?
                 .config
@@ -269,13 +275,11 @@ async fn open_stream(
             Ok(stream)
         }
         None => {
-            let stream =
-                context
-                    .get_or_create_stream(wanted)
-                    .await
-                    .map_err(|err| Error::Unavailable {
-                        message: format!("cannot create bucket {}: {err}", builder.bucket),
-                    })?;
+            let stream = context.get_or_create_stream(wanted).await.map_err(|err| {
+                NatsError::NotApplied {
+                    message: format!("cannot create bucket {}: {err}", builder.bucket),
+                }
+            })?;
             wait_for_leader(stream, builder).await
         }
     }
@@ -300,9 +304,10 @@ async fn wait_for_leader(
             return Ok(stream);
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(Error::Unavailable {
+            return Err(NatsError::NotApplied {
                 message: format!("bucket {} has no stream leader yet", builder.bucket),
-            });
+            }
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -33,7 +33,7 @@
 //!   (or after it), which only a stalled or partitioned cluster makes happen, is confirmed
 //!   before it is returned: a commit barrier expecting the key still at the write's sequence.
 //!   While a marker is in flight the barrier is refused (10164) and retried; once it is
-//!   applied, the write was purged and the caller gets [`Error::Ambiguous`] instead of a
+//!   applied, the write was purged and the caller gets `Error::Ambiguous` instead of a
 //!   revision that no longer exists.
 //!
 //! Deadlines are the server's (the leader's wall clock at the proposal plus the TTL), compared
@@ -42,11 +42,12 @@
 
 use std::time::{Duration, Instant};
 
-use swarmstate_core::{Error, Key, Result, Revision};
+use swarmstate_core::Key;
 
-use crate::NatsStore;
-use crate::store::Last;
-use crate::wire;
+use crate::attempts::Attempts;
+use crate::bucket::Bucket;
+use crate::error::NatsError;
+use crate::seen::{Held, Seen};
 
 /// A write is not sent over a value whose TTL ends sooner than this: it waits for the expiry.
 pub(crate) const SEND_MARGIN: Duration = Duration::from_millis(500);
@@ -55,68 +56,9 @@ pub(crate) const SEND_MARGIN: Duration = Duration::from_millis(500);
 pub(crate) const ACK_MARGIN: Duration = Duration::from_millis(250);
 /// How often a write waiting for an expiry looks again.
 const EXPIRY_POLL: Duration = Duration::from_millis(50);
-/// How many keys a store remembers the last message of.
-const SEEN_KEPT: usize = 4096;
 
-/// What this client last knew of a key's last message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Seen {
-    /// The message's stream sequence; 0 for a subject without messages.
-    pub(crate) sequence: u64,
-    pub(crate) held: Held,
-}
-
-/// What a key's last message means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Held {
-    /// No value: no message, a tombstone, or an expiry marker.
-    Nothing,
-    /// A value, expiring at `deadline` (this machine's monotonic clock) if it has a TTL.
-    Value { deadline: Option<Instant> },
-}
-
+/// The guard's two decisions about the value a write replaces.
 impl Seen {
-    /// A subject without messages.
-    pub(crate) const NONE: Seen = Seen {
-        sequence: 0,
-        held: Held::Nothing,
-    };
-
-    pub(crate) fn of(last: Option<&Last>) -> Seen {
-        match last {
-            None => Seen::NONE,
-            Some(last) => Seen {
-                sequence: last.sequence,
-                held: match &last.live {
-                    None => Held::Nothing,
-                    Some(_) => Held::Value {
-                        deadline: last.deadline,
-                    },
-                },
-            },
-        }
-    }
-
-    /// The revision of the value it holds, if any.
-    pub(crate) fn value(&self) -> Option<Revision> {
-        match self.held {
-            Held::Value { .. } => Revision::new(self.sequence),
-            Held::Nothing => None,
-        }
-    }
-
-    /// Whether it is a value at exactly `revision`.
-    pub(crate) fn holds(&self, revision: Revision) -> bool {
-        self.value() == Some(revision)
-    }
-
-    fn deadline(&self) -> Option<Instant> {
-        match self.held {
-            Held::Value { deadline } => deadline,
-            Held::Nothing => None,
-        }
-    }
-
     /// Whether a write sent now could race with the expiry of the value it replaces.
     pub(crate) fn expiring(&self, now: Instant) -> bool {
         self.deadline()
@@ -130,123 +72,93 @@ impl Seen {
     }
 }
 
-impl NatsStore {
-    /// What this client last knew of `key`, if it remembers.
-    pub(crate) fn seen(&self, key: &Key) -> Option<Seen> {
-        let seen = self.inner.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.get(key).copied()
-    }
-
-    pub(crate) fn remember(&self, key: &Key, what: Seen) {
-        let mut seen = self.inner.seen.lock().unwrap_or_else(|e| e.into_inner());
-        // A cache of hints: start over rather than grow without bound.
-        if seen.len() >= SEEN_KEPT && !seen.contains_key(key) {
-            seen.clear();
+/// Waits until the value `seen` holds is no longer about to expire: the server expired it
+/// (or something replaced it). Returns the key's new last message.
+///
+/// Errors: [`NatsError::NotApplied`] if that has not happened when `attempts` gives up (a
+/// stream without a leader expires nothing); nothing was written.
+pub(crate) async fn outlast(
+    bucket: &Bucket,
+    key: &Key,
+    mut seen: Seen,
+    attempts: &Attempts,
+    operation: &str,
+) -> Result<Seen, NatsError> {
+    while seen.expiring(Instant::now()) {
+        if attempts.expired() {
+            return Err(NatsError::NotApplied {
+                message: format!(
+                    "{operation}: the value it replaces (revision {}) reached the end of its \
+                     TTL and the server has not expired it yet",
+                    seen.sequence
+                ),
+            });
         }
-        seen.insert(key.clone(), what);
+        let wake = seen
+            .deadline()
+            .map_or(EXPIRY_POLL, |deadline| {
+                deadline.saturating_duration_since(Instant::now())
+            })
+            .max(EXPIRY_POLL);
+        tokio::time::sleep_until((Instant::now() + wake).min(attempts.give_up()).into()).await;
+        seen = bucket.read_seen(key).await?;
     }
+    Ok(seen)
+}
 
-    pub(crate) fn forget(&self, key: &Key) {
-        let mut seen = self.inner.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.remove(key);
-    }
-
-    /// The key's last message as the stream leader has it now (not confirmed), remembered.
-    pub(crate) async fn read_seen(&self, key: &Key) -> Result<Seen> {
-        let seen = Seen::of(self.last(key).await?.as_ref());
-        self.remember(key, seen);
-        Ok(seen)
-    }
-
-    /// Waits until the value `seen` holds is no longer about to expire: the server expired it
-    /// (or something replaced it). Returns the key's new last message.
-    ///
-    /// Errors: [`Error::Unavailable`] if that has not happened when `attempts` gives up (a
-    /// stream without a leader expires nothing); nothing was written.
-    pub(crate) async fn outlast(
-        &self,
-        key: &Key,
-        mut seen: Seen,
-        attempts: &wire::Attempts,
-        operation: &str,
-    ) -> Result<Seen> {
-        while seen.expiring(Instant::now()) {
-            if attempts.expired() {
-                return Err(Error::Unavailable {
-                    message: format!(
-                        "{operation}: the value it replaces (revision {}) reached the end of its \
-                         TTL and the server has not expired it yet",
-                        seen.sequence
+/// Confirms that the write acknowledged at `written` is still the key's last message,
+/// through a commit barrier: once the barrier commits, any expiry marker that could purge
+/// the write has been applied before it (or will never be).
+///
+/// Errors: [`NatsError::Unknown`] when the write cannot be confirmed: it was purged by the
+/// late marker, or the key changed again before the barrier, or the barrier could not be
+/// committed. The write may or may not be in effect; re-read.
+pub(crate) async fn confirm_written(
+    bucket: &Bucket,
+    key: &Key,
+    written: u64,
+    attempts: &mut Attempts,
+    operation: &str,
+) -> Result<(), NatsError> {
+    loop {
+        match bucket.barrier(key, written, operation).await {
+            Ok(()) => return Ok(()),
+            Err(NatsError::Api { error: refused, .. })
+                if refused.is_in_flight() && !attempts.expired() =>
+            {
+                attempts.pause_if_in_flight(&refused).await;
+            }
+            Err(NatsError::Api { error: refused, .. }) => {
+                let now = bucket.read_seen(key).await.ok();
+                let message = match now {
+                    Some(Seen {
+                        sequence,
+                        held: Held::Nothing,
+                    }) if sequence > written => format!(
+                        "acknowledged at revision {written}, then removed at revision \
+                         {sequence} by the server's late expiry of the value it replaced \
+                         (a nats-server defect; see the README)"
                     ),
+                    _ => format!(
+                        "acknowledged at revision {written} right at the end of the TTL of \
+                         the value it replaced, and changed again before it could be \
+                         confirmed: {}",
+                        refused.description
+                    ),
+                };
+                return Err(NatsError::Unknown {
+                    operation: operation.to_owned(),
+                    message,
                 });
             }
-            let wake = seen
-                .deadline()
-                .map_or(EXPIRY_POLL, |deadline| {
-                    deadline.saturating_duration_since(Instant::now())
-                })
-                .max(EXPIRY_POLL);
-            tokio::time::sleep_until((Instant::now() + wake).min(attempts.give_up()).into()).await;
-            seen = self.read_seen(key).await?;
-        }
-        Ok(seen)
-    }
-
-    /// Confirms that the write acknowledged at `written` is still the key's last message,
-    /// through a commit barrier: once the barrier commits, any expiry marker that could purge
-    /// the write has been applied before it (or will never be).
-    ///
-    /// Errors: [`Error::Ambiguous`] when the write cannot be confirmed: it was purged by the
-    /// late marker, or the key changed again before the barrier, or the barrier could not be
-    /// committed. The write may or may not be in effect; re-read.
-    pub(crate) async fn confirm_written(
-        &self,
-        key: &Key,
-        written: u64,
-        attempts: &mut wire::Attempts,
-        operation: &str,
-    ) -> Result<()> {
-        loop {
-            let outcome = match self.barrier(key, written, operation).await {
-                Ok(outcome) => outcome,
-                Err(err) => {
-                    return Err(Error::Ambiguous {
-                        operation: operation.to_owned(),
-                        message: format!(
-                            "acknowledged at revision {written} right at the end of the TTL of \
-                             the value it replaced, and not confirmed since: {err}"
-                        ),
-                    });
-                }
-            };
-            match outcome {
-                Ok(()) => return Ok(()),
-                Err(refused) if refused.is_in_flight() && !attempts.expired() => {
-                    attempts.pause_if_in_flight(&refused).await;
-                }
-                Err(refused) => {
-                    let now = self.read_seen(key).await.ok();
-                    let message = match now {
-                        Some(Seen {
-                            sequence,
-                            held: Held::Nothing,
-                        }) if sequence > written => format!(
-                            "acknowledged at revision {written}, then removed at revision \
-                             {sequence} by the server's late expiry of the value it replaced \
-                             (a nats-server defect; see the README)"
-                        ),
-                        _ => format!(
-                            "acknowledged at revision {written} right at the end of the TTL of \
-                             the value it replaced, and changed again before it could be \
-                             confirmed: {}",
-                            refused.description
-                        ),
-                    };
-                    return Err(Error::Ambiguous {
-                        operation: operation.to_owned(),
-                        message,
-                    });
-                }
+            Err(err) => {
+                return Err(NatsError::Unknown {
+                    operation: operation.to_owned(),
+                    message: format!(
+                        "acknowledged at revision {written} right at the end of the TTL of \
+                         the value it replaced, and not confirmed since: {err}"
+                    ),
+                });
             }
         }
     }

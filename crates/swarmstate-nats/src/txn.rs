@@ -19,10 +19,13 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use swarmstate_core::{Condition, Error, Key, Result, TxnAction, TxnOp, TxnResult};
 
-use crate::NatsStore;
-use crate::expiry::Seen;
-use crate::store::{Last, conflict_for};
-use crate::wire;
+use crate::attempts::Attempts;
+use crate::batch::{CHECK_ONLY, Message, publish_batch};
+use crate::bucket::Bucket;
+use crate::error::NatsError;
+use crate::expiry::{confirm_written, outlast};
+use crate::seen::Seen;
+use crate::wire::{self, Last};
 
 /// A key the batch must find at a given last sequence (0: no message at all).
 #[derive(Debug, Clone)]
@@ -31,60 +34,47 @@ struct Pin {
     sequence: u64,
 }
 
-#[derive(Debug)]
-pub(crate) struct Message {
-    pub(crate) subject: String,
-    pub(crate) headers: HeaderMap,
-    pub(crate) payload: Bytes,
-    // The op's index, to place the message's revision in the results, or CHECK_ONLY.
-    pub(crate) op: usize,
-}
-
-/// Marks a scratch message that only carries a check.
-pub(crate) const CHECK_ONLY: usize = usize::MAX;
-
-pub(crate) async fn apply(store: &NatsStore, ops: &[TxnOp]) -> Result<Vec<TxnResult>> {
-    let mut attempts = wire::Attempts::new(store.inner.request_timeout);
+/// [`StateStore::txn`](swarmstate_core::StateStore::txn) on validated operations: decides the
+/// conditions on fresh reads, then commits one batch pinned to what was read, again from new
+/// reads for as long as the batch is refused because something moved.
+pub(crate) async fn apply(bucket: &Bucket, ops: &[TxnOp]) -> Result<Vec<TxnResult>> {
+    let mut attempts = Attempts::new(bucket.request_timeout);
     loop {
-        let reads = futures::future::try_join_all(ops.iter().map(|op| store.last(&op.key)));
+        let reads = futures::future::try_join_all(ops.iter().map(|op| bucket.last(&op.key)));
         let lasts: Vec<Option<Last>> = reads.await?;
-        if let Some(op) = ops
-            .iter()
-            .zip(&lasts)
-            .find_map(|(op, last)| conflict_for(op, last.as_ref()).map(|_| op))
-        {
-            let confirmed = store.confirmed_last(&op.key, "txn").await?;
-            if let Some(conflict) = conflict_for(op, confirmed.as_ref()) {
-                return Err(conflict);
-            }
+        if let Some(op) = ops.iter().zip(&lasts).find_map(|(op, last)| {
+            let current = last.as_ref().and_then(Last::revision);
+            op.condition.check(&op.key, current).is_err().then_some(op)
+        }) {
+            let confirmed = bucket.confirmed_last(&op.key, "txn").await?;
+            let current = confirmed.as_ref().and_then(Last::revision);
+            op.condition.check(&op.key, current)?;
             continue;
         }
         if let Some((op, last)) = ops.iter().zip(&lasts).find(|(op, last)| {
             !matches!(op.action, TxnAction::Check)
                 && Seen::of(last.as_ref()).expiring(Instant::now())
         }) {
-            store
-                .outlast(&op.key, Seen::of(last.as_ref()), &attempts, "txn")
-                .await?;
+            outlast(bucket, &op.key, Seen::of(last.as_ref()), &attempts, "txn").await?;
             continue;
         }
-        let (mut messages, results, pins) = plan(store, ops, &lasts);
+        let (mut messages, results, pins) = plan(bucket, ops, &lasts);
         if messages.is_empty() {
             match pins.as_slice() {
                 [] => return Ok(results),
                 // Nothing to write and one key to check: a commit barrier is the check.
-                [pin] => match store.barrier(&pin.key, pin.sequence, "txn").await? {
+                [pin] => match bucket.barrier(&pin.key, pin.sequence, "txn").await {
                     Ok(()) => return Ok(results),
-                    Err(err) if err.is_conflict() => {
-                        attempts.after(&err, || kept_changing(store)).await?;
+                    Err(NatsError::Api { error, .. }) if error.is_conflict() => {
+                        attempts.after(&error, || kept_changing(bucket)).await?;
                         continue;
                     }
-                    Err(err) => return Err(err.into_error("txn")),
+                    Err(err) => return Err(err.into()),
                 },
                 _ => {}
             }
         }
-        attach(store, &mut messages, pins);
+        attach(bucket, &mut messages, pins);
         if messages.len() > swarmstate_core::MAX_TXN_OPS {
             return Err(Error::Unsupported {
                 operation: format!(
@@ -96,7 +86,7 @@ pub(crate) async fn apply(store: &NatsStore, ops: &[TxnOp]) -> Result<Vec<TxnRes
             });
         }
         let mut results = results;
-        match publish_batch(store, "txn", &messages).await? {
+        match publish_batch(bucket, "txn", &messages).await {
             Ok(last_sequence) => {
                 let first = last_sequence + 1 - messages.len() as u64;
                 let acked = Instant::now();
@@ -107,10 +97,8 @@ pub(crate) async fn apply(store: &NatsStore, ops: &[TxnOp]) -> Result<Vec<TxnRes
                     let sequence = first + offset as u64;
                     let op = &ops[message.op];
                     if Seen::of(lasts[message.op].as_ref()).acknowledged_late(acked) {
-                        store.forget(&op.key);
-                        store
-                            .confirm_written(&op.key, sequence, &mut attempts, "txn")
-                            .await?;
+                        bucket.seen.forget(&op.key);
+                        confirm_written(bucket, &op.key, sequence, &mut attempts, "txn").await?;
                     }
                     let revision =
                         swarmstate_core::Revision::new(sequence).expect("sequences start at 1");
@@ -121,23 +109,25 @@ pub(crate) async fn apply(store: &NatsStore, ops: &[TxnOp]) -> Result<Vec<TxnRes
                 }
                 return Ok(results);
             }
-            Err(err) if err.is_conflict() => attempts.after(&err, || kept_changing(store)).await?,
-            Err(err) => return Err(err.into_error("txn")),
+            Err(NatsError::Api { error, .. }) if error.is_conflict() => {
+                attempts.after(&error, || kept_changing(bucket)).await?
+            }
+            Err(err) => return Err(err.into()),
         }
     }
 }
 
 /// What a transaction refused until its time ran out reports.
-fn kept_changing(store: &NatsStore) -> String {
+fn kept_changing(bucket: &Bucket) -> String {
     format!(
         "txn: refused for {:?} while its keys kept changing",
-        store.inner.request_timeout
+        bucket.request_timeout
     )
 }
 
 /// The messages to write, the provisional results, and the keys that must stay as read.
 fn plan(
-    store: &NatsStore,
+    bucket: &Bucket,
     ops: &[TxnOp],
     lasts: &[Option<Last>],
 ) -> (Vec<Message>, Vec<TxnResult>, Vec<Pin>) {
@@ -145,7 +135,7 @@ fn plan(
     let mut results = Vec::with_capacity(ops.len());
     let mut pins = Vec::new();
     for (index, (op, last)) in ops.iter().zip(lasts).enumerate() {
-        let subject = store.subject(&op.key);
+        let subject = bucket.subject(&op.key);
         let read = last.as_ref().map_or(0, |l| l.sequence);
         let present = last.as_ref().is_some_and(|l| l.live.is_some());
         let conditioned = !matches!(op.condition, Condition::Any);
@@ -208,7 +198,7 @@ fn plan(
 /// Puts each pin on a message that has no check of its own; pins left over ride on extra
 /// messages to reserved scratch keys (`_swarmstate.txn.N`, never selected by `*`), which
 /// exist only to carry a check.
-fn attach(store: &NatsStore, messages: &mut Vec<Message>, pins: Vec<Pin>) {
+fn attach(bucket: &Bucket, messages: &mut Vec<Message>, pins: Vec<Pin>) {
     let mut pins = pins.into_iter();
     for carrier in messages.iter_mut() {
         if carrier
@@ -221,13 +211,13 @@ fn attach(store: &NatsStore, messages: &mut Vec<Message>, pins: Vec<Pin>) {
         let Some(pin) = pins.next() else {
             return;
         };
-        pin.put_on(store, &mut carrier.headers);
+        pin.put_on(bucket, &mut carrier.headers);
     }
     for (index, pin) in pins.enumerate() {
         let mut headers = HeaderMap::new();
-        pin.put_on(store, &mut headers);
+        pin.put_on(bucket, &mut headers);
         messages.push(Message {
-            subject: format!("{}_swarmstate.txn.{index}", store.inner.prefix),
+            subject: format!("{}_swarmstate.txn.{index}", bucket.prefix),
             headers,
             payload: Bytes::new(),
             op: CHECK_ONLY,
@@ -236,80 +226,14 @@ fn attach(store: &NatsStore, messages: &mut Vec<Message>, pins: Vec<Pin>) {
 }
 
 impl Pin {
-    fn put_on(self, store: &NatsStore, headers: &mut HeaderMap) {
+    fn put_on(self, bucket: &Bucket, headers: &mut HeaderMap) {
         headers.insert(
             wire::EXPECTED_LAST_SUBJECT_SEQUENCE,
             self.sequence.to_string().as_str(),
         );
         headers.insert(
             wire::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
-            store.subject(&self.key).as_str(),
+            bucket.subject(&self.key).as_str(),
         );
-    }
-}
-
-/// Publishes the messages as one atomic batch; returns the last message's sequence.
-/// A failure before the commit message is sent leaves nothing applied (`Unavailable`); a
-/// commit without an answer is `Ambiguous`.
-pub(crate) async fn publish_batch(
-    store: &NatsStore,
-    operation: &str,
-    messages: &[Message],
-) -> Result<Result<u64, wire::ApiError>> {
-    let client = &store.inner.client;
-    // Sends one message of the batch and waits for the server's answer.
-    let ask = |message: &Message, headers: HeaderMap| {
-        wire::request(
-            client,
-            store.inner.request_timeout,
-            operation,
-            message.subject.clone(),
-            headers,
-            message.payload.clone(),
-        )
-    };
-    if let [message] = messages {
-        let reply = ask(message, message.headers.clone()).await?;
-        return Ok(wire::parse_ack(&reply.payload, operation)?.map(|ack| ack.sequence));
-    }
-    let inbox = client.new_inbox();
-    let batch_id = inbox.rsplit('.').next().unwrap_or(&inbox).to_owned();
-    let last = messages.len() - 1;
-    for (index, message) in messages.iter().enumerate() {
-        let mut headers = message.headers.clone();
-        headers.insert(wire::BATCH_ID, batch_id.as_str());
-        headers.insert(wire::BATCH_SEQUENCE, (index + 1).to_string().as_str());
-        if index == last {
-            headers.insert(wire::BATCH_COMMIT, "1");
-            let reply = ask(message, headers).await?;
-            return Ok(wire::parse_ack(&reply.payload, operation)?.map(|ack| ack.sequence));
-        }
-        if index == 0 {
-            // The server answers the first message: an empty reply starts the batch.
-            let reply = ask(message, headers).await.map_err(never_applied)?;
-            if !reply.payload.is_empty()
-                && let Err(api) = wire::parse_ack(&reply.payload, operation)?
-            {
-                return Ok(Err(api));
-            }
-        } else {
-            client
-                .publish_with_headers(message.subject.clone(), headers, message.payload.clone())
-                .await
-                .map_err(|err| Error::Unavailable {
-                    message: format!("txn: batch message not sent: {err}"),
-                })?;
-        }
-    }
-    unreachable!("the loop returns at the commit message")
-}
-
-/// Before the commit message, nothing can have applied.
-fn never_applied(err: Error) -> Error {
-    match err {
-        Error::Ambiguous { message, .. } => Error::Unavailable {
-            message: format!("txn: batch start not acknowledged, nothing applied: {message}"),
-        },
-        other => other,
     }
 }

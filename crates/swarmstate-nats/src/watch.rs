@@ -10,6 +10,8 @@
 //! the watch began), so the task drops every message below the first revision it has not
 //! given the watcher.
 
+use std::sync::Arc;
+
 use async_nats::jetstream::consumer::push::OrderedErrorKind;
 use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
 use futures::stream::{self, StreamExt};
@@ -19,11 +21,12 @@ use swarmstate_core::{
     Entry, Error, Key, KeyStream, Pattern, Result, Revision, WatchEvent, WatchStart, WatchStream,
 };
 
-use crate::NatsStore;
+use crate::bucket::Bucket;
+use crate::error::NatsError;
 use crate::wire::{self, Kind};
 
-fn filter_subject(store: &NatsStore, pattern: &Pattern) -> String {
-    let prefix = &store.inner.prefix;
+fn filter_subject(bucket: &Bucket, pattern: &Pattern) -> String {
+    let prefix = &bucket.prefix;
     match pattern {
         Pattern::All => format!("{prefix}>"),
         Pattern::Prefix(key) => format!("{prefix}{key}.>"),
@@ -34,33 +37,32 @@ fn filter_subject(store: &NatsStore, pattern: &Pattern) -> String {
 /// An ordered consumer over `pattern`: its messages, the messages pending at its start, and
 /// its name (for deleting it when done).
 async fn ordered_consumer(
-    store: &NatsStore,
+    bucket: &Bucket,
     pattern: &Pattern,
     deliver_policy: DeliverPolicy,
     headers_only: bool,
 ) -> Result<(push::Ordered, u64, String)> {
-    let consumer = store
-        .inner
+    let consumer = bucket
         .stream
         .create_consumer(push::OrderedConfig {
-            deliver_subject: store.inner.client.new_inbox(),
-            filter_subject: filter_subject(store, pattern),
+            deliver_subject: bucket.client.new_inbox(),
+            filter_subject: filter_subject(bucket, pattern),
             deliver_policy,
             replay_policy: ReplayPolicy::Instant,
             headers_only,
             ..Default::default()
         })
         .await
-        .map_err(|err| Error::Unavailable {
-            message: format!("cannot start a consumer on {}: {err}", store.inner.bucket),
+        .map_err(|err| NatsError::NotApplied {
+            message: format!("cannot start a consumer on {}: {err}", bucket.name),
         })?;
     let pending = consumer.cached_info().num_pending;
     let name = consumer.cached_info().name.clone();
     let messages = consumer
         .messages()
         .await
-        .map_err(|err| Error::Unavailable {
-            message: format!("cannot read a consumer on {}: {err}", store.inner.bucket),
+        .map_err(|err| NatsError::NotApplied {
+            message: format!("cannot read a consumer on {}: {err}", bucket.name),
         })?;
     Ok((messages, pending, name))
 }
@@ -69,8 +71,8 @@ async fn ordered_consumer(
 /// many short watches and listings; left to the server, each consumer would linger for its
 /// inactivity threshold (30 s for ordered consumers) and count against the server's consumer
 /// limit. If the delete fails, that threshold still removes it.
-fn release_consumer(store: &NatsStore, name: String) {
-    let stream = store.inner.stream.clone();
+fn release_consumer(bucket: &Bucket, name: String) {
+    let stream = bucket.stream.clone();
     tokio::spawn(async move {
         if let Err(err) = stream.delete_consumer(&name).await {
             tracing::debug!(%err, consumer = %name, "could not delete a finished consumer");
@@ -82,13 +84,13 @@ fn release_consumer(store: &NatsStore, name: String) {
 /// change it is to a key — `None` for a subject that is no key of ours or that the pattern
 /// does not select (`*` skips reserved keys).
 fn decode(
-    store: &NatsStore,
+    bucket: &Bucket,
     pattern: &Pattern,
     message: &async_nats::jetstream::Message,
 ) -> Option<(u64, u64, Option<WatchEvent>)> {
     let info = message.info().ok()?;
     let event = (|| {
-        let subject = message.subject.strip_prefix(store.inner.prefix.as_str())?;
+        let subject = message.subject.strip_prefix(bucket.prefix.as_str())?;
         let key = Key::new_reserved(subject).ok()?;
         if !pattern.matches(&key) {
             return None;
@@ -109,19 +111,19 @@ fn decode(
     Some((info.stream_sequence, info.pending, event))
 }
 
-pub(crate) async fn keys(store: &NatsStore, pattern: &Pattern) -> Result<KeyStream> {
+pub(crate) async fn keys(bucket: &Bucket, pattern: &Pattern) -> Result<KeyStream> {
     let (mut messages, mut pending, name) =
-        ordered_consumer(store, pattern, DeliverPolicy::LastPerSubject, true).await?;
-    let listed = list_keys(store, pattern, &mut messages, &mut pending).await;
+        ordered_consumer(bucket, pattern, DeliverPolicy::LastPerSubject, true).await?;
+    let listed = list_keys(bucket, pattern, &mut messages, &mut pending).await;
     drop(messages);
-    release_consumer(store, name);
+    release_consumer(bucket, name);
     let mut keys = listed?;
     keys.sort_unstable();
     Ok(stream::iter(keys.into_iter().map(Ok)).boxed())
 }
 
 async fn list_keys(
-    store: &NatsStore,
+    bucket: &Bucket,
     pattern: &Pattern,
     messages: &mut push::Ordered,
     pending: &mut u64,
@@ -131,15 +133,16 @@ async fn list_keys(
         let message = match messages.next().await {
             Some(Ok(message)) => message,
             Some(Err(err)) => {
-                return Err(Error::Unavailable {
+                return Err(NatsError::NotApplied {
                     message: format!("listing keys: {err}"),
-                });
+                }
+                .into());
             }
             None => break,
         };
         *pending = message.info().map(|i| i.pending).unwrap_or(0);
         // Like `get`, listing trusts the server on expiry (see `wire::live_entry`).
-        if let Some((_, _, Some(WatchEvent::Put(entry)))) = decode(store, pattern, &message) {
+        if let Some((_, _, Some(WatchEvent::Put(entry)))) = decode(bucket, pattern, &message) {
             keys.push(entry.key);
         }
     }
@@ -148,17 +151,13 @@ async fn list_keys(
 
 /// Revisions at or after `from` that the stream no longer holds (history is one message per
 /// key, so overwritten and expired messages are gone): a replay from there would skip.
-async fn check_replayable(store: &NatsStore, from: Revision) -> Result<()> {
-    let subject = format!(
-        "STREAM.INFO.{}",
-        crate::config::stream_name(&store.inner.bucket)
-    );
-    let info: Value = store
-        .inner
+async fn check_replayable(bucket: &Bucket, from: Revision) -> Result<()> {
+    let subject = format!("STREAM.INFO.{}", crate::config::stream_name(&bucket.name));
+    let info: Value = bucket
         .context
         .request(subject, &json!({ "deleted_details": true }))
         .await
-        .map_err(|err| Error::Unavailable {
+        .map_err(|err| NatsError::NotApplied {
             message: format!("cannot read the stream state: {err}"),
         })?;
     let state = &info["state"];
@@ -187,14 +186,14 @@ async fn check_replayable(store: &NatsStore, from: Revision) -> Result<()> {
 }
 
 pub(crate) async fn watch(
-    store: &NatsStore,
+    bucket: &Arc<Bucket>,
     pattern: &Pattern,
     start: WatchStart,
 ) -> Result<WatchStream> {
     let (policy, snapshot) = match start {
         WatchStart::Now => (DeliverPolicy::New, false),
         WatchStart::FromRevision(from) => {
-            check_replayable(store, from).await?;
+            check_replayable(bucket, from).await?;
             (
                 DeliverPolicy::ByStartSequence {
                     start_sequence: from.get(),
@@ -206,11 +205,11 @@ pub(crate) async fn watch(
     };
     // Read before the consumer exists: every change up to here is in a snapshot, and a
     // watch from now has seen nothing before the next one.
-    let mut stream = store.inner.stream.clone();
+    let mut stream = bucket.stream.clone();
     let floor = stream
         .info()
         .await
-        .map_err(|err| Error::Unavailable {
+        .map_err(|err| NatsError::NotApplied {
             message: format!("cannot read the stream state: {err}"),
         })?
         .state
@@ -220,10 +219,10 @@ pub(crate) async fn watch(
     // was behind or reconnecting; the bucket keeps one message per key) shows up as a hole
     // instead of vanishing. Small state makes the extra traffic cheap.
     let (messages, pending, consumer) =
-        ordered_consumer(store, &Pattern::All, policy, false).await?;
-    let (feed, events) = watch_feed(store.inner.watch_buffer);
+        ordered_consumer(bucket, &Pattern::All, policy, false).await?;
+    let (feed, events) = watch_feed(bucket.watch_buffer);
     let task = Feed {
-        store: store.clone(),
+        bucket: bucket.clone(),
         pattern: pattern.clone(),
         feed,
         next: match start {
@@ -237,17 +236,17 @@ pub(crate) async fn watch(
         unexplained: Default::default(),
         held: Vec::new(),
     };
-    let store = store.clone();
+    let bucket = bucket.clone();
     tokio::spawn(async move {
         task.run(messages, snapshot.then_some((pending, floor)))
             .await;
-        release_consumer(&store, consumer);
+        release_consumer(&bucket, consumer);
     });
     Ok(events)
 }
 
 struct Feed {
-    store: NatsStore,
+    bucket: Arc<Bucket>,
     pattern: Pattern,
     feed: WatchFeed,
     // Invariant: the first revision not yet looked at; never 0. The watcher has been given
@@ -269,9 +268,9 @@ const MAX_UNEXPLAINED: usize = 1024;
 
 /// The sequences a read barrier (a reserved `_swarmstate.barrier.*` message) says were
 /// earlier barriers of its slot: holes there are not changes to any key.
-fn claimed_barriers(store: &NatsStore, message: &async_nats::jetstream::Message) -> Vec<u64> {
+fn claimed_barriers(bucket: &Bucket, message: &async_nats::jetstream::Message) -> Vec<u64> {
     let claimed = || {
-        let subject = message.subject.strip_prefix(store.inner.prefix.as_str())?;
+        let subject = message.subject.strip_prefix(bucket.prefix.as_str())?;
         if !subject.starts_with(wire::BARRIER_KEYS) {
             return None;
         }
@@ -282,7 +281,7 @@ fn claimed_barriers(store: &NatsStore, message: &async_nats::jetstream::Message)
 
 impl Feed {
     async fn run(mut self, mut messages: push::Ordered, snapshot: Option<(u64, u64)>) {
-        let mut closing = self.store.inner.closing.subscribe();
+        let mut closing = self.bucket.closing.subscribe();
         let mut catching_up = snapshot;
         if let Some((0, floor)) = catching_up {
             catching_up = None;
@@ -318,7 +317,7 @@ impl Feed {
                     return;
                 }
             };
-            let Some((sequence, pending, event)) = decode(&self.store, &self.pattern, &message)
+            let Some((sequence, pending, event)) = decode(&self.bucket, &self.pattern, &message)
             else {
                 continue;
             };
@@ -341,7 +340,7 @@ impl Feed {
                 }
                 self.unexplained.extend(self.next..sequence);
             }
-            for claimed in claimed_barriers(&self.store, &message) {
+            for claimed in claimed_barriers(&self.bucket, &message) {
                 self.unexplained.remove(&claimed);
             }
             let in_snapshot = catching_up.is_some();

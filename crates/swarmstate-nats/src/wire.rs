@@ -1,12 +1,16 @@
-//! How the contract maps onto JetStream messages: subjects, headers, pub acks and their
-//! errors, and the request that tells `Unavailable` from `Ambiguous`.
+//! How the contract maps onto JetStream messages: subjects, headers, what a stored message
+//! means for its key, pub acks, and the request that tells a request that never left
+//! (nothing applied) from one that got no answer (outcome unknown).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use async_nats::jetstream::message::StreamMessage;
 use async_nats::{HeaderMap, client::RequestErrorKind};
 use bytes::Bytes;
 use serde_json::Value;
-use swarmstate_core::{Entry, Error, Key, Result, Revision};
+use swarmstate_core::{Entry, Key, Revision};
+
+use crate::error::{ApiError, NatsError};
 
 pub(crate) const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
 pub(crate) const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
@@ -29,12 +33,6 @@ pub(crate) const REPLACES: &str = "Swarmstate-Replaces";
 pub(crate) const REPLACES_KEPT: usize = 128;
 /// The reserved keys that carry reads' commit barriers, one subject per client and slot.
 pub(crate) const BARRIER_KEYS: &str = "_swarmstate.barrier.";
-
-/// JetStream's "wrong last sequence" error; on R3 a lost race may also come back as 10164.
-const WRONG_LAST_SEQUENCE: u64 = 10071;
-const WRONG_LAST_SEQUENCE_CLUSTERED: u64 = 10164;
-/// An earlier message with the same `Nats-Msg-Id` is being proposed and not yet applied.
-const DUPLICATE_IN_PROCESS: u64 = 10158;
 
 /// What a stored message means for its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,106 +138,43 @@ pub(crate) fn live_entry(
     })
 }
 
-/// A JetStream API error from a pub ack.
-#[derive(Debug, Clone)]
-pub(crate) struct ApiError {
-    pub(crate) code: u64,
-    pub(crate) err_code: u64,
-    pub(crate) description: String,
-}
-
-impl ApiError {
-    pub(crate) fn is_conflict(&self) -> bool {
-        matches!(
-            self.err_code,
-            WRONG_LAST_SEQUENCE | WRONG_LAST_SEQUENCE_CLUSTERED | DUPLICATE_IN_PROCESS
-        )
-    }
-
-    /// Refused without comparing, because another write to the subject (or an earlier attempt
-    /// of this very write) was still in flight: it says nothing about the subject's sequence.
-    pub(crate) fn is_in_flight(&self) -> bool {
-        matches!(
-            self.err_code,
-            WRONG_LAST_SEQUENCE_CLUSTERED | DUPLICATE_IN_PROCESS
-        )
-    }
-
-    /// The last sequence of the subject as the refusing server had it ("wrong last sequence:
-    /// N"), for a refusal that compared.
-    pub(crate) fn reported_last(&self) -> Option<u64> {
-        if self.err_code != WRONG_LAST_SEQUENCE {
-            return None;
-        }
-        self.description
-            .rsplit(": ")
-            .next()
-            .and_then(|n| n.trim().parse().ok())
-    }
-
-    pub(crate) fn into_error(self, operation: &str) -> Error {
-        Error::backend(std::io::Error::other(format!(
-            "{operation}: JetStream error {} ({}): {}",
-            self.err_code, self.code, self.description
-        )))
-    }
-}
-
-/// Paces the attempts of one request whose writes or barriers the server refuses: it gives up
-/// once the request timeout has passed since it began, and waits (1 ms, doubling to 50 ms)
-/// only after a refusal because another write to the subject was in flight, which says
-/// nothing about the subject's state; any other refusal is answered by reading again at once.
+/// The last message stored for a key, whatever it is.
 #[derive(Debug)]
-pub(crate) struct Attempts {
-    give_up: Instant,
-    pause: Duration,
+pub(crate) struct Last {
+    pub(crate) sequence: u64,
+    pub(crate) live: Option<Entry>,
+    /// When the value's TTL ends, on this machine's monotonic clock, if it has one.
+    pub(crate) deadline: Option<Instant>,
+    /// The `Nats-Msg-Id` of the write that stored it, if any.
+    pub(crate) write_id: Option<String>,
 }
 
-impl Attempts {
-    pub(crate) fn new(timeout: Duration) -> Attempts {
-        Attempts {
-            give_up: Instant::now() + timeout,
-            pause: Duration::from_millis(1),
+impl Last {
+    /// What the stored message `message` of `key`'s subject means.
+    pub(crate) fn of(key: &Key, message: &StreamMessage) -> Last {
+        let live = live_entry(
+            key,
+            message.sequence,
+            Some(&message.headers),
+            &message.payload,
+            message.time.unix_timestamp_nanos(),
+        );
+        let deadline = live
+            .as_ref()
+            .and_then(|entry| entry.expires_in)
+            .map(|left| Instant::now() + left);
+        let write_id = message.headers.get(MSG_ID).map(|id| id.as_str().to_owned());
+        Last {
+            sequence: message.sequence,
+            live,
+            deadline,
+            write_id,
         }
     }
 
-    /// When the request gives up.
-    pub(crate) fn give_up(&self) -> Instant {
-        self.give_up
-    }
-
-    pub(crate) fn expired(&self) -> bool {
-        Instant::now() >= self.give_up
-    }
-
-    /// Waits a moment if `refused` was only because of a write in flight.
-    pub(crate) async fn pause_if_in_flight(&mut self, refused: &ApiError) {
-        if refused.is_in_flight() {
-            self.pause().await;
-        }
-    }
-
-    /// Waits a moment, longer each time.
-    pub(crate) async fn pause(&mut self) {
-        tokio::time::sleep(self.pause).await;
-        self.pause = (self.pause * 2).min(Duration::from_millis(50));
-    }
-
-    /// After a refusal: [`Error::Unavailable`] (every attempt was refused, nothing applied)
-    /// with `give_up()`'s message and the refusal once the time is up; otherwise
-    /// [`pause_if_in_flight`](Self::pause_if_in_flight).
-    pub(crate) async fn after(
-        &mut self,
-        refused: &ApiError,
-        gave_up: impl FnOnce() -> String,
-    ) -> Result<()> {
-        if self.expired() {
-            return Err(Error::Unavailable {
-                message: format!("{}: {}", gave_up(), refused.description),
-            });
-        }
-        self.pause_if_in_flight(refused).await;
-        Ok(())
+    /// The revision of the value it holds; `None` for a tombstone or an expiry marker.
+    pub(crate) fn revision(&self) -> Option<Revision> {
+        self.live.as_ref().map(|entry| entry.revision)
     }
 }
 
@@ -249,34 +184,41 @@ pub(crate) struct Ack {
     pub(crate) sequence: u64,
 }
 
-pub(crate) fn parse_ack(payload: &[u8], operation: &str) -> Result<Result<Ack, ApiError>> {
-    let value: Value = serde_json::from_slice(payload).map_err(|err| {
-        Error::backend(std::io::Error::other(format!(
-            "{operation}: unreadable pub ack ({err}): {}",
+/// The acknowledgement in a publish's answer. Errors: [`NatsError::Api`] for a refusal (nothing
+/// was stored), [`NatsError::BadReply`] for an answer that is neither.
+pub(crate) fn parse_ack(payload: &[u8], operation: &str) -> Result<Ack, NatsError> {
+    let value: Value = serde_json::from_slice(payload).map_err(|err| NatsError::BadReply {
+        operation: operation.to_owned(),
+        message: format!(
+            "unreadable pub ack ({err}): {}",
             String::from_utf8_lossy(payload)
-        )))
+        ),
     })?;
     if let Some(error) = value.get("error") {
-        return Ok(Err(ApiError {
-            code: error.get("code").and_then(Value::as_u64).unwrap_or(0),
-            err_code: error.get("err_code").and_then(Value::as_u64).unwrap_or(0),
-            description: error
-                .get("description")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned(),
-        }));
+        return Err(NatsError::Api {
+            operation: operation.to_owned(),
+            error: ApiError {
+                code: error.get("code").and_then(Value::as_u64).unwrap_or(0),
+                err_code: error.get("err_code").and_then(Value::as_u64).unwrap_or(0),
+                description: error
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+            },
+        });
     }
     match value.get("seq").and_then(Value::as_u64) {
-        Some(sequence) if sequence > 0 => Ok(Ok(Ack { sequence })),
-        _ => Err(Error::backend(std::io::Error::other(format!(
-            "{operation}: pub ack without a sequence: {value}"
-        )))),
+        Some(sequence) if sequence > 0 => Ok(Ack { sequence }),
+        _ => Err(NatsError::BadReply {
+            operation: operation.to_owned(),
+            message: format!("pub ack without a sequence: {value}"),
+        }),
     }
 }
 
 /// Sends a request. A request that provably never left (no connection at the time) is
-/// `Unavailable`; one that was sent and got no answer is `Ambiguous`.
+/// [`NatsError::NotApplied`]; one that was sent and got no answer is [`NatsError::Unknown`].
 pub(crate) async fn request(
     client: &async_nats::Client,
     timeout: Duration,
@@ -284,9 +226,9 @@ pub(crate) async fn request(
     subject: String,
     headers: HeaderMap,
     payload: Bytes,
-) -> Result<async_nats::Message> {
+) -> Result<async_nats::Message, NatsError> {
     if client.connection_state() != async_nats::connection::State::Connected {
-        return Err(Error::Unavailable {
+        return Err(NatsError::NotApplied {
             message: format!("{operation}: not connected to NATS"),
         });
     }
@@ -299,20 +241,20 @@ pub(crate) async fn request(
         .await
         .map_err(|err| match err.kind() {
             // Nobody was listening on the subject: the stream did not take the message.
-            RequestErrorKind::NoResponders => Error::Unavailable {
+            RequestErrorKind::NoResponders => NatsError::NotApplied {
                 message: format!("{operation}: no JetStream server answered (no responders)"),
             },
-            RequestErrorKind::TimedOut => Error::Ambiguous {
+            RequestErrorKind::TimedOut => NatsError::Unknown {
                 operation: operation.to_owned(),
                 message: format!("no answer within {timeout:?}"),
             },
             // Refused by the client before sending.
             RequestErrorKind::InvalidSubject | RequestErrorKind::MaxPayloadExceeded => {
-                Error::InvalidInput {
+                NatsError::Unsendable {
                     message: format!("{operation}: {err}"),
                 }
             }
-            RequestErrorKind::Other => Error::Ambiguous {
+            RequestErrorKind::Other => NatsError::Unknown {
                 operation: operation.to_owned(),
                 message: err.to_string(),
             },
@@ -333,19 +275,20 @@ mod tests {
 
     #[test]
     fn acks_and_errors_parse() {
-        let ack = parse_ack(br#"{"stream":"KV_x","seq":42}"#, "put")
-            .unwrap()
-            .unwrap();
+        let ack = parse_ack(br#"{"stream":"KV_x","seq":42}"#, "put").unwrap();
         assert_eq!(ack.sequence, 42);
         let err = parse_ack(
             br#"{"error":{"code":400,"err_code":10071,"description":"wrong last sequence: 3"}}"#,
             "put",
         )
-        .unwrap()
         .unwrap_err();
-        assert!(err.is_conflict(), "{err:?}");
-        assert_eq!(err.reported_last(), Some(3));
-        assert!(parse_ack(b"not json", "put").is_err());
+        let NatsError::Api { error, .. } = err else {
+            panic!("not an API error: {err}");
+        };
+        assert!(error.is_conflict(), "{error}");
+        assert_eq!(error.reported_last(), Some(3));
+        let err = parse_ack(b"not json", "put").unwrap_err();
+        assert!(matches!(err, NatsError::BadReply { .. }), "{err}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use swarmstate_core::{Key, StateStore};
 use swarmstate_nats::NatsStore;
-use swarmstate_nats::testing::{NatsCluster, NatsServer, require_server};
+use swarmstate_nats_local::{NatsCluster, NatsServer, require_server};
 use swarmstate_recipes::cache::TtlCache;
 use tokio::sync::Barrier;
 

@@ -4,15 +4,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use futures::StreamExt;
-use swarmstate_core::{
-    Capabilities, Entry, Key, KeyStream, Pattern, PutOptions, Result, Revision, StateStore, TxnOp,
-    TxnResult, WatchStart, WatchStream,
-};
+use swarmstate_core::StateStore;
 use swarmstate_nats::NatsStore;
-use swarmstate_nats::testing::{NatsCluster, NatsServer, require_server};
+use swarmstate_nats_local::{NatsCluster, NatsServer, require_server};
 
 /// A store that owns the server it talks to, so the server lives exactly as long as the case.
 #[derive(Debug)]
@@ -21,32 +16,8 @@ struct Served<S: std::fmt::Debug + Send + Sync> {
     _servers: S,
 }
 
-#[async_trait]
 impl<S: std::fmt::Debug + Send + Sync> StateStore for Served<S> {
-    fn capabilities(&self) -> Capabilities {
-        self.store.capabilities()
-    }
-    async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        self.store.get(key).await
-    }
-    async fn put(&self, key: &Key, value: Bytes, options: PutOptions) -> Result<Revision> {
-        self.store.put(key, value, options).await
-    }
-    async fn delete(&self, key: &Key, expected: Option<Revision>) -> Result<Option<Revision>> {
-        self.store.delete(key, expected).await
-    }
-    async fn keys(&self, pattern: &Pattern) -> Result<KeyStream> {
-        self.store.keys(pattern).await
-    }
-    async fn watch(&self, pattern: &Pattern, start: WatchStart) -> Result<WatchStream> {
-        self.store.watch(pattern, start).await
-    }
-    async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<TxnResult>> {
-        self.store.txn(ops).await
-    }
-    async fn close(&self) -> Result<()> {
-        self.store.close().await
-    }
+    swarmstate_core::forward_state_store!(|s| &s.store);
 }
 
 async fn single_node_store() -> Arc<dyn StateStore> {

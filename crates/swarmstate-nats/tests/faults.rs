@@ -22,7 +22,7 @@ use swarmstate_core::{
     WatchEvent, WatchStart,
 };
 use swarmstate_nats::NatsStore;
-use swarmstate_nats::testing::{NatsCluster, NatsServer, require_server};
+use swarmstate_nats_local::{NatsCluster, NatsServer, require_server};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use swarmstate_core::{Key, Pattern, StateStore, StateStoreExt, WatchEvent, WatchStart};
 use swarmstate_nats::NatsStore;
-use swarmstate_nats::testing::{NatsServer, require_server};
+use swarmstate_nats_local::{NatsServer, require_server};
 use swarmstate_recipes::election::Election;
 use swarmstate_recipes::lock::{
     FenceGate, FencingToken, acquire_lock, acquire_lock_wait, lock_waiters_prefix,

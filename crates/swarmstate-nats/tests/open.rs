@@ -4,7 +4,7 @@
 use async_nats::jetstream::{self, kv};
 use swarmstate_core::{Error, Key, StateStore, StateStoreExt};
 use swarmstate_nats::NatsStore;
-use swarmstate_nats::testing::{NatsServer, require_server};
+use swarmstate_nats_local::{NatsServer, require_server};
 
 #[tokio::test]
 async fn open_by_url_creates_the_bucket_and_a_second_store_sees_its_data() {

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use swarmstate_core::{Error, Key, Revision, StateStore, StateStoreExt};
-use swarmstate_nats::testing::{NatsCluster, require_server};
 use swarmstate_nats::{NatsStore, ReadConsistency};
+use swarmstate_nats_local::{NatsCluster, require_server};
 use tokio::task::JoinHandle;
 
 const BUCKET: &str = "partition";

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use swarmstate_core::{Condition, Error, Key, StateStore, TxnOp};
 use swarmstate_nats::NatsStore;
-use swarmstate_nats::testing::{NatsServer, require_server};
+use swarmstate_nats_local::{NatsServer, require_server};
 use swarmstate_recipes::lock::FenceGate;
 use swarmstate_recipes::queue::{ItemState, WorkQueue};
 

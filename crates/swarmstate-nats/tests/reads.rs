@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::StreamExt;
 use swarmstate_core::{Key, Pattern, Revision, StateStore, StateStoreExt, WatchEvent, WatchStart};
 use swarmstate_nats::NatsStore;
-use swarmstate_nats::testing::{NatsCluster, NatsServer, require_server};
+use swarmstate_nats_local::{NatsCluster, NatsServer, require_server};
 
 const BUCKET: &str = "reads";
 

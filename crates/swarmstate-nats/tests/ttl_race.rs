@@ -16,7 +16,7 @@ use async_nats::jetstream;
 use bytes::Bytes;
 use swarmstate_core::{Key, PutOptions, StateStore, StateStoreExt};
 use swarmstate_nats::NatsStore;
-use swarmstate_nats::testing::{NatsCluster, require_server};
+use swarmstate_nats_local::{NatsCluster, require_server};
 use tokio::time::Instant;
 
 const BUCKET: &str = "race";

@@ -1,4 +1,4 @@
-//! The `testing` fixtures themselves: real `nats-server` processes start, serve JetStream
+//! The fixtures themselves: real `nats-server` processes start, serve JetStream
 //! key-value buckets, keep acknowledged writes across a SIGKILL, and a 3-node cluster keeps
 //! accepting writes after its stream leader dies.
 
@@ -8,7 +8,7 @@ use async_nats::jetstream::{
     self, kv,
     stream::{LastRawMessageErrorKind, Stream},
 };
-use swarmstate_nats::testing::{NatsCluster, NatsServer, require_server};
+use swarmstate_nats_local::{NatsCluster, NatsServer, require_server};
 
 /// How long a cluster may take to elect a new stream leader and accept writes again: 4.5-7.5 s
 /// in runs here (the first write times out, then writes find no stream until the two survivors

@@ -1,7 +1,7 @@
 //! A loopback TCP proxy that can be cut: the link a partitionable [`NatsCluster`] puts on every
 //! route from one node to another.
 //!
-//! [`NatsCluster`]: super::NatsCluster
+//! [`NatsCluster`]: crate::NatsCluster
 
 use std::{
     io,
@@ -26,7 +26,7 @@ use tokio::{
 /// it is accepted, so the connecting side sees its connection end (as on a reset) rather than
 /// hang. Dropping it stops accepting and closes every connection it carries.
 #[derive(Debug)]
-pub(super) struct Proxy {
+pub(crate) struct Proxy {
     port: u16,
     /// `true` while connections may pass. Every forwarding task holds a receiver and ends when
     /// this turns `false` or is dropped.
@@ -40,7 +40,7 @@ impl Proxy {
     /// Binds a free port on `127.0.0.1` and starts forwarding to `target`; open from the start.
     ///
     /// Must be called within a tokio runtime; the proxy's tasks run on it.
-    pub(super) async fn start(target: SocketAddr) -> io::Result<Proxy> {
+    pub(crate) async fn start(target: SocketAddr) -> io::Result<Proxy> {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let port = listener.local_addr()?.port();
         let (open, receiver) = watch::channel(true);
@@ -55,19 +55,19 @@ impl Proxy {
     }
 
     /// The port it listens on, on `127.0.0.1`.
-    pub(super) fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         self.port
     }
 
     /// How many connections it is forwarding right now (connected to the target and not yet
     /// closed by either side or by a cut).
-    pub(super) fn carried(&self) -> usize {
+    pub(crate) fn carried(&self) -> usize {
         self.carried.load(Ordering::Acquire)
     }
 
     /// Lets connections through again (`true`), or closes every connection and refuses new
     /// ones (`false`).
-    pub(super) fn set_open(&self, open: bool) {
+    pub(crate) fn set_open(&self, open: bool) {
         self.open.send_replace(open);
     }
 }
