@@ -31,20 +31,27 @@ impl Timestamp {
 
     /// `self + duration`, saturating at the largest timestamp.
     pub fn saturating_add(self, duration: Duration) -> Timestamp {
-        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
-        Timestamp(self.0.saturating_add(nanos))
+        Timestamp(self.0.saturating_add(nanos(duration)))
     }
 
     /// `self - duration`, saturating at the epoch.
     pub fn saturating_sub(self, duration: Duration) -> Timestamp {
-        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
-        Timestamp(self.0.saturating_sub(nanos))
+        Timestamp(self.0.saturating_sub(nanos(duration)))
     }
 
     /// How long after `earlier` this is, or zero if it is not after it.
     pub fn saturating_duration_since(self, earlier: Timestamp) -> Duration {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))
     }
+}
+
+// A duration in nanoseconds, saturating; without the 128-bit arithmetic of `as_nanos`, since
+// every write reads the clock.
+fn nanos(duration: Duration) -> u64 {
+    duration
+        .as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(duration.subsec_nanos()))
 }
 
 /// The engine's clock: the wall-clock time at which it was made, advanced by Tokio's clock

@@ -190,6 +190,15 @@ impl<P: Persistence> Engine<P> {
         if P::VOLATILE {
             return self.commit_now(decide);
         }
+        // Boxed, so that the futures of a volatile engine do not carry the durable path's
+        // state: every call would allocate and move it for nothing.
+        Box::pin(self.commit_durable(decide)).await
+    }
+
+    async fn commit_durable<T>(
+        &self,
+        decide: impl FnOnce(&KvState, &mut Batch, Timestamp) -> T,
+    ) -> Result<T> {
         let _writer = self.shared.writer.lock().await;
         let now = self.shared.clock.now();
         let (outcome, mut batch) = {
@@ -400,13 +409,25 @@ impl<P: Persistence> StateStore for Engine<P> {
     async fn put(&self, key: &Key, value: Bytes, options: PutOptions) -> Result<Revision> {
         options.validate()?;
         validate_value(key, &value, self.shared.config.max_value_size)?;
-        self.commit(|state, batch, now| state.put(batch, key, value, &options, now))
-            .await?
+        let decide =
+            |state: &KvState, batch: &mut Batch, now| state.put(batch, key, value, &options, now);
+        if P::VOLATILE {
+            // Not through `commit`: this call's future then holds no state of the durable
+            // path, which every call would allocate and move for nothing.
+            return self.commit_now(decide)?;
+        }
+        Box::pin(self.commit_durable(decide)).await?
     }
 
     async fn delete(&self, key: &Key, expected: Option<Revision>) -> Result<Option<Revision>> {
-        self.commit(|state, batch, now| state.delete(batch, key, expected, now))
-            .await?
+        let decide =
+            |state: &KvState, batch: &mut Batch, now| state.delete(batch, key, expected, now);
+        if P::VOLATILE {
+            // Not through `commit`: this call's future then holds no state of the durable
+            // path, which every call would allocate and move for nothing.
+            return self.commit_now(decide)?;
+        }
+        Box::pin(self.commit_durable(decide)).await?
     }
 
     async fn keys(&self, pattern: &Pattern) -> Result<KeyStream> {
@@ -447,8 +468,13 @@ impl<P: Persistence> StateStore for Engine<P> {
 
     async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<TxnResult>> {
         validate_txn(&ops, self.shared.config.max_value_size)?;
-        self.commit(|state, batch, now| state.txn(batch, &ops, now))
-            .await?
+        let decide = |state: &KvState, batch: &mut Batch, now| state.txn(batch, &ops, now);
+        if P::VOLATILE {
+            // Not through `commit`: this call's future then holds no state of the durable
+            // path, which every call would allocate and move for nothing.
+            return self.commit_now(decide)?;
+        }
+        Box::pin(self.commit_durable(decide)).await?
     }
 
     async fn close(&self) -> Result<()> {

@@ -422,49 +422,63 @@ impl KvState {
             batch.base, self.last_revision,
             "a batch applies only to the state it was decided on"
         );
-        for change in batch.changes.changes.drain(..) {
-            debug_assert_eq!(change.revision().get(), self.last_revision + 1);
-            self.last_revision = change.revision().get();
-            if let Some(events) = events.as_deref_mut() {
-                events.push(change.event(now));
+        // One change is the common case (a put or a delete): pop it rather than drain.
+        if batch.changes.changes.len() == 1 {
+            let change = batch.changes.changes.pop().expect("checked above");
+            self.apply_one(change, now, events.as_deref_mut());
+        } else {
+            for change in batch.changes.changes.drain(..) {
+                self.apply_one(change, now, events.as_deref_mut());
             }
-            match &change {
-                Change::Put {
-                    key,
-                    value,
-                    revision,
-                    expires_at,
-                } => {
-                    let stored = Stored {
-                        value: value.clone(),
-                        revision: *revision,
-                        expires_at: *expires_at,
-                    };
-                    if let Some(old) = self.entries.insert(key.clone(), stored)
-                        && let Some(at) = old.expires_at
-                    {
-                        self.expiries.remove(&(at, key.clone()));
-                    }
-                    if let Some(at) = expires_at {
-                        self.expiries.insert((*at, key.clone()));
-                    }
-                }
-                Change::Delete { key, .. } | Change::Expire { key, .. } => {
-                    if let Some(old) = self.entries.remove(key)
-                        && let Some(at) = old.expires_at
-                    {
-                        self.expiries.remove(&(at, key.clone()));
-                    }
-                }
+        }
+        if !batch.changes.remembered.is_empty() {
+            for record in batch.changes.remembered.drain(..) {
+                self.remember(record);
             }
-            self.record(change);
         }
-        for record in batch.changes.remembered.drain(..) {
-            self.remember(record);
+        if !self.remembered_order.is_empty() {
+            self.forget_old_idempotency(now);
         }
-        self.forget_old_idempotency(now);
         batch.base = self.last_revision;
         batch.next = self.last_revision;
+    }
+
+    fn apply_one(&mut self, change: Change, now: Timestamp, events: Option<&mut Vec<WatchEvent>>) {
+        debug_assert_eq!(change.revision().get(), self.last_revision + 1);
+        self.last_revision = change.revision().get();
+        if let Some(events) = events {
+            events.push(change.event(now));
+        }
+        match &change {
+            Change::Put {
+                key,
+                value,
+                revision,
+                expires_at,
+            } => {
+                let stored = Stored {
+                    value: value.clone(),
+                    revision: *revision,
+                    expires_at: *expires_at,
+                };
+                if let Some(old) = self.entries.insert(key.clone(), stored)
+                    && let Some(at) = old.expires_at
+                {
+                    self.expiries.remove(&(at, key.clone()));
+                }
+                if let Some(at) = expires_at {
+                    self.expiries.insert((*at, key.clone()));
+                }
+            }
+            Change::Delete { key, .. } | Change::Expire { key, .. } => {
+                if let Some(old) = self.entries.remove(key)
+                    && let Some(at) = old.expires_at
+                {
+                    self.expiries.remove(&(at, key.clone()));
+                }
+            }
+        }
+        self.record(change);
     }
 
     // The key's revision after the batch so far (`None`: absent). Entries past their deadline
