@@ -63,12 +63,14 @@ macro_rules! forward_state_store {
 #[macro_export]
 macro_rules! __forward_state_store_method {
     (capabilities, $s:ident, $target:expr) => {
+        #[inline]
         fn capabilities(&self) -> $crate::Capabilities {
             let $s = self;
             $crate::StateStore::capabilities($target)
         }
     };
     (get, $s:ident, $target:expr) => {
+        #[inline]
         fn get<'life0, 'life1, 'async_trait>(
             &'life0 self,
             key: &'life1 $crate::Key,
@@ -83,6 +85,7 @@ macro_rules! __forward_state_store_method {
         }
     };
     (put, $s:ident, $target:expr) => {
+        #[inline]
         fn put<'life0, 'life1, 'async_trait>(
             &'life0 self,
             key: &'life1 $crate::Key,
@@ -99,6 +102,7 @@ macro_rules! __forward_state_store_method {
         }
     };
     (delete, $s:ident, $target:expr) => {
+        #[inline]
         fn delete<'life0, 'life1, 'async_trait>(
             &'life0 self,
             key: &'life1 $crate::Key,
@@ -114,6 +118,7 @@ macro_rules! __forward_state_store_method {
         }
     };
     (keys, $s:ident, $target:expr) => {
+        #[inline]
         fn keys<'life0, 'life1, 'async_trait>(
             &'life0 self,
             pattern: &'life1 $crate::Pattern,
@@ -128,6 +133,7 @@ macro_rules! __forward_state_store_method {
         }
     };
     (watch, $s:ident, $target:expr) => {
+        #[inline]
         fn watch<'life0, 'life1, 'async_trait>(
             &'life0 self,
             pattern: &'life1 $crate::Pattern,
@@ -143,6 +149,7 @@ macro_rules! __forward_state_store_method {
         }
     };
     (txn, $s:ident, $target:expr) => {
+        #[inline]
         fn txn<'life0, 'async_trait>(
             &'life0 self,
             ops: Vec<$crate::TxnOp>,
@@ -156,6 +163,7 @@ macro_rules! __forward_state_store_method {
         }
     };
     (close, $s:ident, $target:expr) => {
+        #[inline]
         fn close<'life0, 'async_trait>(
             &'life0 self,
         ) -> $crate::__private::BoxFuture<'async_trait, $crate::Result<()>>

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 use tokio::sync::Notify;
 
@@ -237,12 +238,12 @@ impl<P: Persistence> Engine<P> {
         let now = self.shared.clock.now();
         let before = inner.state.next_expiry();
         let outcome = decide(&inner.state, &mut inner.batch, now);
-        if !inner.batch.is_empty() {
+        if inner.batch.is_empty() {
+        } else if inner.hub.is_empty() {
+            inner.state.apply(&mut inner.batch, now, None);
+        } else {
             let mut events = std::mem::take(&mut inner.scratch);
-            let watched = !inner.hub.is_empty();
-            inner
-                .state
-                .apply(&mut inner.batch, now, watched.then_some(&mut events));
+            inner.state.apply(&mut inner.batch, now, Some(&mut events));
             inner.hub.dispatch(&events);
             events.clear();
             inner.scratch = events;
@@ -296,11 +297,13 @@ impl<P: Persistence> Engine<P> {
         }
     }
 
+    #[inline]
     fn read(&self) -> Result<RwLockReadGuard<'_, Inner>> {
         self.usable()?;
         Ok(self.shared.inner.read().unwrap_or_else(|e| e.into_inner()))
     }
 
+    #[inline]
     fn write(&self) -> Result<RwLockWriteGuard<'_, Inner>> {
         let inner = self.shared.inner.write().unwrap_or_else(|e| e.into_inner());
         // Checked under the lock so that no write lands after close() drained the watchers.
@@ -406,28 +409,53 @@ impl<P: Persistence> StateStore for Engine<P> {
         Ok(self.read()?.state.get(key, self.shared.clock.now()))
     }
 
-    async fn put(&self, key: &Key, value: Bytes, options: PutOptions) -> Result<Revision> {
-        options.validate()?;
-        validate_value(key, &value, self.shared.config.max_value_size)?;
-        let decide =
-            |state: &KvState, batch: &mut Batch, now| state.put(batch, key, value, &options, now);
+    // put, delete and txn are written as `#[async_trait]` would expand them, with one future
+    // per path: a volatile engine's future then holds only the call's arguments (an async fn
+    // with both paths keeps room for the durable one, allocated and moved on every call).
+    fn put<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        key: &'life1 Key,
+        value: Bytes,
+        options: PutOptions,
+    ) -> BoxFuture<'async_trait, Result<Revision>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
         if P::VOLATILE {
-            // Not through `commit`: this call's future then holds no state of the durable
-            // path, which every call would allocate and move for nothing.
-            return self.commit_now(decide)?;
+            Box::pin(async move {
+                options.validate()?;
+                validate_value(key, &value, self.shared.config.max_value_size)?;
+                self.commit_now(|state, batch, now| state.put(batch, key, value, &options, now))?
+            })
+        } else {
+            Box::pin(async move {
+                options.validate()?;
+                validate_value(key, &value, self.shared.config.max_value_size)?;
+                self.commit_durable(|state, batch, now| state.put(batch, key, value, &options, now))
+                    .await?
+            })
         }
-        Box::pin(self.commit_durable(decide)).await?
     }
 
-    async fn delete(&self, key: &Key, expected: Option<Revision>) -> Result<Option<Revision>> {
+    fn delete<'life0, 'life1, 'async_trait>(
+        &'life0 self,
+        key: &'life1 Key,
+        expected: Option<Revision>,
+    ) -> BoxFuture<'async_trait, Result<Option<Revision>>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
         let decide =
-            |state: &KvState, batch: &mut Batch, now| state.delete(batch, key, expected, now);
+            move |state: &KvState, batch: &mut Batch, now| state.delete(batch, key, expected, now);
         if P::VOLATILE {
-            // Not through `commit`: this call's future then holds no state of the durable
-            // path, which every call would allocate and move for nothing.
-            return self.commit_now(decide)?;
+            Box::pin(async move { self.commit_now(decide)? })
+        } else {
+            Box::pin(async move { self.commit_durable(decide).await? })
         }
-        Box::pin(self.commit_durable(decide)).await?
     }
 
     async fn keys(&self, pattern: &Pattern) -> Result<KeyStream> {
@@ -466,15 +494,26 @@ impl<P: Persistence> StateStore for Engine<P> {
         Ok(stream::iter(backlog).chain(live).boxed())
     }
 
-    async fn txn(&self, ops: Vec<TxnOp>) -> Result<Vec<TxnResult>> {
-        validate_txn(&ops, self.shared.config.max_value_size)?;
-        let decide = |state: &KvState, batch: &mut Batch, now| state.txn(batch, &ops, now);
+    fn txn<'life0, 'async_trait>(
+        &'life0 self,
+        ops: Vec<TxnOp>,
+    ) -> BoxFuture<'async_trait, Result<Vec<TxnResult>>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
         if P::VOLATILE {
-            // Not through `commit`: this call's future then holds no state of the durable
-            // path, which every call would allocate and move for nothing.
-            return self.commit_now(decide)?;
+            Box::pin(async move {
+                validate_txn(&ops, self.shared.config.max_value_size)?;
+                self.commit_now(|state, batch, now| state.txn(batch, &ops, now))?
+            })
+        } else {
+            Box::pin(async move {
+                validate_txn(&ops, self.shared.config.max_value_size)?;
+                self.commit_durable(|state, batch, now| state.txn(batch, &ops, now))
+                    .await?
+            })
         }
-        Box::pin(self.commit_durable(decide)).await?
     }
 
     async fn close(&self) -> Result<()> {
