@@ -6,7 +6,7 @@
 //! every backend refuses a conditional write.
 
 pub use crate::engine::{
-    Batch, Change, ChangeSet, Clock, Engine, EngineConfig, KvState, Persisted, Persistence,
+    Batch, Change, ChangeSet, Clock, Engine, EngineConfig, KvState, Now, Persisted, Persistence,
     Remembered, StateLimits, StoredEntry, Timestamp, Volatile,
 };
 pub use crate::feed::{FeedEnded, WatchFeed, watch_feed};

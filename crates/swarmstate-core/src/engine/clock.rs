@@ -1,6 +1,7 @@
 //! Wall-clock time for deadlines that survive a restart, read through Tokio's clock so that
 //! tests on paused time stay exact.
 
+use std::cell::Cell;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
@@ -42,6 +43,47 @@ impl Timestamp {
     /// How long after `earlier` this is, or zero if it is not after it.
     pub fn saturating_duration_since(self, earlier: Timestamp) -> Duration {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+}
+
+/// The time of one decision: a fixed timestamp, or a clock read once, when first needed.
+///
+/// Most writes need no time at all (no TTL, no idempotency key, nothing due to expire, nobody
+/// watching), so the engine passes a lazy one and the clock is read only if a decision asks;
+/// every later question in the same decision gets the same answer.
+#[derive(Debug, Clone, Copy)]
+pub enum Now<'a> {
+    /// This moment.
+    At(Timestamp),
+    /// `clock`'s time, read at the first [`Now::get`] and kept in `read`.
+    Lazy {
+        /// The clock to read.
+        clock: &'a Clock,
+        /// The time read, once read.
+        read: &'a Cell<Option<Timestamp>>,
+    },
+}
+
+impl Now<'_> {
+    /// The time.
+    pub fn get(self) -> Timestamp {
+        match self {
+            Now::At(time) => time,
+            Now::Lazy { clock, read } => match read.get() {
+                Some(time) => time,
+                None => {
+                    let time = clock.now();
+                    read.set(Some(time));
+                    time
+                }
+            },
+        }
+    }
+}
+
+impl From<Timestamp> for Now<'static> {
+    fn from(time: Timestamp) -> Self {
+        Now::At(time)
     }
 }
 

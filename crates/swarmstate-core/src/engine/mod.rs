@@ -18,6 +18,7 @@ mod clock;
 mod hub;
 mod state;
 
+use std::cell::Cell;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
@@ -30,7 +31,7 @@ use futures::stream::{self, StreamExt};
 use tokio::sync::Notify;
 
 pub use change::{Change, ChangeSet, Remembered};
-pub use clock::{Clock, Timestamp};
+pub use clock::{Clock, Now, Timestamp};
 pub use state::{Batch, KvState, Persisted, StateLimits, StoredEntry};
 
 use crate::feed::watch_feed;
@@ -186,7 +187,7 @@ impl<P: Persistence> Engine<P> {
     /// Errors: [`Error::Closed`] after close; the persistence error that poisoned the engine.
     pub async fn commit<T>(
         &self,
-        decide: impl FnOnce(&KvState, &mut Batch, Timestamp) -> T,
+        decide: impl for<'n> FnOnce(&KvState, &mut Batch, Now<'n>) -> T,
     ) -> Result<T> {
         if P::VOLATILE {
             return self.commit_now(decide);
@@ -198,14 +199,14 @@ impl<P: Persistence> Engine<P> {
 
     async fn commit_durable<T>(
         &self,
-        decide: impl FnOnce(&KvState, &mut Batch, Timestamp) -> T,
+        decide: impl for<'n> FnOnce(&KvState, &mut Batch, Now<'n>) -> T,
     ) -> Result<T> {
         let _writer = self.shared.writer.lock().await;
         let now = self.shared.clock.now();
         let (outcome, mut batch) = {
             let inner = self.read()?;
             let mut batch = inner.state.batch();
-            (decide(&inner.state, &mut batch, now), batch)
+            (decide(&inner.state, &mut batch, Now::At(now)), batch)
         };
         if batch.is_empty() {
             return Ok(outcome);
@@ -227,7 +228,7 @@ impl<P: Persistence> Engine<P> {
     // sees changes in revision order.
     fn commit_now<T>(
         &self,
-        decide: impl FnOnce(&KvState, &mut Batch, Timestamp) -> T,
+        decide: impl for<'n> FnOnce(&KvState, &mut Batch, Now<'n>) -> T,
     ) -> Result<T> {
         let mut guard = self.write()?;
         let inner = &mut *guard;
@@ -235,7 +236,11 @@ impl<P: Persistence> Engine<P> {
             // Left by a decision that panicked: never apply part of one.
             inner.batch = inner.state.batch();
         }
-        let now = self.shared.clock.now();
+        let read = Cell::new(None);
+        let now = Now::Lazy {
+            clock: &self.shared.clock,
+            read: &read,
+        };
         let before = inner.state.next_expiry();
         let outcome = decide(&inner.state, &mut inner.batch, now);
         if inner.batch.is_empty() {
@@ -406,7 +411,12 @@ impl<P: Persistence> StateStore for Engine<P> {
     }
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
-        Ok(self.read()?.state.get(key, self.shared.clock.now()))
+        let read = Cell::new(None);
+        let now = Now::Lazy {
+            clock: &self.shared.clock,
+            read: &read,
+        };
+        Ok(self.read()?.state.get(key, now))
     }
 
     // put, delete and txn are written as `#[async_trait]` would expand them, with one future
@@ -449,17 +459,25 @@ impl<P: Persistence> StateStore for Engine<P> {
         'life1: 'async_trait,
         Self: 'async_trait,
     {
-        let decide =
-            move |state: &KvState, batch: &mut Batch, now| state.delete(batch, key, expected, now);
         if P::VOLATILE {
-            Box::pin(async move { self.commit_now(decide)? })
+            Box::pin(async move {
+                self.commit_now(|state, batch, now| state.delete(batch, key, expected, now))?
+            })
         } else {
-            Box::pin(async move { self.commit_durable(decide).await? })
+            Box::pin(async move {
+                self.commit_durable(|state, batch, now| state.delete(batch, key, expected, now))
+                    .await?
+            })
         }
     }
 
     async fn keys(&self, pattern: &Pattern) -> Result<KeyStream> {
-        let keys = self.read()?.state.keys(pattern, self.shared.clock.now());
+        let read = Cell::new(None);
+        let now = Now::Lazy {
+            clock: &self.shared.clock,
+            read: &read,
+        };
+        let keys = self.read()?.state.keys(pattern, now);
         Ok(stream::iter(keys.into_iter().map(Ok)).boxed())
     }
 

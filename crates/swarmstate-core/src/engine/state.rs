@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::change::{Change, ChangeSet, Remembered};
-use super::clock::Timestamp;
+use super::clock::{Now, Timestamp};
 use crate::{
     Condition, Entry, Error, Key, Pattern, PutOptions, Result, Revision, TxnAction, TxnOp,
     TxnResult, WatchEvent,
@@ -256,13 +256,15 @@ impl KvState {
     }
 
     /// The entry for `key` as seen at `now` (an entry past its deadline is already absent).
-    pub fn get(&self, key: &Key, now: Timestamp) -> Option<Entry> {
+    pub fn get<'n>(&self, key: &Key, now: impl Into<Now<'n>>) -> Option<Entry> {
+        let now: Now<'n> = now.into();
         let stored = self.entries.get(key)?;
         live(stored, now).then(|| entry(key, stored, now))
     }
 
     /// Present keys selected by `pattern`, in key order.
-    pub fn keys(&self, pattern: &Pattern, now: Timestamp) -> Vec<Key> {
+    pub fn keys<'n>(&self, pattern: &Pattern, now: impl Into<Now<'n>>) -> Vec<Key> {
+        let now: Now<'n> = now.into();
         if let Pattern::Exact(key) = pattern {
             return self.get(key, now).map(|e| e.key).into_iter().collect();
         }
@@ -277,7 +279,8 @@ impl KvState {
     }
 
     /// Present entries selected by `pattern`, in key order.
-    pub fn snapshot(&self, pattern: &Pattern, now: Timestamp) -> Vec<Entry> {
+    pub fn snapshot<'n>(&self, pattern: &Pattern, now: impl Into<Now<'n>>) -> Vec<Entry> {
+        let now: Now<'n> = now.into();
         self.keys(pattern, now)
             .into_iter()
             .filter_map(|key| self.get(&key, now))
@@ -286,12 +289,13 @@ impl KvState {
 
     /// Kept changes at or after `from` selected by `pattern`, as events seen at `now`, or
     /// [`Error::Compacted`] if changes at `from` are no longer kept.
-    pub fn replay(
+    pub fn replay<'n>(
         &self,
         pattern: &Pattern,
         from: Revision,
-        now: Timestamp,
+        now: impl Into<Now<'n>>,
     ) -> Result<Vec<WatchEvent>> {
+        let now: Now<'n> = now.into();
         let oldest = match self.history.front() {
             Some(change) => change.revision(),
             None => Revision::new(self.last_revision + 1).expect("never 0"),
@@ -308,7 +312,7 @@ impl KvState {
             .iter()
             .skip(skip)
             .filter(|change| pattern.matches(change.key()))
-            .map(|change| change.event(now))
+            .map(|change| change.event(now.get()))
             .collect())
     }
 
@@ -319,9 +323,10 @@ impl KvState {
 
     /// Decides the expiry of every entry whose deadline is at or before `now` and that the
     /// batch has not changed already: one `Expire` change each, in deadline order.
-    pub fn expire_due(&self, batch: &mut Batch, now: Timestamp) {
+    pub fn expire_due<'n>(&self, batch: &mut Batch, now: impl Into<Now<'n>>) {
+        let now: Now<'n> = now.into();
         for (at, key) in &self.expiries {
-            if *at > now {
+            if *at > now.get() {
                 break;
             }
             if batch.touched(key).is_some() {
@@ -336,14 +341,15 @@ impl KvState {
     }
 
     /// Decides a put. See [`StateStore::put`](crate::StateStore::put).
-    pub fn put(
+    pub fn put<'n>(
         &self,
         batch: &mut Batch,
         key: &Key,
         value: Bytes,
         options: &PutOptions,
-        now: Timestamp,
+        now: impl Into<Now<'n>>,
     ) -> Result<Revision> {
+        let now: Now<'n> = now.into();
         self.expire_due(batch, now);
         if let Some(id) = &options.idempotency_key
             && let Some(revision) = self.remembered_write(batch, key, id, now)
@@ -360,20 +366,21 @@ impl KvState {
                 key: key.clone(),
                 idempotency_key: id.clone(),
                 revision,
-                at: now,
+                at: now.get(),
             });
         }
         Ok(revision)
     }
 
     /// Decides a delete. See [`StateStore::delete`](crate::StateStore::delete).
-    pub fn delete(
+    pub fn delete<'n>(
         &self,
         batch: &mut Batch,
         key: &Key,
         expected: Option<Revision>,
-        now: Timestamp,
+        now: impl Into<Now<'n>>,
     ) -> Result<Option<Revision>> {
+        let now: Now<'n> = now.into();
         self.expire_due(batch, now);
         let current = self.current(batch, key);
         Condition::expecting(expected).check(key, current)?;
@@ -383,7 +390,13 @@ impl KvState {
     /// Decides a transaction: checks every condition first, then decides every action in
     /// order. See [`StateStore::txn`](crate::StateStore::txn). The caller validates the shape
     /// (in particular, each key at most once).
-    pub fn txn(&self, batch: &mut Batch, ops: &[TxnOp], now: Timestamp) -> Result<Vec<TxnResult>> {
+    pub fn txn<'n>(
+        &self,
+        batch: &mut Batch,
+        ops: &[TxnOp],
+        now: impl Into<Now<'n>>,
+    ) -> Result<Vec<TxnResult>> {
+        let now: Now<'n> = now.into();
         self.expire_due(batch, now);
         for op in ops {
             op.condition.check(&op.key, self.current(batch, &op.key))?;
@@ -412,12 +425,13 @@ impl KvState {
     /// # Panics
     ///
     /// If the batch was started on another state or revision (a bug in the caller).
-    pub fn apply(
+    pub fn apply<'n>(
         &mut self,
         batch: &mut Batch,
-        now: Timestamp,
+        now: impl Into<Now<'n>>,
         mut events: Option<&mut Vec<WatchEvent>>,
     ) {
+        let now: Now<'n> = now.into();
         assert_eq!(
             batch.base, self.last_revision,
             "a batch applies only to the state it was decided on"
@@ -443,11 +457,11 @@ impl KvState {
         batch.next = self.last_revision;
     }
 
-    fn apply_one(&mut self, change: Change, now: Timestamp, events: Option<&mut Vec<WatchEvent>>) {
+    fn apply_one(&mut self, change: Change, now: Now<'_>, events: Option<&mut Vec<WatchEvent>>) {
         debug_assert_eq!(change.revision().get(), self.last_revision + 1);
         self.last_revision = change.revision().get();
         if let Some(events) = events {
-            events.push(change.event(now));
+            events.push(change.event(now.get()));
         }
         match &change {
             Change::Put {
@@ -495,7 +509,7 @@ impl KvState {
         batch: &Batch,
         key: &Key,
         id: &str,
-        now: Timestamp,
+        now: Now<'_>,
     ) -> Option<Revision> {
         let in_batch = batch
             .changes
@@ -506,7 +520,8 @@ impl KvState {
             return Some(record.revision);
         }
         let (revision, at) = self.remembered.get(&(key.clone(), id.to_owned()))?;
-        (now.saturating_duration_since(*at) < self.limits.idempotency_window).then_some(*revision)
+        (now.get().saturating_duration_since(*at) < self.limits.idempotency_window)
+            .then_some(*revision)
     }
 
     fn write(
@@ -515,14 +530,14 @@ impl KvState {
         key: &Key,
         value: Bytes,
         ttl: Option<Duration>,
-        now: Timestamp,
+        now: Now<'_>,
     ) -> Revision {
         let revision = batch.advance();
         batch.push(Change::Put {
             key: key.clone(),
             value,
             revision,
-            expires_at: ttl.map(|ttl| now.saturating_add(ttl)),
+            expires_at: ttl.map(|ttl| now.get().saturating_add(ttl)),
         });
         revision
     }
@@ -546,9 +561,9 @@ impl KvState {
         );
     }
 
-    fn forget_old_idempotency(&mut self, now: Timestamp) {
+    fn forget_old_idempotency(&mut self, now: Now<'_>) {
         while let Some((at, _, _)) = self.remembered_order.front() {
-            if now.saturating_duration_since(*at) < self.limits.idempotency_window {
+            if now.get().saturating_duration_since(*at) < self.limits.idempotency_window {
                 break;
             }
             let (at, key, id) = self.remembered_order.pop_front().expect("checked above");
@@ -574,18 +589,18 @@ fn remove(batch: &mut Batch, key: &Key) -> Revision {
     revision
 }
 
-fn live(stored: &Stored, now: Timestamp) -> bool {
-    stored.expires_at.is_none_or(|at| at > now)
+fn live(stored: &Stored, now: Now<'_>) -> bool {
+    stored.expires_at.is_none_or(|at| at > now.get())
 }
 
-fn entry(key: &Key, stored: &Stored, now: Timestamp) -> Entry {
+fn entry(key: &Key, stored: &Stored, now: Now<'_>) -> Entry {
     Entry {
         key: key.clone(),
         value: stored.value.clone(),
         revision: stored.revision,
         expires_in: stored
             .expires_at
-            .map(|at| at.saturating_duration_since(now)),
+            .map(|at| at.saturating_duration_since(now.get())),
     }
 }
 
