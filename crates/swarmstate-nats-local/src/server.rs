@@ -171,8 +171,22 @@ impl NatsServer {
     /// # Panics
     ///
     /// If the node is not running or the signal cannot be sent.
+    ///
+    /// Returns once every thread of the process has stopped: the kernel delivers SIGSTOP
+    /// after `kill` returns, and a thread still running meanwhile would answer a request sent
+    /// right after the pause.
     pub fn pause(&self) {
         self.signal("STOP");
+        let pid = self.pid().expect("signalled just now");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !all_threads_stopped(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "{} (pid {pid}) did not stop within 10 s of SIGSTOP",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Continues a process frozen by [`pause`](Self::pause) (SIGCONT).
@@ -438,6 +452,25 @@ pub(crate) async fn connect(addrs: impl ToServerAddrs) -> Result<Client, async_n
 /// A string literal for the NATS config format.
 fn quote(text: &str) -> String {
     serde_json::to_string(text).expect("a string serializes")
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` or `t` in
+/// `/proc/<pid>/task/<tid>/stat`). A thread that is gone counts as stopped.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        match std::fs::read_to_string(task.path().join("stat")) {
+            // The state follows the command name, which is in parentheses and may hold any
+            // character: look after the last `)`.
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+                .is_some_and(|state| state == 'T' || state == 't'),
+            Err(_) => true,
+        }
+    })
 }
 
 #[cfg(test)]
