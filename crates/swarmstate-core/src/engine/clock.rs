@@ -131,6 +131,11 @@ impl Clock {
         }
     }
 
+    /// This clock's time for one decision, read at the first [`Now::get`] and kept in `read`.
+    pub fn lazy<'a>(&'a self, read: &'a Cell<Option<Timestamp>>) -> Now<'a> {
+        Now::Lazy { clock: self, read }
+    }
+
     /// The Tokio instant at which this clock reads `time`, for sleeping until a deadline.
     pub fn instant_of(&self, time: Timestamp) -> Instant {
         if time >= self.wall {

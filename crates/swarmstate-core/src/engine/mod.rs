@@ -237,21 +237,17 @@ impl<P: Persistence> Engine<P> {
             inner.batch = inner.state.batch();
         }
         let read = Cell::new(None);
-        let now = Now::Lazy {
-            clock: &self.shared.clock,
-            read: &read,
-        };
+        let now = self.shared.clock.lazy(&read);
         let before = inner.state.next_expiry();
         let outcome = decide(&inner.state, &mut inner.batch, now);
-        if inner.batch.is_empty() {
-        } else if inner.hub.is_empty() {
-            inner.state.apply(&mut inner.batch, now, None);
-        } else {
-            let mut events = std::mem::take(&mut inner.scratch);
-            inner.state.apply(&mut inner.batch, now, Some(&mut events));
-            inner.hub.dispatch(&events);
-            events.clear();
-            inner.scratch = events;
+        if !inner.batch.is_empty() {
+            publish(
+                &mut inner.state,
+                &mut inner.hub,
+                &mut inner.scratch,
+                &mut inner.batch,
+                now,
+            );
         }
         let after = inner.state.next_expiry();
         drop(guard);
@@ -263,14 +259,13 @@ impl<P: Persistence> Engine<P> {
         let mut guard = self.shared.inner.write().unwrap_or_else(|e| e.into_inner());
         let inner = &mut *guard;
         let before = inner.state.next_expiry();
-        let mut events = std::mem::take(&mut inner.scratch);
-        let watched = !inner.hub.is_empty();
-        inner
-            .state
-            .apply(batch, now, watched.then_some(&mut events));
-        inner.hub.dispatch(&events);
-        events.clear();
-        inner.scratch = events;
+        publish(
+            &mut inner.state,
+            &mut inner.hub,
+            &mut inner.scratch,
+            batch,
+            Now::At(now),
+        );
         let after = inner.state.next_expiry();
         drop(guard);
         self.deadlines_changed(before, after);
@@ -332,6 +327,25 @@ impl<P: Persistence> Engine<P> {
             self.shared.expiry_changed.clone(),
         ));
     }
+}
+
+// Applies `batch` and hands its events to the watchers, under the caller's write lock. The
+// events are built only when someone watches, into `scratch`, so a write allocates no list.
+#[inline]
+fn publish(
+    state: &mut KvState,
+    hub: &mut crate::engine::hub::Hub,
+    scratch: &mut Vec<WatchEvent>,
+    batch: &mut Batch,
+    now: Now<'_>,
+) {
+    if hub.is_empty() {
+        state.apply(batch, now, None);
+        return;
+    }
+    state.apply(batch, now, Some(scratch));
+    hub.dispatch(scratch);
+    scratch.clear();
 }
 
 // Poisons the engine if a durable commit is dropped between persisting and applying.
@@ -412,10 +426,7 @@ impl<P: Persistence> StateStore for Engine<P> {
 
     async fn get(&self, key: &Key) -> Result<Option<Entry>> {
         let read = Cell::new(None);
-        let now = Now::Lazy {
-            clock: &self.shared.clock,
-            read: &read,
-        };
+        let now = self.shared.clock.lazy(&read);
         Ok(self.read()?.state.get(key, now))
     }
 
@@ -473,10 +484,7 @@ impl<P: Persistence> StateStore for Engine<P> {
 
     async fn keys(&self, pattern: &Pattern) -> Result<KeyStream> {
         let read = Cell::new(None);
-        let now = Now::Lazy {
-            clock: &self.shared.clock,
-            read: &read,
-        };
+        let now = self.shared.clock.lazy(&read);
         let keys = self.read()?.state.keys(pattern, now);
         Ok(stream::iter(keys.into_iter().map(Ok)).boxed())
     }
