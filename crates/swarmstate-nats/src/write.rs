@@ -113,20 +113,19 @@ pub(crate) async fn put(
         };
         match outcome {
             Ok(sequence) => {
-                if replaces.acknowledged_late(Instant::now()) {
-                    bucket.seen.forget(key);
-                    confirm_written(bucket, key, sequence, &mut attempts, &operation).await?;
-                }
-                bucket.seen.remember(
+                let held = Held::Value {
+                    deadline: options.ttl.map(|ttl| sent + ttl),
+                };
+                return acknowledged(
+                    bucket,
                     key,
-                    Seen {
-                        sequence,
-                        held: Held::Value {
-                            deadline: options.ttl.map(|ttl| sent + ttl),
-                        },
-                    },
-                );
-                return revision(sequence);
+                    &replaces,
+                    sequence,
+                    held,
+                    &mut attempts,
+                    &operation,
+                )
+                .await;
             }
             Err(NatsError::Api { error, .. }) if error.is_conflict() => {
                 bucket.seen.forget(key);
@@ -213,18 +212,18 @@ pub(crate) async fn delete(
         headers.insert(wire::MSG_ID, id.as_str());
         match bucket.publish(&operation, key, headers, Bytes::new()).await {
             Ok(sequence) => {
-                if replaces.acknowledged_late(Instant::now()) {
-                    bucket.seen.forget(key);
-                    confirm_written(bucket, key, sequence, &mut attempts, &operation).await?;
-                }
-                bucket.seen.remember(
+                let held = Held::Nothing;
+                return acknowledged(
+                    bucket,
                     key,
-                    Seen {
-                        sequence,
-                        held: Held::Nothing,
-                    },
-                );
-                return revision(sequence).map(Some);
+                    &replaces,
+                    sequence,
+                    held,
+                    &mut attempts,
+                    &operation,
+                )
+                .await
+                .map(Some);
             }
             Err(NatsError::Api { error, .. }) if error.is_conflict() => {
                 bucket.seen.forget(key);
@@ -246,6 +245,26 @@ pub(crate) async fn delete(
 /// The reserved key that records an applied write with an idempotency key: written in the
 /// same atomic batch as the write, right after it, so the write's revision is the record's
 /// minus one. It expires after the idempotency window.
+/// What put and delete do once the stream stored their write at `sequence`: confirm an
+/// acknowledgement that came close to the deadline of the message it replaced (the late
+/// expiry marker could purge it), then remember the key's new last message.
+async fn acknowledged(
+    bucket: &Bucket,
+    key: &Key,
+    replaces: &Seen,
+    sequence: u64,
+    held: Held,
+    attempts: &mut Attempts,
+    operation: &str,
+) -> Result<Revision> {
+    if replaces.acknowledged_late(Instant::now()) {
+        bucket.seen.forget(key);
+        confirm_written(bucket, key, sequence, attempts, operation).await?;
+    }
+    bucket.seen.remember(key, Seen { sequence, held });
+    revision(sequence)
+}
+
 fn idempotency_record(key: &Key, id: &str) -> Key {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
