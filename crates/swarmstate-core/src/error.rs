@@ -63,6 +63,20 @@ pub enum Error {
         limit: usize,
     },
 
+    /// The write would take the store past its size quota; nothing was written. Reads,
+    /// deletes and expiries keep working, and a write that makes the store smaller is allowed.
+    #[error(
+        "the store's quota is full: {key} would bring the stored data to {needed} bytes, more than the quota of {quota} bytes (delete something, or reopen with a larger quota)"
+    )]
+    QuotaExceeded {
+        /// The key of the write (the first key a transaction grows).
+        key: Key,
+        /// The stored data's size with the write, in bytes.
+        needed: u64,
+        /// The quota in bytes.
+        quota: u64,
+    },
+
     /// Any other bad input (a TTL out of range, a malformed transaction, a bad pattern);
     /// nothing was written.
     #[error("invalid input: {message}")]
@@ -167,6 +181,8 @@ pub enum ErrorKind {
     InvalidKey,
     /// [`Error::ValueTooLarge`]: `value_too_large`.
     ValueTooLarge,
+    /// [`Error::QuotaExceeded`]: `quota_exceeded`.
+    QuotaExceeded,
     /// [`Error::InvalidInput`]: `invalid_input`.
     InvalidInput,
     /// [`Error::Compacted`]: `compacted`.
@@ -197,6 +213,7 @@ impl ErrorKind {
         ErrorKind::RevisionMismatch,
         ErrorKind::InvalidKey,
         ErrorKind::ValueTooLarge,
+        ErrorKind::QuotaExceeded,
         ErrorKind::InvalidInput,
         ErrorKind::Compacted,
         ErrorKind::LockHeld,
@@ -217,6 +234,7 @@ impl ErrorKind {
             ErrorKind::RevisionMismatch => "revision_mismatch",
             ErrorKind::InvalidKey => "invalid_key",
             ErrorKind::ValueTooLarge => "value_too_large",
+            ErrorKind::QuotaExceeded => "quota_exceeded",
             ErrorKind::InvalidInput => "invalid_input",
             ErrorKind::Compacted => "compacted",
             ErrorKind::LockHeld => "lock_held",
@@ -254,6 +272,7 @@ impl Error {
             Error::RevisionMismatch { .. } => ErrorKind::RevisionMismatch,
             Error::InvalidKey { .. } => ErrorKind::InvalidKey,
             Error::ValueTooLarge { .. } => ErrorKind::ValueTooLarge,
+            Error::QuotaExceeded { .. } => ErrorKind::QuotaExceeded,
             Error::InvalidInput { .. } => ErrorKind::InvalidInput,
             Error::Compacted { .. } => ErrorKind::Compacted,
             Error::LockHeld { .. } => ErrorKind::LockHeld,
@@ -336,6 +355,11 @@ mod tests {
                 key: key.clone(),
                 size: 2,
                 limit: 1,
+            },
+            Error::QuotaExceeded {
+                key: key.clone(),
+                needed: 2,
+                quota: 1,
             },
             Error::InvalidInput {
                 message: String::new(),

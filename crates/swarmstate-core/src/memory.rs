@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::StateStore;
-use crate::engine::{Clock, Engine, EngineConfig, KvState, StateLimits, Volatile};
+use crate::engine::{Clock, Engine, EngineConfig, KvState, Volatile};
 
 /// The default largest value: 1 MiB.
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 1024 * 1024;
@@ -63,6 +63,13 @@ impl MemoryStoreBuilder {
         self
     }
 
+    /// The most bytes of keys and values the live entries may hold (default: no limit). A
+    /// write past it fails with [`Error::QuotaExceeded`](crate::Error::QuotaExceeded).
+    pub fn quota(mut self, bytes: u64) -> Self {
+        self.config.limits.quota = Some(bytes);
+        self
+    }
+
     /// Builds the store.
     pub fn build(self) -> MemoryStore {
         let state = KvState::new(self.config.limits.clone());
@@ -90,7 +97,7 @@ impl MemoryStore {
             config: EngineConfig {
                 max_value_size: DEFAULT_MAX_VALUE_SIZE,
                 watch_buffer: DEFAULT_WATCH_BUFFER,
-                limits: StateLimits::default(),
+                ..EngineConfig::default()
             },
         }
     }

@@ -364,6 +364,15 @@ impl TxnOp {
         }
     }
 
+    /// The bytes of key and value this operation carries.
+    pub fn size(&self) -> usize {
+        let value = match &self.action {
+            TxnAction::Put { value, .. } => value.len(),
+            TxnAction::Delete | TxnAction::Check => 0,
+        };
+        self.key.as_str().len() + value
+    }
+
     /// Sets the condition.
     pub fn when(mut self, condition: Condition) -> TxnOp {
         self.condition = condition;

@@ -3,11 +3,16 @@
 //! readers' view, acknowledged, and handed to watchers. Reads are served from memory.
 //!
 //! [`Engine`] is generic over its [`Persistence`]. With [`Volatile`] (the memory backend) a
-//! write is decided, applied and handed to watchers under one lock. With a durable one, one
-//! writer at a time decides against the applied state under a read lock (readers go on), waits
-//! for `persist` without any lock, then applies under the write lock: a reader never sees a
-//! change that is not yet durable. A failed `persist` poisons the engine: every later call
-//! fails with that error, and nothing is retried silently.
+//! write is decided, applied and handed to watchers under one lock. With a durable one, every
+//! write joins a queue, and one writer task commits in groups: it takes every write waiting at
+//! that moment (up to a count and a byte bound; no timer, so an idle store commits at once),
+//! decides them in order against the applied state and the group so far under a read lock
+//! (readers go on; a refused write fails alone), persists the group once on a blocking thread,
+//! then applies it under the write lock, acknowledges each write and hands the events to
+//! watchers. A reader never sees a change that is not yet durable. A failed `persist` poisons
+//! the engine: the writes of that group are `Ambiguous`, every later call fails naming the
+//! cause, and nothing is retried silently. A caller that stops waiting does not cancel its
+//! write: once queued, it is committed or refused like any other.
 //!
 //! One background task per engine expires entries at their deadlines (through the same write
 //! path, so an expiry is persisted like any change); reads hide an expired entry at once,
@@ -20,6 +25,7 @@ mod state;
 
 use std::cell::Cell;
 use std::fmt::Debug;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
@@ -28,7 +34,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use change::{Change, ChangeSet, Remembered};
 pub use clock::{Clock, Now, Timestamp};
@@ -42,8 +48,7 @@ use crate::{
 };
 
 /// Where an [`Engine`] keeps its changes before it applies and acknowledges them.
-#[async_trait]
-pub trait Persistence: Send + Sync + Debug + 'static {
+pub trait Persistence: Send + Debug + 'static {
     /// Nothing is persisted: the engine decides and applies under one lock and never calls
     /// [`persist`](Persistence::persist).
     const VOLATILE: bool = false;
@@ -54,17 +59,30 @@ pub trait Persistence: Send + Sync + Debug + 'static {
     /// Whether an acknowledged write survives a crash, for [`Capabilities::durable`].
     fn durable(&self) -> bool;
 
-    /// Makes `changes` durable, atomically: all of them or none. Called by one writer at a
-    /// time, with change sets in revision order, each continuing where the last ended. Returns
-    /// only once they are durable; an error poisons the engine.
-    async fn persist(&self, changes: &ChangeSet) -> Result<()>;
+    /// Makes `commit.changes` durable, atomically: all of them or none. Called by the engine's
+    /// one writer, on a thread that may block, with change sets in revision order, each
+    /// continuing where the last ended. Returns only once they are durable; an error poisons
+    /// the engine.
+    fn persist(&mut self, commit: &Commit<'_>) -> Result<()>;
+}
+
+/// One group commit, as [`Persistence::persist`] gets it.
+#[derive(Debug)]
+pub struct Commit<'a> {
+    /// The changes and idempotency records to make durable.
+    pub changes: &'a ChangeSet,
+    /// The oldest change the history keeps before these: older ones may be dropped. The
+    /// history kept may run longer than the limits by the last commit; a restore trims it.
+    pub oldest_kept: Option<Revision>,
+    /// Idempotency records decided before this time are out of their window: they may be
+    /// dropped.
+    pub forget_before: Timestamp,
 }
 
 /// No persistence: the memory backend.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Volatile;
 
-#[async_trait]
 impl Persistence for Volatile {
     const VOLATILE: bool = true;
 
@@ -76,7 +94,7 @@ impl Persistence for Volatile {
         false
     }
 
-    async fn persist(&self, _changes: &ChangeSet) -> Result<()> {
+    fn persist(&mut self, _commit: &Commit<'_>) -> Result<()> {
         Ok(())
     }
 }
@@ -88,13 +106,33 @@ pub struct EngineConfig {
     pub max_value_size: usize,
     /// Events a watcher may have buffered before it is lagged (at least 1).
     pub watch_buffer: usize,
-    /// History and idempotency limits of the state.
+    /// History, idempotency and quota limits of the state.
     pub limits: StateLimits,
+    /// The most writes one group commit takes (at least 1).
+    pub max_batch_writes: usize,
+    /// The most bytes of keys and values one group commit takes; a write larger than this
+    /// still commits, alone.
+    pub max_batch_bytes: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_value_size: 1024 * 1024,
+            watch_buffer: 64,
+            limits: StateLimits::default(),
+            max_batch_writes: 1024,
+            max_batch_bytes: 8 * 1024 * 1024,
+        }
+    }
 }
 
 /// A store built on [`KvState`]: the contract's semantics with one [`Persistence`] plugged in.
 ///
-/// Clones share one engine. Needs a Tokio runtime for watches and TTL expiry.
+/// Clones share one engine. Needs a Tokio runtime for watches and TTL expiry, and a durable
+/// one for its writer task too. A durable engine releases its persistence when
+/// [`close`](StateStore::close) returns (or, without a close, some time after the last clone
+/// is dropped).
 #[derive(Debug)]
 pub struct Engine<P: Persistence> {
     shared: Arc<Shared<P>>,
@@ -113,16 +151,45 @@ struct Shared<P> {
     inner: RwLock<Inner>,
     closed: AtomicBool,
     poisoned: OnceLock<Error>,
-    // One writer at a time on the durable path (decide, persist, apply).
-    writer: tokio::sync::Mutex<()>,
+    // The durable path's queue to its one writer task; `None` for a volatile engine. Dropped
+    // with the last handle, which ends the writer once it has committed what was queued.
+    queue: Option<mpsc::Sender<Message>>,
     // Wakes the expiry task when an earlier deadline may exist, on close, and on drop. Shared
     // with the task apart from the rest, which the task holds only weakly.
     expiry_changed: Arc<Notify>,
     expiry_task_started: AtomicBool,
     clock: Clock,
     config: EngineConfig,
-    persistence: P,
+    backend: &'static str,
+    durable: bool,
+    persistence: PhantomData<fn() -> P>,
 }
+
+// What the durable path's writer task takes from its queue.
+enum Message {
+    Write(Job),
+    // Commit what came before, release the persistence, answer, and stop.
+    Close(oneshot::Sender<()>),
+}
+
+impl Debug for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Message::Write(_) => "Write",
+            Message::Close(_) => "Close",
+        })
+    }
+}
+
+// One queued write: its size for the batch bound, and its decision, which returns what
+// answers the caller once the group's fate is known (`Some` error: the commit failed).
+struct Job {
+    bytes: usize,
+    decide: Decide,
+}
+
+type Decide = Box<dyn for<'n> FnOnce(&KvState, &mut Batch, Now<'n>) -> Answer + Send>;
+type Answer = Box<dyn FnOnce(Option<&Error>) + Send>;
 
 #[derive(Debug)]
 struct Inner {
@@ -135,12 +202,25 @@ struct Inner {
 
 impl<P: Persistence> Engine<P> {
     /// An engine serving `state` (new, or restored from what `persistence` kept) on `clock`.
+    ///
+    /// # Panics
+    ///
+    /// A durable engine outside a Tokio runtime (it spawns its writer task).
     pub fn new(persistence: P, config: EngineConfig, state: KvState, clock: Clock) -> Engine<P> {
         let config = EngineConfig {
             watch_buffer: config.watch_buffer.max(1),
+            max_batch_writes: config.max_batch_writes.max(1),
             ..config
         };
         let batch = state.batch();
+        let (queue, receiver) = if P::VOLATILE {
+            (None, None)
+        } else {
+            // Bounded, so that callers wait when the disk falls behind instead of queueing
+            // without limit.
+            let (sender, receiver) = mpsc::channel(config.max_batch_writes.saturating_mul(4));
+            (Some(sender), Some(receiver))
+        };
         let engine = Engine {
             shared: Arc::new(Shared {
                 inner: RwLock::new(Inner {
@@ -151,14 +231,23 @@ impl<P: Persistence> Engine<P> {
                 }),
                 closed: AtomicBool::new(false),
                 poisoned: OnceLock::new(),
-                writer: tokio::sync::Mutex::new(()),
+                queue,
                 expiry_changed: Arc::new(Notify::new()),
                 expiry_task_started: AtomicBool::new(false),
                 clock,
                 config,
-                persistence,
+                backend: persistence.backend(),
+                durable: persistence.durable(),
+                persistence: PhantomData,
             }),
         };
+        if let Some(receiver) = receiver {
+            tokio::spawn(write_loop(
+                Arc::downgrade(&engine.shared),
+                persistence,
+                receiver,
+            ));
+        }
         // A restored state may hold deadlines already.
         if engine
             .read()
@@ -169,11 +258,6 @@ impl<P: Persistence> Engine<P> {
         engine
     }
 
-    /// The persistence this engine writes through.
-    pub fn persistence(&self) -> &P {
-        &self.shared.persistence
-    }
-
     /// The engine's clock.
     pub fn clock(&self) -> &Clock {
         &self.shared.clock
@@ -182,46 +266,68 @@ impl<P: Persistence> Engine<P> {
     /// Decides with `decide` (given the applied state, a batch to add changes to, and the
     /// time), persists what it added, applies it, hands its events to watchers, and returns
     /// `decide`'s outcome. Whatever `decide` added is applied even when its outcome is an error
-    /// (the expiries a failed write decided first).
+    /// (the expiries a failed write decided first). `bytes` is the write's size, for the group
+    /// commit's bound.
     ///
-    /// Errors: [`Error::Closed`] after close; the persistence error that poisoned the engine.
-    pub async fn commit<T>(
+    /// Errors: [`Error::Closed`] after close; the persistence error that poisoned the engine;
+    /// [`Error::Ambiguous`] when the group commit holding this write failed.
+    pub async fn commit<T: Send + 'static>(
         &self,
-        decide: impl for<'n> FnOnce(&KvState, &mut Batch, Now<'n>) -> T,
+        bytes: usize,
+        decide: impl for<'n> FnOnce(&KvState, &mut Batch, Now<'n>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         if P::VOLATILE {
-            return self.commit_now(decide);
+            return self.commit_now(decide)?;
         }
         // Boxed, so that the futures of a volatile engine do not carry the durable path's
         // state: every call would allocate and move it for nothing.
-        Box::pin(self.commit_durable(decide)).await
+        Box::pin(self.commit_queued(bytes, decide)).await
     }
 
-    async fn commit_durable<T>(
+    async fn commit_queued<T: Send + 'static>(
         &self,
-        decide: impl for<'n> FnOnce(&KvState, &mut Batch, Now<'n>) -> T,
+        bytes: usize,
+        decide: impl for<'n> FnOnce(&KvState, &mut Batch, Now<'n>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let _writer = self.shared.writer.lock().await;
-        let now = self.shared.clock.now();
-        let (outcome, mut batch) = {
-            let inner = self.read()?;
-            let mut batch = inner.state.batch();
-            (decide(&inner.state, &mut batch, Now::At(now)), batch)
+        self.usable()?;
+        let queue = self
+            .shared
+            .queue
+            .as_ref()
+            .expect("a durable engine has a queue");
+        let (answer, answered) = oneshot::channel();
+        let job = Job {
+            bytes,
+            decide: Box::new(move |state, batch, now| {
+                let outcome = decide(state, batch, now);
+                Box::new(move |failed: Option<&Error>| {
+                    let outcome = match (outcome, failed) {
+                        (Ok(_), Some(err)) => Err(err.clone()),
+                        (outcome, _) => outcome,
+                    };
+                    let _ = answer.send(outcome);
+                })
+            }),
         };
-        if batch.is_empty() {
-            return Ok(outcome);
+        if queue.send(Message::Write(job)).await.is_err() {
+            return Err(self.stopped());
         }
-        // From here the change set may be on disk: if this call is dropped before it is
-        // applied, the readers' view and the disk disagree, so the engine is poisoned.
-        let mut unfinished = Unfinished(Some(self));
-        if let Err(err) = self.shared.persistence.persist(batch.changes()).await {
-            let err = self.poison(err);
-            unfinished.0 = None;
-            return Err(err);
+        answered.await.unwrap_or_else(|_| Err(self.stopped()))
+    }
+
+    // Why a queued write got no answer: the writer ended (closed, poisoned, or its runtime
+    // shut down) before deciding it, so it was not applied.
+    fn stopped(&self) -> Error {
+        if let Some(err) = self.shared.poisoned.get() {
+            return err.clone();
         }
-        self.apply(&mut batch, now);
-        unfinished.0 = None;
-        Ok(outcome)
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Error::Closed;
+        }
+        Error::Unavailable {
+            message: "the store's writer stopped (its runtime shut down); nothing was applied"
+                .to_owned(),
+        }
     }
 
     // The volatile path: decide, apply and dispatch under one write lock, so every watcher
@@ -253,6 +359,56 @@ impl<P: Persistence> Engine<P> {
         drop(guard);
         self.deadlines_changed(before, after);
         Ok(outcome)
+    }
+
+    // One group commit of the durable path: decides `jobs` in order into one batch, persists
+    // it on a blocking thread, applies it and answers every job. Gives the persistence back,
+    // or `None` once the engine is poisoned.
+    async fn write_group(&self, mut persistence: P, jobs: &mut Vec<Job>) -> Option<P> {
+        let now = self.shared.clock.now();
+        let mut answers: Vec<Answer> = Vec::with_capacity(jobs.len());
+        let (batch, oldest_kept) = {
+            let inner = self.shared.inner.read().unwrap_or_else(|e| e.into_inner());
+            let mut batch = inner.state.batch();
+            for job in jobs.drain(..) {
+                answers.push((job.decide)(&inner.state, &mut batch, Now::At(now)));
+            }
+            (batch, inner.state.oldest_kept())
+        };
+        if batch.is_empty() {
+            answers.into_iter().for_each(|answer| answer(None));
+            return Some(persistence);
+        }
+        let forget_before = now.saturating_sub(self.shared.config.limits.idempotency_window);
+        let persisted = tokio::task::spawn_blocking(move || {
+            let result = persistence.persist(&Commit {
+                changes: batch.changes(),
+                oldest_kept,
+                forget_before,
+            });
+            (persistence, batch, result)
+        })
+        .await;
+        let cause = match persisted {
+            Ok((persistence, mut batch, Ok(()))) => {
+                self.apply(&mut batch, now);
+                answers.into_iter().for_each(|answer| answer(None));
+                return Some(persistence);
+            }
+            Ok((_, _, Err(err))) => err,
+            Err(join) => Error::Backend {
+                source: Arc::new(std::io::Error::other(format!(
+                    "the commit did not finish: {join}"
+                ))),
+            },
+        };
+        self.poison(cause.clone());
+        let failed = Error::Ambiguous {
+            operation: "write".to_owned(),
+            message: format!("the commit holding it failed, it may or may not be on disk: {cause}"),
+        };
+        answers.into_iter().for_each(|answer| answer(Some(&failed)));
+        None
     }
 
     fn apply(&self, batch: &mut Batch, now: Timestamp) {
@@ -348,17 +504,59 @@ fn publish(
     scratch.clear();
 }
 
-// Poisons the engine if a durable commit is dropped between persisting and applying.
-struct Unfinished<'a, P: Persistence>(Option<&'a Engine<P>>);
-
-impl<P: Persistence> Drop for Unfinished<'_, P> {
-    fn drop(&mut self) {
-        if let Some(engine) = self.0 {
-            engine.poison(Error::Ambiguous {
-                operation: "commit".to_owned(),
-                message: "the write was cancelled while it was being persisted".to_owned(),
-            });
+/// The durable path's one writer: takes every write waiting, up to the group's bounds,
+/// commits them as one group, and repeats until the queue closes or a close asks it to stop.
+/// It holds the engine only weakly between groups, so dropping the last handle ends it.
+async fn write_loop<P: Persistence>(
+    shared: Weak<Shared<P>>,
+    persistence: P,
+    mut queue: mpsc::Receiver<Message>,
+) {
+    let mut persistence = Some(persistence);
+    let mut jobs = Vec::new();
+    let mut closing = None;
+    while let Some(first) = queue.recv().await {
+        let Some(strong) = shared.upgrade() else {
+            break;
+        };
+        let engine = Engine { shared: strong };
+        let config = &engine.shared.config;
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Write(job) => {
+                    bytes += job.bytes;
+                    jobs.push(job);
+                }
+                Message::Close(done) => {
+                    closing = Some(done);
+                    break;
+                }
+            }
+            if jobs.len() < config.max_batch_writes && bytes < config.max_batch_bytes {
+                next = queue.try_recv().ok();
+            }
         }
+        if !jobs.is_empty() {
+            let Some(kept) = persistence.take() else {
+                break;
+            };
+            persistence = engine.write_group(kept, &mut jobs).await;
+            if persistence.is_none() {
+                break;
+            }
+        }
+        drop(engine);
+        if closing.is_some() {
+            break;
+        }
+    }
+    // Released before the close is answered, so that the store can be reopened at once.
+    drop(persistence);
+    drop(queue);
+    if let Some(done) = closing {
+        let _ = done.send(());
     }
 }
 
@@ -381,7 +579,10 @@ async fn expire_loop<P: Persistence>(shared: Weak<Shared<P>>, changed: Arc<Notif
         match next {
             Some(at) if at <= clock.now() => {
                 let expired = engine
-                    .commit(|state, batch, now| state.expire_due(batch, now))
+                    .commit(0, |state, batch, now| {
+                        state.expire_due(batch, now);
+                        Ok(())
+                    })
                     .await;
                 drop(engine);
                 if expired.is_err() {
@@ -415,11 +616,11 @@ impl<P> Drop for Shared<P> {
 impl<P: Persistence> StateStore for Engine<P> {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
-            backend: self.shared.persistence.backend(),
+            backend: self.shared.backend,
             ttl_granularity: Duration::from_millis(1),
             max_value_size: self.shared.config.max_value_size,
             watch_buffer: self.shared.config.watch_buffer,
-            durable: self.shared.persistence.durable(),
+            durable: self.shared.durable,
             replays_overwritten: true,
         }
     }
@@ -454,8 +655,12 @@ impl<P: Persistence> StateStore for Engine<P> {
             Box::pin(async move {
                 options.validate()?;
                 validate_value(key, &value, self.shared.config.max_value_size)?;
-                self.commit_durable(|state, batch, now| state.put(batch, key, value, &options, now))
-                    .await?
+                let bytes = key.as_str().len() + value.len();
+                let key = key.clone();
+                self.commit_queued(bytes, move |state, batch, now| {
+                    state.put(batch, &key, value, &options, now)
+                })
+                .await
             })
         }
     }
@@ -476,8 +681,12 @@ impl<P: Persistence> StateStore for Engine<P> {
             })
         } else {
             Box::pin(async move {
-                self.commit_durable(|state, batch, now| state.delete(batch, key, expected, now))
-                    .await?
+                let bytes = key.as_str().len();
+                let key = key.clone();
+                self.commit_queued(bytes, move |state, batch, now| {
+                    state.delete(batch, &key, expected, now)
+                })
+                .await
             })
         }
     }
@@ -536,19 +745,29 @@ impl<P: Persistence> StateStore for Engine<P> {
         } else {
             Box::pin(async move {
                 validate_txn(&ops, self.shared.config.max_value_size)?;
-                self.commit_durable(|state, batch, now| state.txn(batch, &ops, now))
-                    .await?
+                let bytes = ops.iter().map(TxnOp::size).sum();
+                self.commit_queued(bytes, move |state, batch, now| state.txn(batch, &ops, now))
+                    .await
             })
         }
     }
 
     async fn close(&self) -> Result<()> {
-        let mut inner = self.shared.inner.write().unwrap_or_else(|e| e.into_inner());
-        self.shared.closed.store(true, Ordering::Release);
-        // Dropping the senders ends every stream once its buffered events are read.
-        inner.hub.clear();
-        drop(inner);
+        {
+            let mut inner = self.shared.inner.write().unwrap_or_else(|e| e.into_inner());
+            self.shared.closed.store(true, Ordering::Release);
+            // Dropping the senders ends every stream once its buffered events are read.
+            inner.hub.clear();
+        }
         self.shared.expiry_changed.notify_one();
+        // Writes queued before the close are committed and answered; then the writer releases
+        // the persistence. It is gone already if the engine was poisoned or closed before.
+        if let Some(queue) = &self.shared.queue {
+            let (done, finished) = oneshot::channel();
+            if queue.send(Message::Close(done)).await.is_ok() {
+                let _ = finished.await;
+            }
+        }
         Ok(())
     }
 }

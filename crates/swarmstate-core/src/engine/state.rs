@@ -20,15 +20,23 @@ use crate::{
 pub struct StateLimits {
     /// How many recent changes are kept for watches that start from a revision (at least 1).
     pub history: usize,
+    /// How many bytes of keys and values the kept changes may hold; the oldest are dropped
+    /// past it (the newest change is always kept).
+    pub history_bytes: u64,
     /// How long a successful idempotent write is remembered.
     pub idempotency_window: Duration,
+    /// The most bytes of keys and values the live entries may hold; `None` for no limit. A
+    /// write that would grow the data past it fails with [`Error::QuotaExceeded`].
+    pub quota: Option<u64>,
 }
 
 impl Default for StateLimits {
     fn default() -> Self {
         StateLimits {
             history: 10_000,
+            history_bytes: 64 * 1024 * 1024,
             idempotency_window: Duration::from_secs(120),
+            quota: None,
         }
     }
 }
@@ -77,6 +85,8 @@ pub struct Batch {
     base: u64,
     // The last revision handed out in the batch.
     next: u64,
+    // How much the batch changes the live data's size, in bytes.
+    grown: i64,
     changes: ChangeSet,
 }
 
@@ -97,18 +107,22 @@ impl Batch {
     }
 
     // What the batch left `key` at: `Some(Some(revision))` written, `Some(None)` removed,
-    // `None` untouched. Batches are small (one write, or one group commit), so a scan from the
-    // newest change is cheaper than keeping an index.
+    // `None` untouched.
     fn touched(&self, key: &Key) -> Option<Option<Revision>> {
+        self.last_change(key).map(|change| match change {
+            Change::Put { revision, .. } => Some(*revision),
+            Change::Delete { .. } | Change::Expire { .. } => None,
+        })
+    }
+
+    // Batches are small (one write, or one group commit), so a scan from the newest change is
+    // cheaper than keeping an index.
+    fn last_change(&self, key: &Key) -> Option<&Change> {
         self.changes
             .changes
             .iter()
             .rev()
             .find(|change| change.key() == key)
-            .map(|change| match change {
-                Change::Put { revision, .. } => Some(*revision),
-                Change::Delete { .. } | Change::Expire { .. } => None,
-            })
     }
 
     fn push(&mut self, change: Change) {
@@ -131,8 +145,13 @@ pub struct KvState {
     last_revision: u64,
     // Invariant: holds exactly one (deadline, key) per entry that has a deadline.
     expiries: BTreeSet<(Timestamp, Key)>,
-    // Invariant: contiguous revisions ending at `last_revision`, at most `limits.history` long.
+    // Invariant: the bytes of keys and values of `entries`.
+    bytes: u64,
+    // Invariant: contiguous revisions ending at `last_revision`, at most `limits.history` long
+    // and, but for the newest change, within `limits.history_bytes`.
     history: VecDeque<Change>,
+    // Invariant: the bytes of keys and values of `history`.
+    history_size: u64,
     // Each record with the time it was decided; `remembered_order` is that order.
     remembered: HashMap<(Key, String), (Revision, Timestamp)>,
     remembered_order: VecDeque<(Timestamp, Key, String)>,
@@ -146,7 +165,9 @@ impl KvState {
             entries: HashMap::default(),
             last_revision: 0,
             expiries: BTreeSet::new(),
+            bytes: 0,
             history: VecDeque::new(),
+            history_size: 0,
             remembered: HashMap::new(),
             remembered_order: VecDeque::new(),
             limits: StateLimits {
@@ -178,6 +199,7 @@ impl KvState {
             if let Some(at) = entry.expires_at {
                 state.expiries.insert((at, entry.key.clone()));
             }
+            state.bytes += size(&entry.key, &entry.value);
             let stored = Stored {
                 value: entry.value,
                 revision: entry.revision,
@@ -246,11 +268,28 @@ impl KvState {
         Revision::new(self.last_revision)
     }
 
+    /// The oldest change the history keeps, if any: a durable backend may drop what it kept
+    /// before it.
+    pub fn oldest_kept(&self) -> Option<Revision> {
+        self.history.front().map(Change::revision)
+    }
+
+    /// The bytes of keys and values the live entries hold (what the quota limits).
+    pub fn data_bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The limits this state keeps.
+    pub fn limits(&self) -> &StateLimits {
+        &self.limits
+    }
+
     /// A new, empty batch on this state.
     pub fn batch(&self) -> Batch {
         Batch {
             base: self.last_revision,
             next: self.last_revision,
+            grown: 0,
             changes: ChangeSet::default(),
         }
     }
@@ -332,6 +371,9 @@ impl KvState {
             if batch.touched(key).is_some() {
                 continue;
             }
+            if self.limits.quota.is_some() {
+                batch.grown -= self.size_now(batch, key) as i64;
+            }
             let revision = batch.advance();
             batch.push(Change::Expire {
                 key: key.clone(),
@@ -360,6 +402,10 @@ impl KvState {
             .mode
             .condition()
             .check(key, self.current(batch, key))?;
+        if self.limits.quota.is_some() {
+            let growth = size(key, &value) as i64 - self.size_now(batch, key) as i64;
+            self.check_quota(batch, key, growth)?;
+        }
         let revision = self.write(batch, key, value, options.ttl, now);
         if let Some(id) = &options.idempotency_key {
             batch.changes.remembered.push(Remembered {
@@ -384,7 +430,7 @@ impl KvState {
         self.expire_due(batch, now);
         let current = self.current(batch, key);
         Condition::expecting(expected).check(key, current)?;
-        Ok(current.map(|_| remove(batch, key)))
+        Ok(current.map(|_| remove(self, batch, key)))
     }
 
     /// Decides a transaction: checks every condition first, then decides every action in
@@ -401,6 +447,25 @@ impl KvState {
         for op in ops {
             op.condition.check(&op.key, self.current(batch, &op.key))?;
         }
+        if self.limits.quota.is_some() {
+            let mut growth = 0i64;
+            let mut first_grown = None;
+            for op in ops {
+                let before = self.size_now(batch, &op.key) as i64;
+                let after = match &op.action {
+                    TxnAction::Put { value, .. } => size(&op.key, value) as i64,
+                    TxnAction::Delete => 0,
+                    TxnAction::Check => before,
+                };
+                if after > before && first_grown.is_none() {
+                    first_grown = Some(&op.key);
+                }
+                growth += after - before;
+            }
+            if let Some(key) = first_grown {
+                self.check_quota(batch, key, growth)?;
+            }
+        }
         let results = ops
             .iter()
             .map(|op| match &op.action {
@@ -408,7 +473,7 @@ impl KvState {
                     TxnResult::Put(self.write(batch, &op.key, value.clone(), *ttl, now))
                 }
                 TxnAction::Delete if self.current(batch, &op.key).is_some() => {
-                    TxnResult::Deleted(remove(batch, &op.key))
+                    TxnResult::Deleted(remove(self, batch, &op.key))
                 }
                 TxnAction::Delete => TxnResult::NotFound,
                 TxnAction::Check => TxnResult::Checked,
@@ -436,6 +501,7 @@ impl KvState {
             batch.base, self.last_revision,
             "a batch applies only to the state it was decided on"
         );
+        batch.grown = 0;
         // One change is the common case (a put or a delete): pop it rather than drain.
         if batch.changes.changes.len() == 1 {
             let change = batch.changes.changes.pop().expect("checked above");
@@ -475,20 +541,23 @@ impl KvState {
                     revision: *revision,
                     expires_at: *expires_at,
                 };
-                if let Some(old) = self.entries.insert(key.clone(), stored)
-                    && let Some(at) = old.expires_at
-                {
-                    self.expiries.remove(&(at, key.clone()));
+                self.bytes += size(key, value);
+                if let Some(old) = self.entries.insert(key.clone(), stored) {
+                    self.bytes -= size(key, &old.value);
+                    if let Some(at) = old.expires_at {
+                        self.expiries.remove(&(at, key.clone()));
+                    }
                 }
                 if let Some(at) = expires_at {
                     self.expiries.insert((*at, key.clone()));
                 }
             }
             Change::Delete { key, .. } | Change::Expire { key, .. } => {
-                if let Some(old) = self.entries.remove(key)
-                    && let Some(at) = old.expires_at
-                {
-                    self.expiries.remove(&(at, key.clone()));
+                if let Some(old) = self.entries.remove(key) {
+                    self.bytes -= size(key, &old.value);
+                    if let Some(at) = old.expires_at {
+                        self.expiries.remove(&(at, key.clone()));
+                    }
                 }
             }
         }
@@ -502,6 +571,39 @@ impl KvState {
             Some(revision) => revision,
             None => self.entries.get(key).map(|stored| stored.revision),
         }
+    }
+
+    // The bytes `key` holds after the batch so far.
+    fn size_now(&self, batch: &Batch, key: &Key) -> u64 {
+        match batch.last_change(key) {
+            Some(Change::Put { value, .. }) => size(key, value),
+            Some(Change::Delete { .. } | Change::Expire { .. }) => 0,
+            None => self
+                .entries
+                .get(key)
+                .map_or(0, |stored| size(key, &stored.value)),
+        }
+    }
+
+    // Refuses a write that grows the live data by `growth` bytes past the quota. A write that
+    // does not grow it passes even above the quota (a quota lowered at a reopen), so the
+    // store can always be made smaller.
+    fn check_quota(&self, batch: &Batch, key: &Key, growth: i64) -> Result<()> {
+        let Some(quota) = self.limits.quota else {
+            return Ok(());
+        };
+        if growth <= 0 {
+            return Ok(());
+        }
+        let needed = (self.bytes as i64 + batch.grown + growth).max(0) as u64;
+        if needed > quota {
+            return Err(Error::QuotaExceeded {
+                key: key.clone(),
+                needed,
+                quota,
+            });
+        }
+        Ok(())
     }
 
     fn remembered_write(
@@ -532,6 +634,10 @@ impl KvState {
         ttl: Option<Duration>,
         now: Now<'_>,
     ) -> Revision {
+        // Kept only where a quota needs it: it costs a lookup per write.
+        if self.limits.quota.is_some() {
+            batch.grown += size(key, &value) as i64 - self.size_now(batch, key) as i64;
+        }
         let revision = batch.advance();
         batch.push(Change::Put {
             key: key.clone(),
@@ -543,10 +649,14 @@ impl KvState {
     }
 
     fn record(&mut self, change: Change) {
-        if self.history.len() == self.limits.history {
-            self.history.pop_front();
-        }
+        self.history_size += change_size(&change);
         self.history.push_back(change);
+        while self.history.len() > self.limits.history
+            || (self.history_size > self.limits.history_bytes && self.history.len() > 1)
+        {
+            let dropped = self.history.pop_front().expect("longer than 1");
+            self.history_size -= change_size(&dropped);
+        }
     }
 
     fn remember(&mut self, record: Remembered) {
@@ -580,13 +690,28 @@ impl KvState {
     }
 }
 
-fn remove(batch: &mut Batch, key: &Key) -> Revision {
+fn remove(state: &KvState, batch: &mut Batch, key: &Key) -> Revision {
+    if state.limits.quota.is_some() {
+        batch.grown -= state.size_now(batch, key) as i64;
+    }
     let revision = batch.advance();
     batch.push(Change::Delete {
         key: key.clone(),
         revision,
     });
     revision
+}
+
+// What an entry counts against the quota.
+fn size(key: &Key, value: &Bytes) -> u64 {
+    (key.as_str().len() + value.len()) as u64
+}
+
+fn change_size(change: &Change) -> u64 {
+    match change {
+        Change::Put { key, value, .. } => size(key, value),
+        Change::Delete { key, .. } | Change::Expire { key, .. } => key.as_str().len() as u64,
+    }
 }
 
 fn live(stored: &Stored, now: Now<'_>) -> bool {

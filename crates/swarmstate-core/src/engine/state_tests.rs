@@ -321,3 +321,103 @@ fn history_is_bounded_and_older_starts_are_compacted() {
     assert_eq!(state.replay(&Pattern::All, rev(2), at(0)).unwrap().len(), 2);
     assert_eq!(state.persisted().history.len(), 2);
 }
+
+#[test]
+fn history_is_bounded_in_bytes_but_keeps_the_newest_change() {
+    let mut state = KvState::new(StateLimits {
+        history_bytes: 10,
+        ..StateLimits::default()
+    });
+    // "a" + 4 bytes: two fit in 10 bytes, a third pushes the oldest out.
+    for value in ["1111", "2222", "3333"] {
+        put(&mut state, "a", value, PutOptions::overwrite(), at(0)).unwrap();
+    }
+    assert_eq!(state.oldest_kept(), Some(rev(2)));
+    // One change larger than the bound is still kept, alone.
+    put(
+        &mut state,
+        "a",
+        "a much longer value",
+        PutOptions::overwrite(),
+        at(0),
+    )
+    .unwrap();
+    assert_eq!(state.oldest_kept(), Some(rev(4)));
+    assert_eq!(state.replay(&Pattern::All, rev(4), at(0)).unwrap().len(), 1);
+}
+
+#[test]
+fn the_quota_refuses_growth_only_and_leaves_the_state_unchanged() {
+    let mut state = KvState::new(StateLimits {
+        quota: Some(10),
+        ..StateLimits::default()
+    });
+    put(&mut state, "a", "1234", PutOptions::overwrite(), at(0)).unwrap(); // 5 bytes
+    put(&mut state, "b", "1234", PutOptions::overwrite(), at(0)).unwrap(); // 10 bytes
+    assert_eq!(state.data_bytes(), 10);
+    let err = put(&mut state, "c", "1", PutOptions::overwrite(), at(0)).unwrap_err();
+    assert!(
+        matches!(&err, Error::QuotaExceeded { key: k, needed: 12, quota: 10 } if k.as_str() == "c"),
+        "{err}"
+    );
+    assert_eq!(state.last_revision(), Some(rev(2)), "nothing was written");
+    // Overwriting with a value of the same size or smaller passes; so do deletes.
+    put(&mut state, "a", "12", PutOptions::overwrite(), at(0)).unwrap();
+    assert_eq!(state.data_bytes(), 8);
+    let mut batch = state.batch();
+    state.delete(&mut batch, &key("b"), None, at(0)).unwrap();
+    // In one batch, later decisions count the earlier ones' sizes.
+    state
+        .put(
+            &mut batch,
+            &key("c"),
+            Bytes::from("1234"),
+            &PutOptions::overwrite(),
+            at(0),
+        )
+        .unwrap();
+    let err = state
+        .put(
+            &mut batch,
+            &key("d"),
+            Bytes::from("12"),
+            &PutOptions::overwrite(),
+            at(0),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::QuotaExceeded { needed: 11, .. }),
+        "{err}"
+    );
+    state.apply(&mut batch, at(0), None);
+    assert_eq!(state.data_bytes(), 8);
+    // A transaction is judged by its net growth: freeing "a" pays for a larger "c".
+    let mut batch = state.batch();
+    let ops = [TxnOp::delete(&key("a")), TxnOp::put(&key("c"), "1234567")];
+    state.txn(&mut batch, &ops, at(0)).unwrap();
+    state.apply(&mut batch, at(0), None);
+    assert_eq!(state.data_bytes(), 8);
+    let ops = [TxnOp::put(&key("e"), "123")];
+    let mut batch = state.batch();
+    let err = state.txn(&mut batch, &ops, at(0)).unwrap_err();
+    assert!(
+        matches!(err, Error::QuotaExceeded { needed: 12, .. }),
+        "{err}"
+    );
+    assert!(batch.is_empty());
+}
+
+#[test]
+fn expiries_free_quota_and_restore_counts_the_data() {
+    let mut state = KvState::new(StateLimits {
+        quota: Some(10),
+        ..StateLimits::default()
+    });
+    let ttl = PutOptions::overwrite().ttl(Duration::from_secs(1));
+    put(&mut state, "a", "12345678", ttl, at(0)).unwrap();
+    // At 2 s "a" is due: its expiry, decided first, makes room for "b".
+    put(&mut state, "b", "12345678", PutOptions::overwrite(), at(2)).unwrap();
+    assert_eq!(state.data_bytes(), 9);
+    let restored = KvState::restore(state.limits().clone(), state.persisted()).unwrap();
+    assert_eq!(restored.data_bytes(), 9);
+}

@@ -1,24 +1,50 @@
 //! The engine's durable path, on a persistence that the test holds back, fails or records.
 
-use std::sync::Mutex;
-
-use tokio::sync::Semaphore;
+use std::sync::{Condvar, Mutex};
 
 use super::*;
 use crate::StateStoreExt;
 
 /// Records every change set; each `persist` waits for a permit, so a test can hold a write
 /// between deciding and applying.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct HeldBack {
     persisted: Mutex<Vec<ChangeSet>>,
-    permits: Semaphore,
+    // Permits left, and how many persists have started.
+    gate: Mutex<(usize, usize)>,
+    changed: Condvar,
     fail: AtomicBool,
-    entered: Notify,
 }
 
-#[async_trait]
-impl Persistence for Arc<HeldBack> {
+impl HeldBack {
+    fn add_permits(&self, permits: usize) {
+        self.gate.lock().unwrap().0 += permits;
+        self.changed.notify_all();
+    }
+
+    // Waits (on a blocking thread) until `count` persists have started.
+    async fn entered(self: &Arc<Self>, count: usize) {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let gate = this.gate.lock().unwrap();
+            let _gate = this
+                .changed
+                .wait_timeout_while(gate, Duration::from_secs(60), |gate| gate.1 < count)
+                .unwrap();
+        })
+        .await
+        .unwrap();
+        assert!(
+            self.gate.lock().unwrap().1 >= count,
+            "{count} persists started"
+        );
+    }
+}
+
+#[derive(Debug)]
+struct Held(Arc<HeldBack>);
+
+impl Persistence for Held {
     fn backend(&self) -> &'static str {
         "held-back"
     }
@@ -27,34 +53,37 @@ impl Persistence for Arc<HeldBack> {
         true
     }
 
-    async fn persist(&self, changes: &ChangeSet) -> Result<()> {
-        self.entered.notify_one();
-        self.permits.acquire().await.unwrap().forget();
-        if self.fail.load(Ordering::SeqCst) {
+    fn persist(&mut self, commit: &Commit<'_>) -> Result<()> {
+        let mut gate = self.0.gate.lock().unwrap();
+        gate.1 += 1;
+        self.0.changed.notify_all();
+        let mut gate = self.0.changed.wait_while(gate, |gate| gate.0 == 0).unwrap();
+        gate.0 -= 1;
+        drop(gate);
+        if self.0.fail.load(Ordering::SeqCst) {
             return Err(Error::backend(std::io::Error::other("disk full")));
         }
-        self.persisted.lock().unwrap().push(changes.clone());
+        self.0
+            .persisted
+            .lock()
+            .unwrap()
+            .push(commit.changes.clone());
         Ok(())
     }
 }
 
-fn engine(permits: usize) -> (Engine<Arc<HeldBack>>, Arc<HeldBack>) {
-    let persistence = Arc::new(HeldBack {
-        persisted: Mutex::new(Vec::new()),
-        permits: Semaphore::new(permits),
-        fail: AtomicBool::new(false),
-        entered: Notify::new(),
-    });
+fn engine(permits: usize) -> (Engine<Held>, Arc<HeldBack>) {
+    let persistence = Arc::new(HeldBack::default());
+    persistence.add_permits(permits);
     let config = EngineConfig {
         max_value_size: 1024,
         watch_buffer: 16,
-        limits: StateLimits::default(),
+        ..EngineConfig::default()
     };
     let state = KvState::new(config.limits.clone());
-    let engine = Engine::new(persistence.clone(), config, state, Clock::new());
+    let engine = Engine::new(Held(persistence.clone()), config, state, Clock::new());
     (engine, persistence)
 }
-
 fn key(text: &str) -> Key {
     Key::new(text).unwrap()
 }
@@ -68,12 +97,10 @@ async fn a_write_is_visible_and_acknowledged_only_after_it_is_persisted() {
         async move { engine.set(&key("a"), "1").await }
     });
     // The write is decided and waits in persist: readers still see the state before it.
-    tokio::time::timeout(Duration::from_secs(60), persistence.entered.notified())
-        .await
-        .expect("the write reaches persist");
+    persistence.entered(1).await;
     assert!(!writer.is_finished());
     assert_eq!(engine.get(&key("a")).await.unwrap(), None);
-    persistence.permits.add_permits(1);
+    persistence.add_permits(1);
     let revision = writer.await.unwrap().unwrap();
     assert_eq!(
         engine.get(&key("a")).await.unwrap().unwrap().revision,
@@ -88,34 +115,138 @@ async fn a_write_is_visible_and_acknowledged_only_after_it_is_persisted() {
 }
 
 #[tokio::test]
+async fn writes_waiting_together_commit_as_one_group_and_a_conflict_fails_alone() {
+    let (engine, persistence) = engine(0);
+    let first = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.set(&key("a"), "1").await }
+    });
+    persistence.entered(1).await;
+    // While the first commit waits on the disk, more writes queue up behind it.
+    let create = |name: &'static str| {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.create(&key(name), "x").await })
+    };
+    let (b, b_again, c) = (create("b"), create("b"), create("c"));
+    let txn = tokio::spawn({
+        let engine = engine.clone();
+        async move {
+            engine
+                .txn(vec![TxnOp::put(&key("d"), "4"), TxnOp::delete(&key("c"))])
+                .await
+        }
+    });
+    // Each write is in the queue once the writer's queue holds it; wait for that by trying
+    // a read of the queue's length through the sender's capacity.
+    let queue = engine.shared.queue.as_ref().unwrap();
+    let capacity = queue.max_capacity();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while capacity - queue.capacity() < 4 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("four writes queue up");
+    persistence.add_permits(8);
+    let first = first.await.unwrap().unwrap();
+    let b = b.await.unwrap().unwrap();
+    let err = b_again.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&err, Error::AlreadyExists { key: k, revision } if k.as_str() == "b" && *revision == b),
+        "the second create of b sees the first, decided in the same group: {err}"
+    );
+    let c = c.await.unwrap().unwrap();
+    let txn = txn.await.unwrap().unwrap();
+    assert_eq!(txn.len(), 2);
+    let persisted = persistence.persisted.lock().unwrap().clone();
+    assert_eq!(
+        persisted.len(),
+        2,
+        "one commit alone, then one group: {persisted:?}"
+    );
+    let revisions: Vec<u64> = persisted[1]
+        .changes
+        .iter()
+        .map(|change| change.revision().get())
+        .collect();
+    assert_eq!(
+        revisions,
+        [
+            first.get() + 1,
+            first.get() + 2,
+            first.get() + 3,
+            first.get() + 4
+        ]
+    );
+    assert_eq!((b.get(), c.get()), (first.get() + 1, first.get() + 2));
+    assert_eq!(engine.get(&key("c")).await.unwrap(), None);
+    assert!(engine.get(&key("d")).await.unwrap().is_some());
+}
+
+#[tokio::test]
 async fn a_failed_persist_poisons_the_engine_and_applies_nothing() {
     let (engine, persistence) = engine(usize::MAX >> 4);
     engine.set(&key("a"), "1").await.unwrap();
     persistence.fail.store(true, Ordering::SeqCst);
     let err = engine.set(&key("a"), "2").await.unwrap_err();
-    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+    assert!(
+        matches!(err, Error::Ambiguous { .. }),
+        "a write whose commit failed may be on disk: {err}"
+    );
     assert!(err.to_string().contains("disk full"), "{err}");
     for err in [
         engine.get(&key("a")).await.unwrap_err(),
         engine.set(&key("b"), "3").await.unwrap_err(),
     ] {
+        assert!(matches!(err, Error::Unavailable { .. }), "{err}");
         assert!(
             err.to_string().contains("disk full"),
-            "every later call fails: {err}"
+            "every later call fails naming the cause: {err}"
         );
     }
     assert_eq!(persistence.persisted.lock().unwrap().len(), 1);
 }
 
 #[tokio::test]
-async fn a_commit_cancelled_while_persisting_poisons_the_engine() {
+async fn a_caller_that_stops_waiting_does_not_cancel_its_write() {
     let (engine, persistence) = engine(0);
     let cancelled =
         tokio::time::timeout(Duration::from_millis(50), engine.set(&key("a"), "1")).await;
     assert!(cancelled.is_err(), "the write waits for its persist");
-    persistence.permits.add_permits(8);
-    let err = engine.get(&key("a")).await.unwrap_err();
-    assert!(err.to_string().contains("cancelled"), "{err}");
+    persistence.add_permits(8);
+    // Queued after the abandoned write, so answered after it was applied.
+    engine.set(&key("b"), "2").await.unwrap();
+    assert!(engine.get(&key("a")).await.unwrap().is_some());
+    assert_eq!(persistence.persisted.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn close_commits_what_was_queued_and_then_releases_the_persistence() {
+    let (engine, persistence) = engine(0);
+    let queued = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.set(&key("a"), "1").await }
+    });
+    persistence.entered(1).await;
+    let closing = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.close().await }
+    });
+    persistence.add_permits(1);
+    closing.await.unwrap().unwrap();
+    assert!(
+        queued.await.unwrap().is_ok(),
+        "a write queued before the close commits"
+    );
+    assert_eq!(
+        Arc::strong_count(&persistence),
+        1,
+        "the writer dropped its persistence"
+    );
+    assert!(matches!(
+        engine.set(&key("b"), "2").await.unwrap_err(),
+        Error::Closed
+    ));
 }
 
 #[tokio::test(start_paused = true)]
