@@ -6,8 +6,8 @@
 //! every backend refuses a conditional write.
 
 pub use crate::engine::{
-    Batch, Change, ChangeSet, Clock, Engine, EngineConfig, KvState, Now, Persisted, Persistence,
-    Remembered, StateLimits, StoredEntry, Timestamp, Volatile,
+    Batch, Change, ChangeSet, Clock, Commit, Engine, EngineConfig, KvState, Now, Persisted,
+    Persistence, Remembered, StateLimits, StoredEntry, Timestamp, Volatile,
 };
 pub use crate::feed::{FeedEnded, WatchFeed, watch_feed};
 pub use crate::store::ensure_open;
