@@ -141,6 +141,17 @@ fn database_error(file: &Path, err: redb::DatabaseError) -> Error {
         redb::DatabaseError::DatabaseAlreadyOpen => Error::Unavailable {
             message: format!("{} is already open", file.display()),
         },
+        // What redb reads past the end of, or does not recognise, is damage, not I/O.
+        redb::DatabaseError::Storage(redb::StorageError::Io(err))
+            if err.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            corrupt(file, format!("the file is truncated ({err})"))
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Io(err))
+            if err.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            corrupt(file, format!("the file is not a redb database ({err})"))
+        }
         redb::DatabaseError::Storage(redb::StorageError::Io(err)) => {
             io_error(format!("opening {}", file.display()), err)
         }
