@@ -34,6 +34,8 @@ pub(crate) enum Storage {
 
 /// A storage backend behind a box (redb takes it by value).
 pub(crate) trait StorageBackendBox: Send {
+    fn is_empty(&self) -> std::io::Result<bool>;
+
     fn open(
         self: Box<Self>,
         builder: &redb::Builder,
@@ -41,6 +43,10 @@ pub(crate) trait StorageBackendBox: Send {
 }
 
 impl<S: StorageBackend> StorageBackendBox for S {
+    fn is_empty(&self) -> std::io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
     fn open(
         self: Box<Self>,
         builder: &redb::Builder,
@@ -77,9 +83,18 @@ pub(crate) fn open_file(dir: &Path, storage: Storage, cache_bytes: usize) -> Res
     let file = dir.join(DATA_FILE);
     let builder = builder(cache_bytes);
     let db = match storage {
-        Storage::Backend(backend) => backend
-            .open(&builder)
-            .map_err(|err| database_error(&file, err))?,
+        Storage::Backend(backend) => {
+            let new = backend
+                .is_empty()
+                .map_err(|err| io_error(format!("reading {}", file.display()), err))?;
+            let db = backend
+                .open(&builder)
+                .map_err(|err| database_error(&file, err))?;
+            if new {
+                init(&db).map_err(|err| corrupt(&file, err))?;
+            }
+            db
+        }
         Storage::File => {
             if !file.exists() {
                 make_file(&file, &builder)?;

@@ -15,7 +15,10 @@ async fn written(dir: &Path) -> PathBuf {
     let store = DiskStore::open(dir).await.unwrap();
     for n in 0..200 {
         store
-            .set(&key(&format!("k.{n}")), format!("value {n} {}", "x".repeat(n)))
+            .set(
+                &key(&format!("k.{n}")),
+                format!("value {n} {}", "x".repeat(n)),
+            )
             .await
             .unwrap();
     }
@@ -36,8 +39,14 @@ async fn open_err(dir: &Path) -> Error {
 fn assert_corrupt(err: &Error, file: &Path, problem: &str) {
     let message = err.to_string();
     assert!(matches!(err, Error::Corrupt { .. }), "{message}");
-    assert!(message.contains(&file.display().to_string()), "names the file: {message}");
-    assert!(message.contains(problem), "names the problem ({problem}): {message}");
+    assert!(
+        message.contains(&file.display().to_string()),
+        "names the file: {message}"
+    );
+    assert!(
+        message.contains(problem),
+        "names the problem ({problem}): {message}"
+    );
 }
 
 #[tokio::test]
@@ -104,7 +113,10 @@ async fn flipped_bytes_anywhere_are_refused_or_harmless() {
             }
         }
     }
-    assert!(refused > 0, "some damage must be detected ({harmless} harmless)");
+    assert!(
+        refused > 0,
+        "some damage must be detected ({harmless} harmless)"
+    );
 }
 
 #[tokio::test]
@@ -136,5 +148,9 @@ async fn a_redb_file_that_is_not_ours_is_refused() {
         .unwrap();
     txn.commit().unwrap();
     drop(db);
-    assert_corrupt(&open_err(dir.path()).await, &file, "not a swarmstate data file");
+    assert_corrupt(
+        &open_err(dir.path()).await,
+        &file,
+        "not a swarmstate data file",
+    );
 }

@@ -119,8 +119,14 @@ async fn an_idempotent_retry_after_a_reopen_returns_the_first_outcome() {
     let first = store.put(&key("job"), "a".into(), options()).await.unwrap();
     let store = reopen(&dir, store).await;
     let retried = store.put(&key("job"), "a".into(), options()).await.unwrap();
-    assert_eq!(retried, first, "the retry is the first write, not a conflict");
-    assert_eq!(store.get(&key("job")).await.unwrap().unwrap().revision, first);
+    assert_eq!(
+        retried, first,
+        "the retry is the first write, not a conflict"
+    );
+    assert_eq!(
+        store.get(&key("job")).await.unwrap().unwrap().revision,
+        first
+    );
 }
 
 #[tokio::test]
@@ -156,8 +162,17 @@ async fn keys_that_expired_while_closed_are_gone_with_an_expire_event() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let store = DiskStore::open(dir.path()).await.unwrap();
     assert_eq!(store.get(&key("short")).await.unwrap(), None);
-    let left = store.get(&key("long")).await.unwrap().unwrap().expires_in.unwrap();
-    assert!(left > Duration::from_secs(3500), "the deadline is absolute: {left:?}");
+    let left = store
+        .get(&key("long"))
+        .await
+        .unwrap()
+        .unwrap()
+        .expires_in
+        .unwrap();
+    assert!(
+        left > Duration::from_secs(3500),
+        "the deadline is absolute: {left:?}"
+    );
     // The expiry is in the history already, at the revision after the last write.
     let seen = events(&store, short, 3).await;
     assert!(
@@ -194,9 +209,16 @@ async fn the_quota_refuses_growth_and_keeps_reads_and_deletes_working() {
     store.set(&key("a"), vec![b'x'; 60]).await.unwrap();
     let before = store.get(&key("a")).await.unwrap();
     let err = store.set(&key("b"), vec![b'y'; 60]).await.unwrap_err();
-    assert!(matches!(err, Error::QuotaExceeded { quota: 100, .. }), "{err}");
+    assert!(
+        matches!(err, Error::QuotaExceeded { quota: 100, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("quota"), "{err}");
-    assert_eq!(store.get(&key("b")).await.unwrap(), None, "nothing was written");
+    assert_eq!(
+        store.get(&key("b")).await.unwrap(),
+        None,
+        "nothing was written"
+    );
     assert_eq!(store.get(&key("a")).await.unwrap(), before);
     store.delete(&key("a"), None).await.unwrap();
     store.set(&key("b"), vec![b'y'; 60]).await.unwrap();
@@ -207,6 +229,9 @@ async fn the_quota_refuses_growth_and_keeps_reads_and_deletes_working() {
         .open()
         .await
         .unwrap();
-    assert!(store.set(&key("c"), "1").await.unwrap_err().kind() == swarmstate_core::ErrorKind::QuotaExceeded);
+    assert!(
+        store.set(&key("c"), "1").await.unwrap_err().kind()
+            == swarmstate_core::ErrorKind::QuotaExceeded
+    );
     store.set(&key("b"), "small").await.unwrap();
 }
