@@ -26,7 +26,7 @@ enum Command {
     /// Run a swarm of agents that share config, elect a leader and work a queue with claims;
     /// kill some of them halfway, then check and print the invariants. Exits 1 if one fails.
     Demo {
-        /// The store: memory:// (in-process) or nats://HOST:PORT/BUCKET.
+        /// The store: memory:// (in-process), file://DIR (embedded, durable) or nats://HOST:PORT/BUCKET.
         #[arg(long, default_value = DEFAULT_STORE)]
         store: String,
         /// How many agents.
@@ -46,7 +46,7 @@ enum Command {
     /// `locked KEY token N`; the command sees SWARMSTATE_LOCK_KEY and SWARMSTATE_FENCING_TOKEN.
     /// Exits with the command's status, or 3 if the lock was lost (the command is killed).
     Lock {
-        /// The store: memory:// (in-process) or nats://HOST:PORT/BUCKET.
+        /// The store: memory:// (in-process), file://DIR (embedded, durable) or nats://HOST:PORT/BUCKET.
         #[arg(long, default_value = DEFAULT_STORE)]
         store: String,
         /// The lock's TTL; it is refreshed every third of it while held.
@@ -69,8 +69,8 @@ enum Command {
     /// violation (the history is saved and its path printed), 3 unknown (the checker ran out of
     /// time).
     Check {
-        /// The store: memory://, nats://HOST:PORT/BUCKET (no faults), or nats-local://N to start
-        /// N local nats-server nodes for this run (faults need these).
+        /// The store: memory://, file://DIR, nats://HOST:PORT/BUCKET (no faults), or
+        /// nats-local://N to start N local nats-server nodes for this run (faults need these).
         #[arg(long, default_value = DEFAULT_STORE)]
         store: String,
         /// Concurrent clients.

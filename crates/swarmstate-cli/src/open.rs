@@ -7,8 +7,9 @@ use swarmstate::StateStore;
 /// The store URL commands use when none is given.
 pub(crate) const DEFAULT_STORE: &str = "memory://";
 
-/// Opens the store `url` names (see [`swarmstate::open`]): `memory://` (a fresh in-process store, gone when the command
-/// ends) or `nats://HOST:PORT[,HOST:PORT...]/BUCKET`.
+/// Opens the store `url` names (see [`swarmstate::open`]): `memory://` (a fresh in-process
+/// store, gone when the command ends), `file://DIR` (the embedded durable store) or
+/// `nats://HOST:PORT[,HOST:PORT...]/BUCKET`.
 pub(crate) async fn open_store(url: &str) -> anyhow::Result<Arc<dyn StateStore>> {
     Ok(swarmstate::open(url).await?)
 }

@@ -1,4 +1,4 @@
-//! `swarmstate check` as a user runs it: the real binary, on MemoryStore and on local
+//! `swarmstate check` as a user runs it: the real binary, on MemoryStore, on DiskStore and on local
 //! nats-server nodes it starts and kills itself.
 
 use std::process::{Command, Output};
@@ -41,6 +41,18 @@ fn assert_linearizable(output: &Output) {
 #[test]
 fn check_on_memory_is_linearizable() {
     assert_linearizable(&check(&["--store", "memory://", "--duration", "1s"]));
+}
+
+#[test]
+fn check_on_the_disk_store_is_linearizable_and_leaves_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let url = format!("file://{}", data.display());
+    assert_linearizable(&check(&["--store", &url, "--duration", "2s"]));
+    assert!(
+        data.join("data.redb").is_file(),
+        "the run wrote to the directory"
+    );
 }
 
 #[test]

@@ -5,6 +5,8 @@
 //! it directly:
 //!
 //! - `memory://`: [`MemoryStore`], in-process and volatile (always available);
+//! - `file://PATH`: `DiskStore`, the embedded durable store in the directory `PATH` (feature
+//!   `disk`, on by default);
 //! - `nats://HOST:PORT[,HOST:PORT...]/BUCKET`: `NatsStore` on a NATS JetStream cluster
 //!   (feature `nats`).
 //!
@@ -53,6 +55,13 @@ pub mod backend {
     pub use swarmstate_core::backend::*;
 }
 
+/// `DiskStore`, the embedded durable store: the engine persisted in one redb file, every
+/// write on disk before it is acknowledged.
+#[cfg(feature = "disk")]
+pub mod disk {
+    pub use swarmstate_disk::*;
+}
+
 /// `NatsStore`, the contract on a NATS JetStream key-value bucket.
 #[cfg(feature = "nats")]
 pub mod nats {
@@ -62,6 +71,8 @@ pub mod nats {
 /// The URL schemes [`open`] understands in this build.
 pub const SCHEMES: &[&str] = &[
     "memory://",
+    #[cfg(feature = "disk")]
+    "file://",
     #[cfg(feature = "nats")]
     "nats://",
 ];
@@ -69,6 +80,9 @@ pub const SCHEMES: &[&str] = &[
 /// Opens the store `url` names.
 ///
 /// - `memory://`: a new, empty [`MemoryStore`] (each call a separate store);
+/// - `file://PATH`: opens the `DiskStore` in the directory `PATH` (everything after
+///   `file://`: `file://./data` is relative, `file:///var/lib/swarm` absolute), created if
+///   missing (feature `disk`). Close it before opening the same directory again.
 /// - `nats://HOST:PORT[,HOST:PORT...]/BUCKET`: connects to the NATS servers and opens (or
 ///   creates) the bucket with the settings the contract needs (feature `nats`).
 ///
@@ -84,6 +98,18 @@ pub async fn open(url: &str) -> Result<Arc<dyn StateStore>> {
     match scheme {
         "memory" if rest.is_empty() => Ok(Arc::new(MemoryStore::new())),
         "memory" => Err(invalid(url, "memory:// takes nothing after the scheme")),
+        #[cfg(feature = "disk")]
+        "file" if rest.is_empty() => Err(invalid(
+            url,
+            "file:// needs a directory, e.g. file://./data",
+        )),
+        #[cfg(feature = "disk")]
+        "file" => Ok(Arc::new(swarmstate_disk::DiskStore::open(rest).await?)),
+        #[cfg(not(feature = "disk"))]
+        "file" => Err(invalid(
+            url,
+            "this build has no embedded durable store (feature `disk`)",
+        )),
         #[cfg(feature = "nats")]
         "nats" => Ok(Arc::new(swarmstate_nats::NatsStore::open(url).await?)),
         #[cfg(not(feature = "nats"))]
@@ -130,6 +156,23 @@ mod tests {
             let err = open(url).await.err().unwrap();
             assert!(err.to_string().contains(url), "{err}");
         }
+    }
+
+    #[cfg(feature = "disk")]
+    #[tokio::test]
+    async fn file_url_opens_a_durable_store_in_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().join("data").display());
+        let store = open(&url).await.unwrap();
+        assert_eq!(store.capabilities().backend, "disk");
+        assert!(store.capabilities().durable);
+        let key = Key::new("a").unwrap();
+        let revision = store.create(&key, "1").await.unwrap();
+        store.close().await.unwrap();
+        let store = open(&url).await.unwrap();
+        assert_eq!(store.get(&key).await.unwrap().unwrap().revision, revision);
+        let err = open("file://").await.err().unwrap();
+        assert!(err.to_string().contains("needs a directory"), "{err}");
     }
 
     #[cfg(feature = "nats")]
