@@ -61,6 +61,7 @@ mod keys;
 mod kv;
 mod lock_wait;
 mod locks;
+pub mod model;
 mod queue;
 mod support;
 mod ttl;

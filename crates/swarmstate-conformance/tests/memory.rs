@@ -4,7 +4,10 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use proptest::test_runner::Config;
+use proptest_state_machine::prop_state_machine;
 use swarmstate_conformance::CASES;
+use swarmstate_conformance::model::{ModelBackend, ModelTest};
 use swarmstate_core::{MemoryStore, StateStore};
 
 async fn fresh_store() -> Arc<dyn StateStore> {
@@ -12,6 +15,21 @@ async fn fresh_store() -> Arc<dyn StateStore> {
 }
 
 swarmstate_conformance::conformance_tests!(fresh_store);
+
+struct Memory;
+
+impl ModelBackend for Memory {
+    fn open(_: &tokio::runtime::Runtime) -> Arc<dyn StateStore> {
+        Arc::new(MemoryStore::new())
+    }
+}
+
+prop_state_machine! {
+    #![proptest_config(Config::with_cases(256))]
+
+    #[test]
+    fn memory_store_agrees_with_the_model(sequential 1..40 => ModelTest<Memory>);
+}
 
 /// The suite again, on stores with a 4-event watch buffer and 1 KiB values.
 mod small_limits {

@@ -3,25 +3,17 @@
 
 use std::sync::Arc;
 
+#[path = "support/temp.rs"]
+mod temp;
+
 use swarmstate_core::StateStore;
 use swarmstate_disk::{DiskStore, DiskStoreBuilder};
-use tempfile::TempDir;
-
-/// A store and the directory it lives in, removed when the store is dropped.
-#[derive(Debug)]
-struct InTempDir {
-    store: DiskStore,
-    _dir: TempDir,
-}
-
-impl StateStore for InTempDir {
-    swarmstate_core::forward_state_store!(|s| &s.store);
-}
+use temp::InTempDir;
 
 async fn fresh(build: impl FnOnce(DiskStoreBuilder) -> DiskStoreBuilder) -> Arc<dyn StateStore> {
     let dir = tempfile::tempdir().unwrap();
     let store = build(DiskStore::builder(dir.path())).open().await.unwrap();
-    Arc::new(InTempDir { store, _dir: dir })
+    Arc::new(InTempDir { store, dir })
 }
 
 swarmstate_conformance::conformance_tests!(|| fresh(|builder| builder));

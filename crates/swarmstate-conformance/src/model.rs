@@ -1,6 +1,29 @@
 //! Model-based property test: random sequences of puts, creates, updates, deletes, reads, key
-//! listings, TTLs, idempotent retries and clock jumps run against `MemoryStore` (on paused Tokio
+//! listings, TTLs, idempotent retries and clock jumps run against a backend (on paused Tokio
 //! time) and against a small reference model, and every result must agree, step by step.
+//!
+//! A backend runs it by implementing [`ModelBackend`] and expanding `prop_state_machine!`
+//! with [`ModelTest`]:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use proptest_state_machine::prop_state_machine;
+//! use swarmstate_conformance::model::{ModelBackend, ModelTest};
+//! use swarmstate_core::{MemoryStore, StateStore};
+//!
+//! struct Memory;
+//!
+//! impl ModelBackend for Memory {
+//!     fn open(_: &tokio::runtime::Runtime) -> Arc<dyn StateStore> {
+//!         Arc::new(MemoryStore::new())
+//!     }
+//! }
+//!
+//! prop_state_machine! {
+//!     #[test]
+//!     fn memory_store_agrees_with_the_model(sequential 1..40 => ModelTest<Memory>);
+//! }
+//! ```
 //!
 //! The model is deliberately naive: a sorted map, a revision counter and a clock in
 //! milliseconds. Expiry is lazy: before every write it removes the entries whose deadline has
@@ -10,17 +33,18 @@
 //! store has sent so far equal the model's log.
 
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use proptest::prelude::*;
 use proptest::strategy::Union;
-use proptest::test_runner::Config;
-use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state_machine};
+use proptest_state_machine::{ReferenceStateMachine, StateMachineTest};
 use swarmstate_core::{
-    Error, Key, MemoryStore, Pattern, PutMode, PutOptions, Revision, StateStore, StateStoreExt,
-    WatchEvent, WatchStart, WatchStream,
+    Error, Key, Pattern, PutMode, PutOptions, Revision, StateStore, StateStoreExt, WatchEvent,
+    WatchStart, WatchStream,
 };
 use tokio::runtime::Runtime;
 use tokio::time::Instant;
@@ -34,25 +58,36 @@ const IDEMPOTENCY_WINDOW_MS: u64 = 120_000;
 
 /// One step of a test case.
 #[derive(Debug, Clone)]
-enum Op {
+pub enum Op {
+    /// A put, in one of its modes.
     Put(Put),
+    /// A delete, conditional on `expected` if given.
     Delete {
+        /// The key.
         key: &'static str,
+        /// The revision the key must be at.
         expected: Option<u64>,
     },
+    /// A read.
     Get {
+        /// The key.
         key: &'static str,
     },
+    /// A key listing.
     Keys {
+        /// The pattern.
         pattern: &'static str,
     },
+    /// The paused clock moves on.
     Advance {
+        /// By this many milliseconds.
         millis: u64,
     },
 }
 
+/// A put step: key, value, mode, TTL and idempotency key.
 #[derive(Debug, Clone)]
-struct Put {
+pub struct Put {
     key: &'static str,
     value: String,
     mode: Mode,
@@ -100,7 +135,7 @@ struct Stored {
 
 /// The reference model, plus the outcome of the step that produced it.
 #[derive(Debug, Clone)]
-struct Model {
+pub struct Model {
     entries: BTreeMap<&'static str, Stored>,
     revision: u64,
     now_ms: u64,
@@ -237,7 +272,8 @@ fn expected_revision(current: Option<u64>, last: u64) -> BoxedStrategy<u64> {
     }
 }
 
-struct ModelMachine;
+/// The reference state machine: generates the steps and predicts each outcome.
+pub struct ModelMachine;
 
 impl ReferenceStateMachine for ModelMachine {
     type State = Model;
@@ -346,10 +382,20 @@ impl ReferenceStateMachine for ModelMachine {
     }
 }
 
+/// A backend the model test runs on.
+pub trait ModelBackend: 'static {
+    /// A fresh, empty store, opened on `runtime` (current-thread, time paused). Whatever it
+    /// needs to live (a temporary directory) goes with the store and is dropped with it.
+    fn open(runtime: &Runtime) -> Arc<dyn StateStore>;
+}
+
+/// The model test on backend `B`, for `prop_state_machine!`.
+pub struct ModelTest<B>(PhantomData<B>);
+
 /// The store under test, on its own paused-clock runtime.
-struct Subject {
+pub struct Subject {
     runtime: Runtime,
-    store: MemoryStore,
+    store: Arc<dyn StateStore>,
     start: Instant,
     watch: WatchStream,
     events: Vec<Event>,
@@ -410,17 +456,17 @@ fn outcome_of_error(err: Error) -> Outcome {
     }
 }
 
-impl StateMachineTest for Subject {
+impl<B: ModelBackend> StateMachineTest for ModelTest<B> {
     type SystemUnderTest = Subject;
     type Reference = ModelMachine;
 
     fn init_test(_: &Model) -> Subject {
         let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
+            .enable_all()
             .start_paused(true)
             .build()
             .unwrap();
-        let store = MemoryStore::new();
+        let store = B::open(&runtime);
         let (start, watch) = runtime.block_on(async {
             let watch = store.watch(&Pattern::All, WatchStart::Now).await;
             (Instant::now(), watch.unwrap())
@@ -462,11 +508,4 @@ impl StateMachineTest for Subject {
         }
         subject
     }
-}
-
-prop_state_machine! {
-    #![proptest_config(Config::with_cases(256))]
-
-    #[test]
-    fn memory_store_agrees_with_the_model(sequential 1..40 => Subject);
 }
