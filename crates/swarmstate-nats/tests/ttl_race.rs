@@ -96,7 +96,11 @@ async fn raw_round(js: &jetstream::Context, round: usize) -> Vec<String> {
     lost
 }
 
+/// A canary for the server's defect, not a test of ours: how often the window opens depends on
+/// the machine's load (about 6% of trials on a quiet one, none in 1,000 on a busy one), so it
+/// runs in `scripts/soak-check`, not in the default suite.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a probabilistic canary for nats-server's late expiry marker; run by scripts/soak-check"]
 async fn the_server_purges_an_acknowledged_overwrite_with_a_late_expiry_marker() {
     let Some(_) = require_server() else { return };
     let (cluster, _store) = cluster_and_store().await;
