@@ -15,7 +15,6 @@
 //! Run with `cargo bench -p swarmstate-disk --bench disk` (`-- --quick` for fewer rounds).
 
 #[path = "../tests/support/storage.rs"]
-#[allow(dead_code)]
 mod storage;
 
 use std::path::{Path, PathBuf};
