@@ -382,11 +382,16 @@ async fn every_acknowledged_write_survives_kill_9() {
         let stdout = child.stderr.take().unwrap();
         let (lines, received) = mpsc::channel::<String>();
         let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if lines.send(line).is_err() {
+            let mut stdout = BufReader::new(stdout);
+            let mut line = String::new();
+            // Only whole lines: the kill can cut the last one short.
+            while stdout.read_line(&mut line).unwrap_or(0) > 0 {
+                if let Some(whole) = line.strip_suffix('\n')
+                    && lines.send(whole.to_owned()).is_err()
+                {
                     break;
                 }
+                line.clear();
             }
         });
         // Wait for the child to open the store, then let it write for a random while.

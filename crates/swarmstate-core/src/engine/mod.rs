@@ -22,6 +22,7 @@ mod change;
 mod clock;
 mod hub;
 mod state;
+mod writer;
 
 use std::cell::Cell;
 use std::fmt::Debug;
@@ -242,11 +243,7 @@ impl<P: Persistence> Engine<P> {
             }),
         };
         if let Some(receiver) = receiver {
-            tokio::spawn(write_loop(
-                Arc::downgrade(&engine.shared),
-                persistence,
-                receiver,
-            ));
+            writer::start(Arc::downgrade(&engine.shared), persistence, receiver);
         }
         // A restored state may hold deadlines already.
         if engine
@@ -361,59 +358,7 @@ impl<P: Persistence> Engine<P> {
         Ok(outcome)
     }
 
-    // One group commit of the durable path: decides `jobs` in order into one batch, persists
-    // it on a blocking thread, applies it and answers every job. Gives the persistence back,
-    // or `None` once the engine is poisoned.
-    async fn write_group(&self, mut persistence: P, jobs: &mut Vec<Job>) -> Option<P> {
-        let now = self.shared.clock.now();
-        let mut answers: Vec<Answer> = Vec::with_capacity(jobs.len());
-        let (batch, oldest_kept) = {
-            let inner = self.shared.inner.read().unwrap_or_else(|e| e.into_inner());
-            let mut batch = inner.state.batch();
-            for job in jobs.drain(..) {
-                answers.push((job.decide)(&inner.state, &mut batch, Now::At(now)));
-            }
-            (batch, inner.state.oldest_kept())
-        };
-        if batch.is_empty() {
-            answers.into_iter().for_each(|answer| answer(None));
-            return Some(persistence);
-        }
-        let forget_before = now.saturating_sub(self.shared.config.limits.idempotency_window);
-        let commit = move || {
-            let result = persistence.persist(&Commit {
-                changes: batch.changes(),
-                oldest_kept,
-                forget_before,
-            });
-            (persistence, batch, result)
-        };
-        // On the blocking pool: the runtime's workers go on, and paused time does not jump
-        // while the disk works.
-        let persisted = tokio::task::spawn_blocking(commit).await;
-        let cause = match persisted {
-            Ok((persistence, mut batch, Ok(()))) => {
-                self.apply(&mut batch, now);
-                answers.into_iter().for_each(|answer| answer(None));
-                return Some(persistence);
-            }
-            Ok((_, _, Err(err))) => err,
-            Err(join) => Error::Backend {
-                source: Arc::new(std::io::Error::other(format!(
-                    "the commit did not finish: {join}"
-                ))),
-            },
-        };
-        self.poison(cause.clone());
-        let failed = Error::Ambiguous {
-            operation: "write".to_owned(),
-            message: format!("the commit holding it failed, it may or may not be on disk: {cause}"),
-        };
-        answers.into_iter().for_each(|answer| answer(Some(&failed)));
-        None
-    }
-
-    fn apply(&self, batch: &mut Batch, now: Timestamp) {
+    pub(super) fn apply(&self, batch: &mut Batch, now: Timestamp) {
         let mut guard = self.shared.inner.write().unwrap_or_else(|e| e.into_inner());
         let inner = &mut *guard;
         let before = inner.state.next_expiry();
@@ -436,7 +381,7 @@ impl<P: Persistence> Engine<P> {
         }
     }
 
-    fn poison(&self, err: Error) -> Error {
+    pub(super) fn poison(&self, err: Error) -> Error {
         let reported = Error::Unavailable {
             message: format!(
                 "the store failed to persist a write and accepts no more (reopen it): {err}"
@@ -504,70 +449,6 @@ fn publish(
     state.apply(batch, now, Some(scratch));
     hub.dispatch(scratch);
     scratch.clear();
-}
-
-/// The durable path's one writer: takes every write waiting, up to the group's bounds,
-/// commits them as one group, and repeats until the queue closes or a close asks it to stop.
-/// It holds the engine only weakly between groups, so dropping the last handle ends it.
-async fn write_loop<P: Persistence>(
-    shared: Weak<Shared<P>>,
-    persistence: P,
-    mut queue: mpsc::Receiver<Message>,
-) {
-    let mut persistence = Some(persistence);
-    let mut jobs = Vec::new();
-    let mut closing = None;
-    let mut last_group = 0;
-    while let Some(first) = queue.recv().await {
-        if last_group > 1 {
-            // The writers just answered are about to send their next writes: let them run
-            // first, so this group takes them instead of leaving them for the next commit.
-            // Not a timer: with nothing else to run, this returns at once.
-            tokio::task::yield_now().await;
-        }
-        let Some(strong) = shared.upgrade() else {
-            break;
-        };
-        let engine = Engine { shared: strong };
-        let config = &engine.shared.config;
-        let mut bytes = 0;
-        let mut next = Some(first);
-        while let Some(message) = next.take() {
-            match message {
-                Message::Write(job) => {
-                    bytes += job.bytes;
-                    jobs.push(job);
-                }
-                Message::Close(done) => {
-                    closing = Some(done);
-                    break;
-                }
-            }
-            if jobs.len() < config.max_batch_writes && bytes < config.max_batch_bytes {
-                next = queue.try_recv().ok();
-            }
-        }
-        last_group = jobs.len();
-        if !jobs.is_empty() {
-            let Some(kept) = persistence.take() else {
-                break;
-            };
-            persistence = engine.write_group(kept, &mut jobs).await;
-            if persistence.is_none() {
-                break;
-            }
-        }
-        drop(engine);
-        if closing.is_some() {
-            break;
-        }
-    }
-    // Released before the close is answered, so that the store can be reopened at once.
-    drop(persistence);
-    drop(queue);
-    if let Some(done) = closing {
-        let _ = done.send(());
-    }
 }
 
 /// The engine's one expiry task: sleeps until the earliest deadline, expires what is due, and

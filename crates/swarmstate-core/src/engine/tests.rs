@@ -14,6 +14,7 @@ struct HeldBack {
     gate: Mutex<(usize, usize)>,
     changed: Condvar,
     fail: AtomicBool,
+    panic: AtomicBool,
 }
 
 impl HeldBack {
@@ -60,6 +61,9 @@ impl Persistence for Held {
         let mut gate = self.0.changed.wait_while(gate, |gate| gate.0 == 0).unwrap();
         gate.0 -= 1;
         drop(gate);
+        if self.0.panic.load(Ordering::SeqCst) {
+            panic!("a bug in the persistence");
+        }
         if self.0.fail.load(Ordering::SeqCst) {
             return Err(Error::backend(std::io::Error::other("disk full")));
         }
@@ -88,7 +92,6 @@ fn key(text: &str) -> Key {
     Key::new(text).unwrap()
 }
 
-#[tokio::test]
 async fn a_write_is_visible_and_acknowledged_only_after_it_is_persisted() {
     let (engine, persistence) = engine(0);
     let mut watch = engine.watch(&Pattern::All, WatchStart::Now).await.unwrap();
@@ -114,7 +117,6 @@ async fn a_write_is_visible_and_acknowledged_only_after_it_is_persisted() {
     assert!(engine.capabilities().durable);
 }
 
-#[tokio::test]
 async fn writes_waiting_together_commit_as_one_group_and_a_conflict_fails_alone() {
     let (engine, persistence) = engine(0);
     let first = tokio::spawn({
@@ -183,7 +185,6 @@ async fn writes_waiting_together_commit_as_one_group_and_a_conflict_fails_alone(
     assert!(engine.get(&key("d")).await.unwrap().is_some());
 }
 
-#[tokio::test]
 async fn a_failed_persist_poisons_the_engine_and_applies_nothing() {
     let (engine, persistence) = engine(usize::MAX >> 4);
     engine.set(&key("a"), "1").await.unwrap();
@@ -207,7 +208,6 @@ async fn a_failed_persist_poisons_the_engine_and_applies_nothing() {
     assert_eq!(persistence.persisted.lock().unwrap().len(), 1);
 }
 
-#[tokio::test]
 async fn a_caller_that_stops_waiting_does_not_cancel_its_write() {
     let (engine, persistence) = engine(0);
     let cancelled =
@@ -220,7 +220,6 @@ async fn a_caller_that_stops_waiting_does_not_cancel_its_write() {
     assert_eq!(persistence.persisted.lock().unwrap().len(), 2);
 }
 
-#[tokio::test]
 async fn close_commits_what_was_queued_and_then_releases_the_persistence() {
     let (engine, persistence) = engine(0);
     let queued = tokio::spawn({
@@ -269,3 +268,43 @@ async fn expiries_are_persisted_like_writes() {
         "{persisted:?}"
     );
 }
+
+async fn a_panicking_persistence_is_a_failed_commit() {
+    let (engine, persistence) = engine(usize::MAX >> 4);
+    engine.set(&key("a"), "1").await.unwrap();
+    persistence.panic.store(true, Ordering::SeqCst);
+    let err = engine.set(&key("a"), "2").await.unwrap_err();
+    assert!(matches!(err, Error::Ambiguous { .. }), "{err}");
+    assert!(err.to_string().contains("panicked"), "{err}");
+    let err = engine.get(&key("a")).await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+}
+
+/// Each case on both writers: the task of a current-thread runtime, the thread of a
+/// multi-threaded one.
+macro_rules! on_both_writers {
+    ($($case:ident),* $(,)?) => {
+        $(
+            mod $case {
+                #[tokio::test]
+                async fn task_writer() {
+                    super::$case().await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn thread_writer() {
+                    super::$case().await;
+                }
+            }
+        )*
+    };
+}
+
+on_both_writers!(
+    a_write_is_visible_and_acknowledged_only_after_it_is_persisted,
+    writes_waiting_together_commit_as_one_group_and_a_conflict_fails_alone,
+    a_failed_persist_poisons_the_engine_and_applies_nothing,
+    a_caller_that_stops_waiting_does_not_cancel_its_write,
+    close_commits_what_was_queued_and_then_releases_the_persistence,
+    a_panicking_persistence_is_a_failed_commit,
+);
