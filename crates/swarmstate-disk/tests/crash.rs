@@ -337,6 +337,36 @@ async fn check(dir: &std::path::Path, record: &Record, kill: usize) -> Checked {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_cannot_open_a_held_directory_and_is_told_who_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = builder(dir.path()).open().await.unwrap();
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "crash_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR, dir.path())
+        .env(CHILD_CYCLE, "0")
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "the second process opened the store"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let holder = format!("in use by process {}", std::process::id());
+    assert!(
+        stderr.contains(&holder),
+        "the error names this process: {stderr}"
+    );
+    assert!(!stderr.contains("\nready "), "{stderr}");
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_write_survives_kill_9() {
     let kills: usize = std::env::var("SWARMSTATE_CRASH_KILLS")
         .ok()
