@@ -2,8 +2,12 @@
 
 use std::sync::{Condvar, Mutex};
 
+use std::time::Duration;
+
 use super::*;
-use crate::StateStoreExt;
+use futures::StreamExt;
+
+use crate::{Key, Pattern, PutOptions, StateStore, StateStoreExt, TxnOp, WatchStart};
 
 /// Records every change set; each `persist` waits for a permit, so a test can hold a write
 /// between deciding and applying.
