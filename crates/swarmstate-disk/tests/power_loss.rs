@@ -62,10 +62,16 @@ impl Acks {
     }
 }
 
-async fn writer(store: DiskStore, acks: Arc<Acks>, stop: Arc<AtomicBool>, seed: u64) {
+/// Held for reading by every write, and for writing while an image is checked: the writers
+/// run only between checks, so the history (which every check replays whole) grows with the
+/// number of cuts, not with the time the checks take.
+type Gate = Arc<tokio::sync::RwLock<()>>;
+
+async fn writer(store: DiskStore, acks: Arc<Acks>, stop: Arc<AtomicBool>, gate: Gate, seed: u64) {
     let mut rng = Rng(seed);
     let mut n = 0u64;
     while !stop.load(Ordering::SeqCst) {
+        let _running = gate.read().await;
         n += 1;
         let k = key(rng.below(KEYS));
         match rng.below(4) {
@@ -255,14 +261,11 @@ async fn every_power_cut_leaves_an_image_at_or_after_the_last_acknowledged_write
     });
     let acks = Arc::new(Acks::default());
     let stop = Arc::new(AtomicBool::new(false));
+    let gate = Gate::default();
     let writers: Vec<_> = (1..=4)
         .map(|seed| {
-            tokio::spawn(writer(
-                store.clone(),
-                acks.clone(),
-                stop.clone(),
-                seed * 7919,
-            ))
+            let (acks, stop, gate) = (acks.clone(), stop.clone(), gate.clone());
+            tokio::spawn(writer(store.clone(), acks, stop, gate, seed * 7919))
         })
         .collect();
     let mut rng = Rng(0x5eed);
@@ -278,6 +281,7 @@ async fn every_power_cut_leaves_an_image_at_or_after_the_last_acknowledged_write
             Cut::Random(rng.next())
         };
         let image = disk.cut(how);
+        let _paused = gate.write().await;
         revisions.push(check_image(image, acked, &idempotent, &log, cut).await);
     }
     stop.store(true, Ordering::SeqCst);
