@@ -45,10 +45,10 @@ pub trait Persistence: Send + Debug + 'static {
     /// [`persist`](Persistence::persist).
     const VOLATILE: bool = false;
 
-    /// The backend's name, for [`Capabilities::backend`].
+    /// The backend's name, for [`Capabilities::backend`](crate::Capabilities::backend).
     fn backend(&self) -> &'static str;
 
-    /// Whether an acknowledged write survives a crash, for [`Capabilities::durable`].
+    /// Whether an acknowledged write survives a crash, for [`Capabilities::durable`](crate::Capabilities::durable).
     fn durable(&self) -> bool;
 
     /// Makes `commit.changes` durable, atomically: all of them or none. Called by the engine's
@@ -123,7 +123,7 @@ impl Default for EngineConfig {
 ///
 /// Clones share one engine. Needs a Tokio runtime for watches and TTL expiry, and a durable
 /// one for its writer task too. A durable engine releases its persistence when
-/// [`close`](StateStore::close) returns (or, without a close, some time after the last clone
+/// [`close`](crate::StateStore::close) returns (or, without a close, some time after the last clone
 /// is dropped).
 #[derive(Debug)]
 pub struct Engine<P: Persistence> {
