@@ -15,7 +15,10 @@ const MARKER_TTL: Duration = Duration::from_secs(3600);
 /// How long the server remembers a message id for deduplication (idempotency keys).
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(120);
 
-/// How [`StateStore::get`](swarmstate_core::StateStore::get) on a [`NatsStore`] is answered.
+/// How [`StateStore::get`](swarmstate_core::StateStore::get),
+/// [`StateStore::keys`](swarmstate_core::StateStore::keys) and the snapshot of a
+/// [`WatchStart::Snapshot`](swarmstate_core::WatchStart::Snapshot) watch on a [`NatsStore`] are
+/// answered.
 ///
 /// Writes, [`StateStore::txn`](swarmstate_core::StateStore::txn) and conditional writes are
 /// the same in both modes: their conditions are checked by the stream leader when the write
@@ -26,7 +29,8 @@ pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(120);
 #[non_exhaustive]
 pub enum ReadConsistency {
     /// The default. A read never returns a value older than a write acknowledged before the
-    /// read began, even through a stream leader that was deposed and does not know it yet.
+    /// read began, even through a stream leader that was deposed and does not know it yet; a
+    /// key listing or a snapshot never misses such a write or delete.
     ///
     /// The leader's answer is confirmed by a commit barrier: one small message to a reserved
     /// key of this client (`_swarmstate.barrier.*`), conditioned on the key still being at the
@@ -34,16 +38,32 @@ pub enum ReadConsistency {
     /// between, the read is taken again; if the barrier cannot be committed (no quorum, a
     /// partition), the read fails with [`Error::Unavailable`] instead of answering. A read
     /// therefore costs a leader read plus a replicated write.
+    ///
+    /// A listing or a snapshot is read through a consumer that any replica may serve, one that
+    /// has not applied the newest writes yet among them. So it first commits a barrier (one
+    /// replicated write, conditioned on nothing) and is complete only once its consumer has
+    /// delivered that barrier, proof that its replica applied every write before it; what
+    /// that replica applies meanwhile is part of the answer. A listing whose consumer delivers
+    /// nothing for the request timeout before that fails with [`Error::Unavailable`]; such a
+    /// snapshot ends with [`WatchEvent::Lagged`](swarmstate_core::WatchEvent::Lagged) instead
+    /// of `CaughtUp`, and the watcher snapshots again. A snapshot of up to half the watch
+    /// buffer's entries holds them back until it is complete, so it is entries, then
+    /// `CaughtUp`; a larger one whose replica was behind hands out the changes it applied
+    /// meanwhile (deletes too) before its `CaughtUp`.
     #[default]
     Linearizable,
     /// One read from the node that believes it is the stream leader, nothing more: the cost of
-    /// the raw JetStream call.
+    /// the raw JetStream call. Reads write nothing.
     ///
     /// What it gives up: a leader cut off from the rest of its cluster keeps answering reads
     /// from its own state until it notices that it lost its quorum (about the Raft election
     /// timeout, a few seconds), while the majority may already have elected a new leader and
     /// acknowledged newer writes. Reads through it in that window can be stale. Without
     /// partitions or leader changes it answers like `Linearizable`.
+    ///
+    /// Key listings and snapshots are whatever the replica serving their consumer has applied,
+    /// leader or not: on a replicated bucket they can miss writes acknowledged just before,
+    /// partitions or not.
     Leader,
 }
 

@@ -23,7 +23,8 @@ use crate::wire;
 /// always }` and the bucket with 3 replicas for writes that survive a crash.
 ///
 /// Reads ([`get`](StateStore::get)) go to the stream leader and are linearizable by default,
-/// confirmed by a commit barrier (see [`ReadConsistency`]); [`NatsStore::get_stale`] is the
+/// confirmed by a commit barrier (see [`ReadConsistency`]); so are key listings and snapshots,
+/// which wait for a barrier to reach the replica serving them. [`NatsStore::get_stale`] is the
 /// opt-in fast read any replica may answer.
 #[derive(Debug, Clone)]
 pub struct NatsStore {
@@ -154,11 +155,24 @@ impl StateStore for NatsStore {
         crate::write::delete(&self.bucket, key, expected).await
     }
 
+    /// Linearizable by default: the listing shows every write and delete acknowledged before
+    /// the call began, at the cost of a replicated barrier write before it (see
+    /// [`ReadConsistency`]). Errors: [`Error::Unavailable`] when the barrier cannot be
+    /// committed, or when the replica serving the listing delivers nothing for the request
+    /// timeout before it shows the barrier; retrying is safe.
+    ///
+    /// [`Error::Unavailable`]: swarmstate_core::Error::Unavailable
+    #[tracing::instrument(skip_all, fields(pattern = %pattern))]
     async fn keys(&self, pattern: &Pattern) -> Result<KeyStream> {
         self.bucket.ensure_open()?;
         crate::watch::keys(&self.bucket, pattern).await
     }
 
+    /// A [`WatchStart::Snapshot`] is linearizable like [`keys`](Self::keys): a barrier first,
+    /// `CaughtUp` only once the consumer delivered it (see [`ReadConsistency`] for what a
+    /// replica that was behind means for the events before it). If it cannot be confirmed
+    /// within the request timeout, the watch ends with `Lagged` before `CaughtUp`, and the
+    /// watcher snapshots again.
     async fn watch(&self, pattern: &Pattern, start: WatchStart) -> Result<WatchStream> {
         self.bucket.ensure_open()?;
         crate::watch::watch(&self.bucket, pattern, start).await

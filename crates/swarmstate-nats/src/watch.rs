@@ -9,6 +9,15 @@
 //! recreates one that has delivered nothing yet from the start of the stream (not from where
 //! the watch began), so the task drops every message below the first revision it has not
 //! given the watcher.
+//!
+//! A consumer is served by one replica of the stream, chosen by the cluster, and that replica
+//! may not have applied the newest committed writes yet (a follower the quorum went on
+//! without, a deposed leader catching up). So a listing, and the snapshot a watch starts with,
+//! begin with a read barrier ([`Bucket::read_barrier`]) and read through a consumer that also
+//! delivers the barrier's subject: they are complete only once that consumer has delivered
+//! the barrier, which proves its replica applied every write acknowledged before the call. If
+//! the replica was behind when the consumer started, the changes after its starting point
+//! arrive as live messages before the barrier, and are applied too.
 
 use std::sync::Arc;
 
@@ -21,7 +30,8 @@ use swarmstate_core::{
     Entry, Error, Key, KeyStream, Pattern, Result, Revision, WatchEvent, WatchStart, WatchStream,
 };
 
-use crate::bucket::Bucket;
+use crate::bucket::{BarrierMark, Bucket};
+use crate::config::ReadConsistency;
 use crate::error::NatsError;
 use crate::wire::{self, Kind};
 
@@ -34,19 +44,59 @@ fn filter_subject(bucket: &Bucket, pattern: &Pattern) -> String {
     }
 }
 
-/// An ordered consumer over `pattern`: its messages, the messages pending at its start, and
-/// its name (for deleting it when done).
-async fn ordered_consumer(
+/// The subjects a listing of `pattern` reads: the pattern's, and the barrier's unless the
+/// pattern's already covers it (the server refuses overlapping filters).
+fn listing_filters(
     bucket: &Bucket,
     pattern: &Pattern,
+    barrier: Option<&BarrierMark>,
+) -> Vec<String> {
+    let mut filters = vec![filter_subject(bucket, pattern)];
+    if let Some(barrier) = barrier {
+        let covered = match pattern {
+            Pattern::All => true,
+            _ => barrier
+                .subject
+                .strip_prefix(bucket.prefix.as_str())
+                .and_then(|key| Key::new_reserved(key).ok())
+                .is_some_and(|key| pattern.matches(&key)),
+        };
+        if !covered {
+            filters.push(barrier.subject.clone());
+        }
+    }
+    filters
+}
+
+/// The read barrier a listing or a snapshot starts with, unless the store was built with
+/// [`ReadConsistency::Leader`] (whose reads write nothing).
+async fn start_barrier(bucket: &Bucket, operation: &str) -> Result<Option<BarrierMark>> {
+    match bucket.read_consistency {
+        ReadConsistency::Linearizable => Ok(Some(bucket.read_barrier(operation).await?)),
+        ReadConsistency::Leader => Ok(None),
+    }
+}
+
+/// An ordered consumer over the subjects `filters`: its messages, the messages pending at its
+/// start, and its name (for deleting it when done).
+async fn ordered_consumer(
+    bucket: &Bucket,
+    mut filters: Vec<String>,
     deliver_policy: DeliverPolicy,
     headers_only: bool,
 ) -> Result<(push::Ordered, u64, String)> {
+    // One filter goes in `filter_subject`, several in `filter_subjects` (never both).
+    let (filter_subject, filter_subjects) = if filters.len() == 1 {
+        (filters.pop().unwrap_or_default(), Vec::new())
+    } else {
+        (String::new(), filters)
+    };
     let consumer = bucket
         .stream
         .create_consumer(push::OrderedConfig {
             deliver_subject: bucket.client.new_inbox(),
-            filter_subject: filter_subject(bucket, pattern),
+            filter_subject,
+            filter_subjects,
             deliver_policy,
             replay_policy: ReplayPolicy::Instant,
             headers_only,
@@ -111,42 +161,122 @@ fn decode(
     Some((info.stream_sequence, info.pending, event))
 }
 
+/// The keys `pattern` selects, as of a moment within the call: no older than any write or
+/// delete acknowledged before it began, unless the store was built with
+/// [`ReadConsistency::Leader`] (then as the replica serving the consumer has them).
+///
+/// Cost: a read barrier (one replicated write), then a consumer that delivers the last message
+/// of every selected key (headers only) and of the barrier's subject.
 pub(crate) async fn keys(bucket: &Bucket, pattern: &Pattern) -> Result<KeyStream> {
-    let (mut messages, mut pending, name) =
-        ordered_consumer(bucket, pattern, DeliverPolicy::LastPerSubject, true).await?;
-    let listed = list_keys(bucket, pattern, &mut messages, &mut pending).await;
+    let operation = format!("list {pattern}");
+    let barrier = start_barrier(bucket, &operation).await?;
+    let filters = listing_filters(bucket, pattern, barrier.as_ref());
+    let (mut messages, pending, name) =
+        ordered_consumer(bucket, filters, DeliverPolicy::LastPerSubject, true).await?;
+    let listing = Listing {
+        keys: Default::default(),
+        next: 1,
+        past_start: pending == 0,
+        barrier,
+    };
+    let listed = listing
+        .read(bucket, pattern, &operation, &mut messages)
+        .await;
     drop(messages);
     release_consumer(bucket, name);
-    let mut keys = listed?;
-    keys.sort_unstable();
+    // A `BTreeSet` is in key order.
+    let keys = listed?;
     Ok(stream::iter(keys.into_iter().map(Ok)).boxed())
 }
 
-async fn list_keys(
-    bucket: &Bucket,
-    pattern: &Pattern,
-    messages: &mut push::Ordered,
-    pending: &mut u64,
-) -> Result<Vec<Key>> {
-    let mut keys = Vec::new();
-    while *pending > 0 {
-        let message = match messages.next().await {
-            Some(Ok(message)) => message,
-            Some(Err(err)) => {
-                return Err(NatsError::NotApplied {
-                    message: format!("listing keys: {err}"),
+/// A listing being read: the selected keys present as of the last message looked at.
+struct Listing {
+    keys: std::collections::BTreeSet<Key>,
+    // Invariant: the first sequence not looked at; never 0. Messages below it are ones a
+    // recreated consumer delivers again.
+    next: u64,
+    // Whether the consumer is past what its replica held when it started (the messages
+    // pending then were delivered, or it started with none): from there on it delivers every
+    // message, so the keys are exactly those present at the last sequence looked at.
+    past_start: bool,
+    // The read barrier the listing waits for; `None` once delivered (or when there is none).
+    barrier: Option<BarrierMark>,
+}
+
+impl Listing {
+    /// Reads until the listing is complete. Errors: [`NatsError::NotApplied`] when the
+    /// consumer fails, or delivers nothing for the request timeout while the listing is not
+    /// complete (its replica is cut off, or so far behind that it has not applied the
+    /// barrier by then).
+    async fn read(
+        mut self,
+        bucket: &Bucket,
+        pattern: &Pattern,
+        operation: &str,
+        messages: &mut push::Ordered,
+    ) -> Result<std::collections::BTreeSet<Key>> {
+        while !(self.past_start && self.barrier.is_none()) {
+            let message = match tokio::time::timeout(bucket.request_timeout, messages.next()).await
+            {
+                Ok(Some(Ok(message))) => message,
+                // The consumer is recreating itself, from where it was.
+                Ok(Some(Err(err))) if err.kind() == OrderedErrorKind::MissingHeartbeat => {
+                    tracing::debug!(%err, "listing consumer missed a heartbeat; recreating it");
+                    continue;
                 }
-                .into());
+                Ok(Some(Err(err))) => {
+                    return Err(NatsError::NotApplied {
+                        message: format!("{operation}: {err}"),
+                    }
+                    .into());
+                }
+                Ok(None) => {
+                    return Err(NatsError::NotApplied {
+                        message: format!("{operation}: the consumer ended"),
+                    }
+                    .into());
+                }
+                Err(_) => {
+                    return Err(NatsError::NotApplied {
+                        message: format!(
+                            "{operation}: the consumer delivered nothing for {:?} before the \
+                             listing was confirmed (its server is behind or cut off)",
+                            bucket.request_timeout
+                        ),
+                    }
+                    .into());
+                }
+            };
+            let Some((sequence, pending, event)) = decode(bucket, pattern, &message) else {
+                continue;
+            };
+            if sequence < self.next {
+                continue;
             }
-            None => break,
-        };
-        *pending = message.info().map(|i| i.pending).unwrap_or(0);
-        // Like `get`, listing trusts the server on expiry (see `wire::live_entry`).
-        if let Some((_, _, Some(WatchEvent::Put(entry)))) = decode(bucket, pattern, &message) {
-            keys.push(entry.key);
+            self.next = sequence + 1;
+            if self
+                .barrier
+                .as_ref()
+                .is_some_and(|barrier| barrier.reached_by(&message.subject, sequence))
+            {
+                self.barrier = None;
+            }
+            // Like `get`, listing trusts the server on expiry (see `wire::live_entry`).
+            match event {
+                Some(WatchEvent::Put(entry)) => {
+                    self.keys.insert(entry.key);
+                }
+                Some(WatchEvent::Delete { key, .. } | WatchEvent::Expire { key, .. }) => {
+                    self.keys.remove(&key);
+                }
+                Some(WatchEvent::CaughtUp { .. } | WatchEvent::Lagged { .. }) | None => {}
+            }
+            if pending == 0 {
+                self.past_start = true;
+            }
         }
+        Ok(self.keys)
     }
-    Ok(keys)
 }
 
 /// Revisions at or after `from` that the stream no longer holds (history is one message per
@@ -203,23 +333,40 @@ pub(crate) async fn watch(
         }
         WatchStart::Snapshot => (DeliverPolicy::LastPerSubject, true),
     };
+    // A snapshot starts with a read barrier and is complete once the consumer delivered it:
+    // every change acknowledged before the call is in it.
+    let barrier = match start {
+        WatchStart::Snapshot => start_barrier(bucket, &format!("watch {pattern}")).await?,
+        WatchStart::Now | WatchStart::FromRevision(_) => None,
+    };
     // Read before the consumer exists: every change up to here is in a snapshot, and a
-    // watch from now has seen nothing before the next one.
-    let mut stream = bucket.stream.clone();
-    let floor = stream
-        .info()
-        .await
-        .map_err(|err| NatsError::NotApplied {
-            message: format!("cannot read the stream state: {err}"),
-        })?
-        .state
-        .last_sequence;
+    // watch from now has seen nothing before the next one. A barrier's sequence is such a
+    // point too.
+    let floor = match &barrier {
+        Some(barrier) => barrier.sequence,
+        None => {
+            let mut stream = bucket.stream.clone();
+            stream
+                .info()
+                .await
+                .map_err(|err| NatsError::NotApplied {
+                    message: format!("cannot read the stream state: {err}"),
+                })?
+                .state
+                .last_sequence
+        }
+    };
     // Every watch reads the whole bucket and selects keys itself: then every stream sequence
     // must arrive, and a message removed before delivery (a key overwritten while the watcher
     // was behind or reconnecting; the bucket keeps one message per key) shows up as a hole
     // instead of vanishing. Small state makes the extra traffic cheap.
-    let (messages, pending, consumer) =
-        ordered_consumer(bucket, &Pattern::All, policy, false).await?;
+    let (messages, pending, consumer) = ordered_consumer(
+        bucket,
+        vec![filter_subject(bucket, &Pattern::All)],
+        policy,
+        false,
+    )
+    .await?;
     let (feed, events) = watch_feed(bucket.watch_buffer);
     let task = Feed {
         bucket: bucket.clone(),
@@ -235,11 +382,16 @@ pub(crate) async fn watch(
         contiguous: matches!(start, WatchStart::FromRevision(_)),
         unexplained: Default::default(),
         held: Vec::new(),
+        catching_up: snapshot.then(|| CatchingUp {
+            floor,
+            past_start: pending == 0,
+            held: barrier.as_ref().map(|_| Default::default()),
+            barrier,
+        }),
     };
     let bucket = bucket.clone();
     tokio::spawn(async move {
-        task.run(messages, snapshot.then_some((pending, floor)))
-            .await;
+        task.run(messages).await;
         release_consumer(&bucket, consumer);
     });
     Ok(events)
@@ -260,6 +412,41 @@ struct Feed {
     // Events after the first unexplained hole, held back until it is claimed: if it never is,
     // the watch lags there, and the watcher must not have seen anything after it.
     held: Vec<WatchEvent>,
+    // A snapshot not yet caught up; `None` for other watches and once `CaughtUp` was given.
+    catching_up: Option<CatchingUp>,
+}
+
+/// What a snapshot still waits for before its `CaughtUp`.
+///
+/// The consumer first delivers the last message of each subject as its replica had them when
+/// it started, then every message stored after that. A replica that was behind (see the module
+/// doc) started before the snapshot's barrier, and the changes it applies until the barrier
+/// arrives belong to the snapshot too: the snapshot is complete once the barrier has arrived
+/// and the first pass is over.
+///
+/// So that a snapshot is entries, then `CaughtUp`, even when those changes delete or replace
+/// an entry, its entries are held back until then (and the changes applied to them), as long
+/// as they fit in half the watch buffer: they go out at once when it completes, into a channel
+/// nothing was sent to before. A larger snapshot hands out what it holds and goes on without
+/// holding; if its replica turns out to be behind, the changes before the barrier reach the
+/// watcher as they are (deletes and expiries too) before `CaughtUp`.
+struct CatchingUp {
+    // The revision `CaughtUp` names at least.
+    floor: u64,
+    // Whether the consumer is past what its replica held when it started (its pending count
+    // reached 0, or it started with none): from there on every message is a change.
+    past_start: bool,
+    // The read barrier the snapshot waits for; `None` once delivered (or when there is none).
+    barrier: Option<BarrierMark>,
+    // The selected entries as of the last message looked at, not yet handed out; `None` once
+    // they were (too many to hold), or for a snapshot without a barrier.
+    held: Option<std::collections::BTreeMap<Key, Entry>>,
+}
+
+impl CatchingUp {
+    fn complete(&self) -> bool {
+        self.past_start && self.barrier.is_none()
+    }
 }
 
 /// Missing sequences, and events behind them, a watch keeps while it waits for read barriers
@@ -280,23 +467,29 @@ fn claimed_barriers(bucket: &Bucket, message: &async_nats::jetstream::Message) -
 }
 
 impl Feed {
-    async fn run(mut self, mut messages: push::Ordered, snapshot: Option<(u64, u64)>) {
+    async fn run(mut self, mut messages: push::Ordered) {
         let mut closing = self.bucket.closing.subscribe();
-        let mut catching_up = snapshot;
-        if let Some((0, floor)) = catching_up {
-            catching_up = None;
-            if !self.deliver(WatchEvent::CaughtUp {
-                revision: Revision::new(floor),
-            }) {
-                return;
-            }
+        if self.catching_up.as_ref().is_some_and(CatchingUp::complete) && !self.caught_up(0) {
+            return;
         }
         loop {
+            let awaiting_barrier = self
+                .catching_up
+                .as_ref()
+                .is_some_and(|c| c.barrier.is_some());
             let message = tokio::select! {
                 _ = closing.wait_for(|closed| *closed) => return,
                 // The watcher dropped its stream: stop, and let the consumer go.
                 _ = self.feed.closed() => return,
                 message = messages.next() => message,
+                // A snapshot whose replica delivers nothing for the request timeout before its
+                // barrier (cut off, or far behind) is given up: the watcher snapshots again,
+                // through a new consumer.
+                _ = tokio::time::sleep(self.bucket.request_timeout), if awaiting_barrier => {
+                    tracing::debug!("a snapshot's barrier did not arrive; ending the watch with Lagged");
+                    self.lag_here();
+                    return;
+                }
             };
             let message = match message {
                 Some(Ok(message)) => message,
@@ -343,12 +536,26 @@ impl Feed {
             for claimed in claimed_barriers(&self.bucket, &message) {
                 self.unexplained.remove(&claimed);
             }
-            let in_snapshot = catching_up.is_some();
+            // The snapshot's first pass: the last message of each subject.
+            let in_snapshot = self.catching_up.as_ref().is_some_and(|c| !c.past_start);
+            if let Some(catching_up) = &mut self.catching_up
+                && let Some(barrier) = &catching_up.barrier
+                && barrier.reached_by(&message.subject, sequence)
+            {
+                catching_up.barrier = None;
+            }
             if let Some(event) = event {
-                // A snapshot lists what exists; deletes and expiries before it are not changes.
-                let skip = in_snapshot && !matches!(event, WatchEvent::Put(_));
-                if !skip && !self.deliver(event) {
-                    return;
+                match self.hold(event) {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(event) => {
+                        // A snapshot lists what exists; deletes and expiries before it are not
+                        // changes.
+                        let skip = in_snapshot && !matches!(event, WatchEvent::Put(_));
+                        if !skip && !self.deliver(event) {
+                            return;
+                        }
+                    }
                 }
             }
             self.next = sequence + 1;
@@ -365,17 +572,66 @@ impl Feed {
                 self.lag_here();
                 return;
             }
-            if let Some((_, floor)) = catching_up
+            if let Some(catching_up) = &mut self.catching_up
                 && pending == 0
             {
-                catching_up = None;
-                if !self.deliver(WatchEvent::CaughtUp {
-                    revision: Revision::new(floor.max(sequence)),
-                }) {
-                    return;
-                }
+                catching_up.past_start = true;
+            }
+            if self.catching_up.as_ref().is_some_and(CatchingUp::complete)
+                && !self.caught_up(sequence)
+            {
+                return;
             }
         }
+    }
+
+    /// Whether a snapshot is holding its entries back (see `CatchingUp`).
+    fn holds_entries(&self) -> bool {
+        self.catching_up.as_ref().is_some_and(|c| c.held.is_some())
+    }
+
+    /// Applies `event` to the snapshot's held entries (see `CatchingUp`), and hands them out
+    /// once they outgrow half the watch buffer: `Ok(false)` once the watch is over. The event
+    /// back when nothing is held.
+    fn hold(&mut self, event: WatchEvent) -> Result<bool, WatchEvent> {
+        let Some(held) = self.catching_up.as_mut().and_then(|c| c.held.as_mut()) else {
+            return Err(event);
+        };
+        match event {
+            WatchEvent::Put(entry) => {
+                held.insert(entry.key.clone(), entry);
+            }
+            WatchEvent::Delete { key, .. } | WatchEvent::Expire { key, .. } => {
+                held.remove(&key);
+            }
+            WatchEvent::CaughtUp { .. } | WatchEvent::Lagged { .. } => {}
+        }
+        Ok(held.len() <= self.bucket.watch_buffer / 2 || self.hand_out_held_entries())
+    }
+
+    /// Hands the snapshot's held entries to the watcher in revision order, and stops holding.
+    /// False once the watch is over.
+    fn hand_out_held_entries(&mut self) -> bool {
+        let Some(held) = self.catching_up.as_mut().and_then(|c| c.held.take()) else {
+            return true;
+        };
+        let mut entries: Vec<Entry> = held.into_values().collect();
+        entries.sort_unstable_by_key(|entry| entry.revision);
+        entries
+            .into_iter()
+            .all(|entry| self.deliver(WatchEvent::Put(entry)))
+    }
+
+    /// Ends the snapshot: its held entries, then `CaughtUp` at the floor or at `sequence`, the
+    /// last one looked at, whichever is later. False once the watch is over.
+    fn caught_up(&mut self, sequence: u64) -> bool {
+        if !self.hand_out_held_entries() {
+            return false;
+        }
+        let floor = self.catching_up.take().map_or(0, |c| c.floor);
+        self.deliver(WatchEvent::CaughtUp {
+            revision: Revision::new(floor.max(sequence)),
+        })
     }
 
     /// Hands one event to the watcher, or holds it back behind an unclaimed hole; false once
@@ -399,9 +655,14 @@ impl Feed {
         self.feed.send(event, fallback).is_ok()
     }
 
-    /// Ends the watch at the first revision the watcher has not been given.
+    /// Ends the watch at the first revision the watcher has not been given: the first one of
+    /// all while a snapshot holds its entries back.
     fn lag_here(&self) {
-        let first = self.unexplained.first().copied().unwrap_or(self.next);
+        let first = match self.unexplained.first() {
+            _ if self.holds_entries() => 1,
+            Some(hole) => *hole,
+            None => self.next,
+        };
         self.feed.lag(Revision::new(first).expect("never 0"));
     }
 }
