@@ -204,6 +204,11 @@ pub enum WatchStart {
     /// partial replay.
     FromRevision(Revision),
     /// The current entries as [`WatchEvent::Put`]s, then [`WatchEvent::CaughtUp`], then live.
+    ///
+    /// The state at `CaughtUp` is what counts: a backend whose snapshot is read from a replica
+    /// still catching up may hand out, before `CaughtUp`, changes (deletes too) made while the
+    /// snapshot was read, in revision order (NATS does so for snapshots larger than half the
+    /// watch buffer). Applying every event in order always gives the state at `CaughtUp`.
     Snapshot,
 }
 
