@@ -336,11 +336,10 @@ async fn check(dir: &std::path::Path, record: &Record, kill: usize) -> Checked {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_process_cannot_open_a_held_directory_and_is_told_who_holds_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = builder(dir.path()).open().await.unwrap();
-    let output = Command::new(std::env::current_exe().unwrap())
+/// This test binary again, running only `crash_child` on `dir` for cycle `cycle`.
+fn child(dir: &std::path::Path, cycle: usize) -> Command {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
         .args([
             "--exact",
             "crash_child",
@@ -348,10 +347,16 @@ async fn a_second_process_cannot_open_a_held_directory_and_is_told_who_holds_it(
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(CHILD_DIR, dir.path())
-        .env(CHILD_CYCLE, "0")
-        .output()
-        .unwrap();
+        .env(CHILD_DIR, dir)
+        .env(CHILD_CYCLE, cycle.to_string());
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_cannot_open_a_held_directory_and_is_told_who_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = builder(dir.path()).open().await.unwrap();
+    let output = child(dir.path(), 0).output().unwrap();
     assert!(
         !output.status.success(),
         "the second process opened the store"
@@ -390,21 +395,11 @@ async fn every_acknowledged_write_survives_kill_9() {
         rng % below
     };
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut record = Record::default();
     let mut previous = 0u64;
     let mut totals = (0usize, 0usize);
     for kill in 0..kills {
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "crash_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_DIR, dir.path())
-            .env(CHILD_CYCLE, kill.to_string())
+        let mut child = child(dir.path(), kill)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

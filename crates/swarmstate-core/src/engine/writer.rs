@@ -90,6 +90,35 @@ impl Group {
         self.jobs.len() < shared.config.max_batch_writes
             && self.bytes < shared.config.max_batch_bytes
     }
+
+    // Takes `first` and whatever else is queued, up to the bounds. On an empty queue it asks
+    // `wait_more` whether to look again.
+    fn fill<P>(
+        &mut self,
+        first: Message,
+        queue: &mut mpsc::Receiver<Message>,
+        shared: &Shared<P>,
+        mut wait_more: impl FnMut(&Group) -> bool,
+    ) {
+        let mut open = self.take(first, shared);
+        while open {
+            match queue.try_recv() {
+                Ok(message) => open = self.take(message, shared),
+                Err(mpsc::error::TryRecvError::Empty) if wait_more(self) => {}
+                Err(_) => break,
+            }
+        }
+    }
+
+    // The writer's end: the persistence is released before a close is answered, so that the
+    // store can be reopened at once.
+    fn end<T>(self, persistence: T, queue: mpsc::Receiver<Message>) {
+        drop(persistence);
+        drop(queue);
+        if let Some(done) = self.closing {
+            let _ = done.send(());
+        }
+    }
 }
 
 /// A decided group: the batch to persist and what answers each write.
@@ -184,22 +213,16 @@ fn run_thread<P: Persistence>(
             break;
         };
         let engine = Engine { shared: strong };
-        let mut open = group.take(first, &engine.shared);
         let started = Instant::now();
-        while open {
-            match queue.try_recv() {
-                Ok(message) => open = group.take(message, &engine.shared),
-                // After a group of several, the writers just answered are sending again.
-                Err(mpsc::error::TryRecvError::Empty)
-                    if last_group > 1
-                        && group.jobs.len() < last_group
-                        && started.elapsed() < REGROUP =>
-                {
-                    std::thread::yield_now();
-                }
-                Err(_) => break,
+        group.fill(first, &mut queue, &engine.shared, |group| {
+            // After a group of several, the writers just answered are sending again.
+            let waiting =
+                last_group > 1 && group.jobs.len() < last_group && started.elapsed() < REGROUP;
+            if waiting {
+                std::thread::yield_now();
             }
-        }
+            waiting
+        });
         last_group = group.jobs.len();
         if let Some(decided) = engine.decide_group(&mut group.jobs) {
             let persisted = persist(&mut persistence, &decided);
@@ -212,12 +235,7 @@ fn run_thread<P: Persistence>(
             break;
         }
     }
-    // Released before the close is answered, so that the store can be reopened at once.
-    drop(persistence);
-    drop(queue);
-    if let Some(done) = group.closing {
-        let _ = done.send(());
-    }
+    group.end(persistence, queue);
 }
 
 async fn run_task<P: Persistence>(
@@ -238,13 +256,7 @@ async fn run_task<P: Persistence>(
             break;
         };
         let engine = Engine { shared: strong };
-        let mut open = group.take(first, &engine.shared);
-        while open {
-            match queue.try_recv() {
-                Ok(message) => open = group.take(message, &engine.shared),
-                Err(_) => break,
-            }
-        }
+        group.fill(first, &mut queue, &engine.shared, |_| false);
         last_group = group.jobs.len();
         if let Some(decided) = engine.decide_group(&mut group.jobs) {
             let Some(mut kept) = persistence.take() else {
@@ -274,9 +286,5 @@ async fn run_task<P: Persistence>(
             break;
         }
     }
-    drop(persistence);
-    drop(queue);
-    if let Some(done) = group.closing {
-        let _ = done.send(());
-    }
+    group.end(persistence, queue);
 }

@@ -98,7 +98,12 @@ impl Batch {
             .find(|change| change.key() == key)
     }
 
-    fn push(&mut self, change: Change) {
+    // Adds `change`; `growth` is what it adds to the live data's size, known only where a
+    // quota needs it.
+    fn push(&mut self, change: Change, growth: Option<i64>) {
+        if let Some(growth) = growth {
+            self.grown += growth;
+        }
         self.changes.changes.push(change);
     }
 }
@@ -258,14 +263,15 @@ impl KvState {
             if batch.touched(key).is_some() {
                 continue;
             }
-            if self.limits.quota.is_some() {
-                batch.grown -= self.size_now(batch, key) as i64;
-            }
+            let growth = self.growth(batch, key, 0);
             let revision = batch.advance();
-            batch.push(Change::Expire {
-                key: key.clone(),
-                revision,
-            });
+            batch.push(
+                Change::Expire {
+                    key: key.clone(),
+                    revision,
+                },
+                growth,
+            );
         }
     }
 
@@ -289,11 +295,11 @@ impl KvState {
             .mode
             .condition()
             .check(key, self.current(batch, key))?;
-        if self.limits.quota.is_some() {
-            let growth = size(key, &value) as i64 - self.size_now(batch, key) as i64;
+        let growth = self.growth(batch, key, size(key, &value));
+        if let Some(growth) = growth {
             self.check_quota(batch, key, growth)?;
         }
-        let revision = self.write(batch, key, value, options.ttl, now);
+        let revision = self.write(batch, key, value, options.ttl, now, growth);
         if let Some(id) = &options.idempotency_key {
             batch.changes.remembered.push(Remembered {
                 key: key.clone(),
@@ -357,7 +363,8 @@ impl KvState {
             .iter()
             .map(|op| match &op.action {
                 TxnAction::Put { value, ttl } => {
-                    TxnResult::Put(self.write(batch, &op.key, value.clone(), *ttl, now))
+                    let growth = self.growth(batch, &op.key, size(&op.key, value));
+                    TxnResult::Put(self.write(batch, &op.key, value.clone(), *ttl, now, growth))
                 }
                 TxnAction::Delete if self.current(batch, &op.key).is_some() => {
                     TxnResult::Deleted(remove(self, batch, &op.key))
@@ -460,6 +467,15 @@ impl KvState {
         }
     }
 
+    // How much `key` holding `new_size` bytes grows the live data, computed only where a quota
+    // needs it (it costs a lookup).
+    fn growth(&self, batch: &Batch, key: &Key, new_size: u64) -> Option<i64> {
+        self.limits
+            .quota
+            .is_some()
+            .then(|| new_size as i64 - self.size_now(batch, key) as i64)
+    }
+
     // The bytes `key` holds after the batch so far.
     fn size_now(&self, batch: &Batch, key: &Key) -> u64 {
         match batch.last_change(key) {
@@ -520,18 +536,16 @@ impl KvState {
         value: Bytes,
         ttl: Option<Duration>,
         now: Now<'_>,
+        growth: Option<i64>,
     ) -> Revision {
-        // Kept only where a quota needs it: it costs a lookup per write.
-        if self.limits.quota.is_some() {
-            batch.grown += size(key, &value) as i64 - self.size_now(batch, key) as i64;
-        }
         let revision = batch.advance();
-        batch.push(Change::Put {
+        let change = Change::Put {
             key: key.clone(),
             value,
             revision,
             expires_at: ttl.map(|ttl| now.get().saturating_add(ttl)),
-        });
+        };
+        batch.push(change, growth);
         revision
     }
 
@@ -578,14 +592,13 @@ impl KvState {
 }
 
 fn remove(state: &KvState, batch: &mut Batch, key: &Key) -> Revision {
-    if state.limits.quota.is_some() {
-        batch.grown -= state.size_now(batch, key) as i64;
-    }
+    let growth = state.growth(batch, key, 0);
     let revision = batch.advance();
-    batch.push(Change::Delete {
+    let change = Change::Delete {
         key: key.clone(),
         revision,
-    });
+    };
+    batch.push(change, growth);
     revision
 }
 
