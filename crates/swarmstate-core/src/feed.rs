@@ -52,6 +52,13 @@ impl WatchFeed {
         }
     }
 
+    /// Hands `event` to the watcher, waiting for room: for a snapshot, which has no revision
+    /// to resume from halfway and so must not lag (a backend waits for the watcher instead,
+    /// as the engine's own snapshots do by being handed over whole).
+    pub async fn send_waiting(&self, event: WatchEvent) -> Result<(), FeedEnded> {
+        self.sender.send(event).await.map_err(|_| FeedEnded::Gone)
+    }
+
     /// Ends the watch with `Lagged { resume_from }` once the buffered events are read (for a
     /// feed that cannot go on, e.g. its source failed for good). Drop the feed afterwards.
     pub fn lag(&self, resume_from: Revision) {
@@ -109,6 +116,19 @@ mod tests {
             events,
             vec![delete(1), delete(2), WatchEvent::Lagged { resume_from }]
         );
+    }
+
+    #[tokio::test]
+    async fn a_waiting_send_waits_for_room_instead_of_lagging() {
+        let (feed, mut stream) = watch_feed(1);
+        feed.send(delete(1), Revision::FIRST).unwrap();
+        let second = tokio::spawn(async move {
+            feed.send_waiting(delete(2)).await.unwrap();
+            feed
+        });
+        assert_eq!(stream.next().await, Some(delete(1)));
+        drop(second.await.unwrap());
+        assert_eq!(stream.collect::<Vec<_>>().await, vec![delete(2)]);
     }
 
     #[tokio::test]
