@@ -77,7 +77,7 @@ pub(crate) async fn run(args: LockArgs) -> anyhow::Result<ExitCode> {
         }
         Outcome::Lost => {
             eprintln!("swarmstate: lost the lock {key} (token {token}); stopped");
-            Ok(ExitCode::from(3))
+            Ok(ExitCode::from(crate::exit::LOCK_LOST))
         }
     }
 }

@@ -7,10 +7,15 @@ use clap::{Parser, Subcommand};
 
 mod check;
 mod demo;
+mod exit;
+mod kv;
 mod lock;
 mod open;
+mod serve;
 
-use open::DEFAULT_STORE;
+use kv::Output;
+use open::{CLIENT_STORE, DEFAULT_STORE};
+use swarmstate::WatchStart;
 
 /// Shared state for agent swarms: configuration, work claims, leader election, TTL caches,
 /// watches and fenced locks behind one API.
@@ -42,13 +47,113 @@ enum Command {
         #[arg(long, default_value = "20ms", value_parser = parse_duration)]
         work: Duration,
     },
+    /// Serve a store over HTTP (API v1, watches as Server-Sent Events) to agents in other
+    /// processes and languages. Prints `listening on http://ADDR`; stops gracefully on Ctrl-C
+    /// or SIGTERM.
+    Serve {
+        /// The store to serve: file://DIR (embedded, durable), memory:// or
+        /// nats://HOST:PORT/BUCKET (a gateway to a cluster).
+        #[arg(long, default_value = serve::DEFAULT_SERVE_STORE, conflicts_with = "data")]
+        store: String,
+        /// Shorthand for --store file://DIR.
+        #[arg(long)]
+        data: Option<String>,
+        /// HOST:PORT to listen on; loopback only (there is no authentication yet). Port 0
+        /// picks a free one.
+        #[arg(long, default_value = swarmstate_server::DEFAULT_LISTEN)]
+        listen: String,
+        /// How often an idle watch stream carries a progress event.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        progress_interval: Duration,
+    },
+    /// Print a key's value (exit 1 if it is absent).
+    Get {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The key.
+        key: String,
+        /// text: the value as it is; json: the entry with its revision and TTL left.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Write a key; prints the new revision (exit 1 if --create or --if-rev failed).
+    Put {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The key.
+        key: String,
+        /// The value, or - to read it from stdin.
+        value: String,
+        /// Time to live (30s, 5m, ...); without it the key is permanent.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        /// Only if the key is absent.
+        #[arg(long, conflicts_with = "if_rev")]
+        create: bool,
+        /// Only if the key is at this revision.
+        #[arg(long)]
+        if_rev: Option<u64>,
+        /// A retry with the same idempotency key returns the first write's revision.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Delete a key; prints the delete's revision (exit 1 if it was absent or --if-rev failed).
+    Del {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The key.
+        key: String,
+        /// Only if the key is at this revision.
+        #[arg(long)]
+        if_rev: Option<u64>,
+    },
+    /// List the keys a pattern selects (`*`, `prefix.*`, or one key), one per line.
+    Keys {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The pattern.
+        pattern: String,
+    },
+    /// Print changes to the keys a pattern selects, one per line, until Ctrl-C. Exits 2 if
+    /// the watch fell behind (it says where to resume).
+    Watch {
+        #[command(flatten)]
+        store: StoreArg,
+        /// The pattern: `*`, `prefix.*`, or one key.
+        pattern: String,
+        /// Start with the current entries, then `caught-up`, then changes.
+        #[arg(long, conflicts_with = "from")]
+        snapshot: bool,
+        /// Start from this revision (replayed from the store's history).
+        #[arg(long)]
+        from: Option<u64>,
+        /// text: `put KEY REV VALUE`, `delete KEY REV`, ...; json: one object per line.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Apply operations all or none, read as JSON from stdin:
+    /// {"ops": [{"op": "put", "key": "a", "value": "1", "if_absent": true}, {"op": "delete",
+    /// "key": "b", "if_revision": 7}, {"op": "check", "key": "c", "if_revision": 3}]}.
+    /// Prints the results as JSON (exit 1 if a condition failed, naming it).
+    Txn {
+        #[command(flatten)]
+        store: StoreArg,
+    },
+    /// Print what the store (or the server) is and its current revision.
+    Status {
+        #[command(flatten)]
+        store: StoreArg,
+        /// text or json.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Hold a lock while a command runs (or until Ctrl-C without one). Prints
     /// `locked KEY token N`; the command sees SWARMSTATE_LOCK_KEY and SWARMSTATE_FENCING_TOKEN.
-    /// Exits with the command's status, or 3 if the lock was lost (the command is killed).
+    /// Exits with the command's status, 1 if the lock stayed held past --wait, or 3 if the lock
+    /// was lost (the command is killed).
     Lock {
-        /// The store: memory:// (in-process), file://DIR (embedded, durable) or nats://HOST:PORT/BUCKET.
-        #[arg(long, default_value = DEFAULT_STORE)]
-        store: String,
+        #[command(flatten)]
+        store: StoreArg,
         /// The lock's TTL; it is refreshed every third of it while held.
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         ttl: Duration,
@@ -94,6 +199,15 @@ enum Command {
     Version,
 }
 
+/// `--store` of the commands that talk to a store someone else runs.
+#[derive(Debug, clap::Args)]
+struct StoreArg {
+    /// The store: http://HOST:PORT (a swarmstate server), file://DIR, nats://HOST:PORT/BUCKET
+    /// or memory://.
+    #[arg(long = "store", env = "SWARMSTATE_STORE", default_value = CLIENT_STORE)]
+    url: String,
+}
+
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|err| format!("{text:?} is not a duration: {err}"))
 }
@@ -104,7 +218,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("swarmstate: {err:#}");
-            ExitCode::from(2)
+            exit::of_error(&err)
         }
     }
 }
@@ -156,6 +270,60 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             faults,
             seed,
         })),
+        Command::Serve {
+            store,
+            data,
+            listen,
+            progress_interval,
+        } => {
+            let store = data.map_or(store, |dir| format!("file://{dir}"));
+            runtime()?.block_on(serve::run(&store, &listen, progress_interval))
+        }
+        Command::Get { store, key, output } => {
+            runtime()?.block_on(kv::get(&store.url, &key, output))
+        }
+        Command::Put {
+            store,
+            key,
+            value,
+            ttl,
+            create,
+            if_rev,
+            idempotency_key,
+        } => runtime()?.block_on(kv::put(
+            &store.url,
+            kv::PutArgs {
+                key,
+                value,
+                ttl,
+                create,
+                if_rev,
+                idempotency_key,
+            },
+        )),
+        Command::Del { store, key, if_rev } => {
+            runtime()?.block_on(kv::del(&store.url, &key, if_rev))
+        }
+        Command::Keys { store, pattern } => runtime()?.block_on(kv::keys(&store.url, &pattern)),
+        Command::Watch {
+            store,
+            pattern,
+            snapshot,
+            from,
+            output,
+        } => {
+            let start = match (snapshot, from) {
+                (true, _) => WatchStart::Snapshot,
+                (false, Some(from)) => WatchStart::FromRevision(
+                    swarmstate::Revision::new(from)
+                        .ok_or_else(|| anyhow::anyhow!("--from 0: revisions start at 1"))?,
+                ),
+                (false, None) => WatchStart::Now,
+            };
+            runtime()?.block_on(kv::watch(&store.url, &pattern, start, output))
+        }
+        Command::Txn { store } => runtime()?.block_on(kv::txn(&store.url)),
+        Command::Status { store, output } => runtime()?.block_on(kv::status(&store.url, output)),
         Command::Lock {
             store,
             ttl,
@@ -164,7 +332,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             key,
             command,
         } => runtime()?.block_on(lock::run(lock::LockArgs {
-            store,
+            store: store.url,
             key,
             owner: owner.unwrap_or_else(|| format!("swarmstate-{}", std::process::id())),
             ttl,

@@ -4,8 +4,12 @@ use std::sync::Arc;
 
 use swarmstate::StateStore;
 
-/// The store URL commands use when none is given.
+/// The store URL `demo` and `check` use when none is given.
 pub(crate) const DEFAULT_STORE: &str = "memory://";
+
+/// The store URL the commands that talk to someone else's store (`get`, `put`, `lock`, ...)
+/// use when neither `--store` nor `SWARMSTATE_STORE` names one: a local `swarmstate serve`.
+pub(crate) const CLIENT_STORE: &str = "http://127.0.0.1:7700";
 
 /// Opens the store `url` names (see [`swarmstate::open`]): `memory://` (a fresh in-process
 /// store, gone when the command ends), `file://DIR` (the embedded durable store) or

@@ -68,6 +68,29 @@ pub async fn revisions_strictly_increase_across_keys_and_are_never_zero(
     }
 }
 
+/// `current_revision` is the revision of the last change in the store, whatever the key: a
+/// put, a delete, an expiry. A failed conditional write leaves it where it was.
+pub async fn current_revision_is_the_last_change(store: Arc<dyn StateStore>) {
+    let before = store.current_revision().await.unwrap();
+    let a = key("rev.a");
+    let put = store.set(&a, "1").await.unwrap();
+    assert_eq!(store.current_revision().await.unwrap(), Some(put));
+    assert!(
+        before.is_none_or(|before| before < put),
+        "{before:?} then {put:?}"
+    );
+    let other = store.set(&key("rev.b"), "2").await.unwrap();
+    assert_eq!(store.current_revision().await.unwrap(), Some(other));
+    expect_err(store.create(&a, "again").await, "a create of a present key");
+    assert_eq!(store.current_revision().await.unwrap(), Some(other));
+    let deleted = store
+        .delete(&a, None)
+        .await
+        .unwrap()
+        .expect("a was present");
+    assert_eq!(store.current_revision().await.unwrap(), Some(deleted));
+}
+
 /// A delete returns a higher revision and the key is gone from `get` and `keys`.
 pub async fn delete_removes_the_key(store: Arc<dyn StateStore>) {
     let k = key("jobs.17");

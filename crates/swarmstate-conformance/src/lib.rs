@@ -93,6 +93,7 @@ macro_rules! __conformance_cases {
             put_then_get_returns_the_value_and_its_revision,
             overwrite_gives_a_higher_revision,
             revisions_strictly_increase_across_keys_and_are_never_zero,
+            current_revision_is_the_last_change,
             delete_removes_the_key,
             delete_of_a_missing_key_returns_none_and_emits_no_event,
             delete_at_the_current_revision_succeeds,

@@ -106,6 +106,25 @@ pub trait StateStoreExt: StateStore {
         self.keys(pattern).await?.try_collect().await
     }
 
+    /// The store's current revision (`None` for a store never written): the `CaughtUp` of a
+    /// snapshot watch of one reserved key nobody writes, which every backend gives at the
+    /// store's revision when the snapshot was taken, as linearizably as its snapshots are.
+    async fn current_revision(&self) -> Result<Option<Revision>> {
+        use futures::StreamExt;
+        let probe = Key::new_reserved("_swarmstate.probe")?;
+        let mut events = self
+            .watch(&Pattern::exact(&probe), crate::WatchStart::Snapshot)
+            .await?;
+        while let Some(event) = events.next().await {
+            if let WatchEvent::CaughtUp { revision } = event {
+                return Ok(revision);
+            }
+        }
+        Err(Error::Unavailable {
+            message: "the store ended a snapshot before it caught up (is it closing?)".into(),
+        })
+    }
+
     /// The optimistic-concurrency loop: reads the key, asks `f` for the new value given the
     /// current one (`None` when absent), and writes it conditioned on what was read (create
     /// when absent, update at the read revision). On a lost race it re-reads and calls `f`

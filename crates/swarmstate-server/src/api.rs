@@ -15,7 +15,8 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use swarmstate_core::{
-    Error, Key, Pattern, PutMode, PutOptions, Revision, StateStore, TxnOp, WatchEvent, WatchStart,
+    Error, Key, Pattern, PutMode, PutOptions, Revision, StateStore, StateStoreExt, TxnOp,
+    WatchEvent, WatchStart,
 };
 use swarmstate_http::wire::{
     DEFAULT_PAGE, EXPIRES_IN, EntriesPage, IDEMPOTENCY_KEY, KeysPage, MAX_PAGE, Status, TxnAnswer,
@@ -319,21 +320,9 @@ async fn snapshot(
     })
 }
 
-/// The store's current revision: the `CaughtUp` of a snapshot of one reserved key nobody
-/// writes, which every backend gives at the store's revision when it was taken.
+/// The store's current revision.
 pub(crate) async fn current_revision(store: &dyn StateStore) -> Result<Option<Revision>, Error> {
-    let probe = Key::new_reserved("_swarmstate.server.probe")?;
-    let mut events = store
-        .watch(&Pattern::exact(&probe), WatchStart::Snapshot)
-        .await?;
-    while let Some(event) = events.next().await {
-        if let WatchEvent::CaughtUp { revision } = event {
-            return Ok(revision);
-        }
-    }
-    Err(Error::Unavailable {
-        message: "the store ended a snapshot before it caught up (is it closing?)".into(),
-    })
+    store.current_revision().await
 }
 
 async fn txn(

@@ -7,6 +7,8 @@
 //! - `memory://`: [`MemoryStore`], in-process and volatile (always available);
 //! - `file://PATH`: `DiskStore`, the embedded durable store in the directory `PATH` (feature
 //!   `disk`, on by default);
+//! - `http://HOST:PORT`: `HttpStore`, a client of a `swarmstate serve` server, which shares
+//!   one store with agents in other processes and languages (feature `http`, on by default);
 //! - `nats://HOST:PORT[,HOST:PORT...]/BUCKET`: `NatsStore` on a NATS JetStream cluster
 //!   (feature `nats`).
 //!
@@ -62,6 +64,12 @@ pub mod disk {
     pub use swarmstate_disk::*;
 }
 
+/// `HttpStore`, the client of a `swarmstate serve` server, and the HTTP API's wire format.
+#[cfg(feature = "http")]
+pub mod http {
+    pub use swarmstate_http::*;
+}
+
 /// `NatsStore`, the contract on a NATS JetStream key-value bucket.
 #[cfg(feature = "nats")]
 pub mod nats {
@@ -73,6 +81,8 @@ pub const SCHEMES: &[&str] = &[
     "memory://",
     #[cfg(feature = "disk")]
     "file://",
+    #[cfg(feature = "http")]
+    "http://",
     #[cfg(feature = "nats")]
     "nats://",
 ];
@@ -83,6 +93,8 @@ pub const SCHEMES: &[&str] = &[
 /// - `file://PATH`: opens the `DiskStore` in the directory `PATH` (everything after
 ///   `file://`: `file://./data` is relative, `file:///var/lib/swarm` absolute), created if
 ///   missing (feature `disk`). Close it before opening the same directory again.
+/// - `http://HOST:PORT`: connects to a `swarmstate serve` server (feature `http`);
+///   [`Error::Unavailable`] when it does not answer.
 /// - `nats://HOST:PORT[,HOST:PORT...]/BUCKET`: connects to the NATS servers and opens (or
 ///   creates) the bucket with the settings the contract needs (feature `nats`).
 ///
@@ -109,6 +121,13 @@ pub async fn open(url: &str) -> Result<Arc<dyn StateStore>> {
         "file" => Err(invalid(
             url,
             "this build has no embedded durable store (feature `disk`)",
+        )),
+        #[cfg(feature = "http")]
+        "http" | "https" => Ok(Arc::new(swarmstate_http::HttpStore::open(url).await?)),
+        #[cfg(not(feature = "http"))]
+        "http" | "https" => Err(invalid(
+            url,
+            "this build has no HTTP client (feature `http`)",
         )),
         #[cfg(feature = "nats")]
         "nats" => Ok(Arc::new(swarmstate_nats::NatsStore::open(url).await?)),

@@ -128,12 +128,31 @@ async fn writes_waiting_together_commit_as_one_group_and_a_conflict_fails_alone(
         async move { engine.set(&key("a"), "1").await }
     });
     persistence.entered(1).await;
-    // While the first commit waits on the disk, more writes queue up behind it.
+    // While the first commit waits on the disk, more writes queue up behind it, in this
+    // order: each is spawned once the one before is in the writer's queue (the queue's length
+    // shows through the sender's capacity), since tasks on a multi-threaded runtime need not
+    // start in the order they were spawned.
+    let queue = engine.shared.queue.as_ref().unwrap();
+    let capacity = queue.max_capacity();
+    let queued = |n: usize| async move {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while capacity - queue.capacity() < n {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("write {n} queues up"));
+    };
     let create = |name: &'static str| {
         let engine = engine.clone();
         tokio::spawn(async move { engine.create(&key(name), "x").await })
     };
-    let (b, b_again, c) = (create("b"), create("b"), create("c"));
+    let b = create("b");
+    queued(1).await;
+    let b_again = create("b");
+    queued(2).await;
+    let c = create("c");
+    queued(3).await;
     let txn = tokio::spawn({
         let engine = engine.clone();
         async move {
@@ -142,17 +161,7 @@ async fn writes_waiting_together_commit_as_one_group_and_a_conflict_fails_alone(
                 .await
         }
     });
-    // Each write is in the queue once the writer's queue holds it; wait for that by trying
-    // a read of the queue's length through the sender's capacity.
-    let queue = engine.shared.queue.as_ref().unwrap();
-    let capacity = queue.max_capacity();
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while capacity - queue.capacity() < 4 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("four writes queue up");
+    queued(4).await;
     persistence.add_permits(8);
     let first = first.await.unwrap().unwrap();
     let b = b.await.unwrap().unwrap();
