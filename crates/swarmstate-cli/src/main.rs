@@ -30,10 +30,16 @@ struct Cli {
 enum Command {
     /// Run a swarm of agents that share config, elect a leader and work a queue with claims;
     /// kill some of them halfway, then check and print the invariants. Exits 1 if one fails.
+    ///
+    /// By default the agents are OS processes talking HTTP to a swarmstate server the demo
+    /// starts on a temporary data directory, and kills and restarts halfway. With --store the
+    /// agents are tasks of this process on that store (http://HOST:PORT: processes again, on
+    /// that server).
     Demo {
-        /// The store: memory:// (in-process), file://DIR (embedded, durable) or nats://HOST:PORT/BUCKET.
-        #[arg(long, default_value = DEFAULT_STORE)]
-        store: String,
+        /// The store: memory:// (in-process), file://DIR (embedded, durable),
+        /// nats://HOST:PORT/BUCKET, or http://HOST:PORT (a server someone runs).
+        #[arg(long)]
+        store: Option<String>,
         /// How many agents.
         #[arg(long, default_value_t = 16)]
         agents: usize,
@@ -195,6 +201,22 @@ enum Command {
         #[arg(long, default_value_t = 7)]
         seed: u64,
     },
+    /// One agent of `demo`, as a process of its own (started by the demo).
+    #[command(hide = true)]
+    DemoAgent {
+        #[arg(long)]
+        store: String,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        items: usize,
+        #[arg(long, value_parser = parse_duration)]
+        work: Duration,
+        #[arg(long, value_parser = parse_duration)]
+        lease: Duration,
+    },
     /// Print the version of this build.
     Version,
 }
@@ -245,7 +267,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             eprintln!(
                 "swarmstate demo: {} agents, {} items on {}, killing {} halfway",
-                args.agents, args.items, args.store, args.kill
+                args.agents,
+                args.items,
+                args.store.as_deref().unwrap_or("a server of its own"),
+                args.kill
             );
             let report = demo::run(args).await?;
             println!("{report}");
@@ -255,6 +280,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }),
+        Command::DemoAgent {
+            store,
+            prefix,
+            name,
+            items,
+            work,
+            lease,
+        } => runtime()?.block_on(demo::agent::run(demo::agent::AgentArgs {
+            store,
+            prefix,
+            name,
+            items,
+            work,
+            lease,
+        })),
         Command::Check {
             store,
             clients,
@@ -371,11 +411,11 @@ mod tests {
     }
 
     #[test]
-    fn demo_defaults_are_16_agents_on_memory() {
+    fn demo_defaults_are_16_agents_on_a_server_of_its_own() {
         let cli = Cli::try_parse_from(["swarmstate", "demo"]).unwrap();
         match cli.command {
             Command::Demo { store, agents, .. } => {
-                assert_eq!(store, "memory://");
+                assert_eq!(store, None, "a server of its own");
                 assert_eq!(agents, 16);
             }
             other => panic!("parsed as {other:?}"),

@@ -6,12 +6,23 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use futures::StreamExt;
-use swarmstate::config::ConfigSnapshot;
+use swarmstate::config::{ConfigSnapshot, ConfigWatch};
 use swarmstate::queue::ItemState;
-use swarmstate::{Key, StateStore, WatchStart};
+use swarmstate::{Key, Pattern, Revision, StateStore, WatchStart};
 use tokio::time::timeout;
 
-use super::{Agent, Swarm};
+use super::Swarm;
+
+/// What was acknowledged before the server was killed and restarted, to be found after.
+#[derive(Debug, Default)]
+pub(super) struct Restart {
+    /// (item, agent) of every completion acknowledged before the kill.
+    pub(super) completions: Vec<(String, String)>,
+    /// A key the supervisor wrote just before the kill, its revision and value.
+    pub(super) marker: Option<(Key, Revision, String)>,
+    /// How long the server took to come back.
+    pub(super) downtime: Duration,
+}
 
 /// The demo's outcome: each invariant with whether it held and what was seen.
 #[derive(Debug)]
@@ -43,10 +54,15 @@ impl std::fmt::Display for Report {
     }
 }
 
+/// Checks the invariants. `views` holds each surviving agent's final view of the config,
+/// `agents` how many there were, `killed` those killed on purpose, `restart` what was
+/// acknowledged before the server was restarted (when it was).
 pub(super) async fn check_invariants(
     swarm: &Swarm,
-    agents: &[Agent],
+    views: &[(String, BTreeMap<String, String>)],
+    agents: usize,
     killed: &[String],
+    restart: Option<Restart>,
 ) -> anyhow::Result<Vec<Check>> {
     let mut checks = Vec::new();
     // The agents are done or dead: what they recorded is final.
@@ -66,7 +82,12 @@ pub(super) async fn check_invariants(
             None => {
                 let by = swarm.store.get(&swarm.keys.result(&id)).await?;
                 match by.map(|entry| String::from_utf8_lossy(&entry.value).into_owned()) {
-                    Some(agent) if killed.contains(&agent) => unacknowledged += 1,
+                    Some(agent)
+                        if killed.contains(&agent)
+                            || ledger.ambiguous.contains(&(id.clone(), agent.clone())) =>
+                    {
+                        unacknowledged += 1
+                    }
                     _ => problems.push(format!("{id} never completed")),
                 }
             }
@@ -104,8 +125,8 @@ pub(super) async fn check_invariants(
         held: problems.is_empty(),
         detail: if problems.is_empty() {
             format!(
-                "{} items, {} completions ({unacknowledged} applied as their agent was killed), \
-                 {results} results",
+                "{} items, {} completions ({unacknowledged} applied unacknowledged: as their \
+                 agent was killed or the server went away), {results} results",
                 swarm.items, swarm.items
             )
         } else {
@@ -156,30 +177,20 @@ pub(super) async fn check_invariants(
     let agent_errors = ledger.agent_errors.clone();
 
     // Config converged: every surviving agent's view equals a fresh read of the store.
-    let truth = read_config(swarm).await?;
+    let truth = read_config(&swarm.store, &swarm.keys.config()).await?;
     let mut diverged = Vec::new();
-    let mut live = 0;
-    for agent in agents.iter().filter(|a| !killed.contains(&a.name)) {
-        let Some(config) = &agent.config else {
-            continue;
-        };
-        live += 1;
-        let mut receiver = config.subscribe();
-        let caught_up = timeout(Duration::from_secs(5), async {
-            loop {
-                if snapshot_map(&receiver.borrow()) == truth {
-                    return;
-                }
-                if receiver.changed().await.is_err() {
-                    return;
-                }
-            }
-        })
-        .await;
-        let seen = snapshot_map(&receiver.borrow());
-        if caught_up.is_err() || seen != truth {
-            diverged.push(format!("{} sees {seen:?}", agent.name));
+    let live = views.len();
+    for (name, seen) in views {
+        if *seen != truth {
+            diverged.push(format!("{name} sees {seen:?}"));
         }
+    }
+    if live + killed.len() != agents {
+        diverged.push(format!(
+            "{} of {agents} agents reported a view, {} were killed",
+            live,
+            killed.len()
+        ));
     }
     let version = truth.get("version").cloned().unwrap_or_default();
     checks.push(Check {
@@ -200,15 +211,84 @@ pub(super) async fn check_invariants(
         held: agent_errors.is_empty(),
         detail: if agent_errors.is_empty() {
             format!(
-                "{} agents, {} killed on purpose",
-                agents.len(),
+                "{agents} agents, {} killed on purpose",
                 killed.len()
             )
         } else {
             summarize(&agent_errors)
         },
     });
+
+    if let Some(restart) = restart {
+        checks.push(check_restart(swarm, restart).await?);
+    }
     Ok(checks)
+}
+
+/// No acknowledged write lost across the restart: every completion acknowledged before the
+/// kill has its result (by the same agent) and a done item, and the marker is there.
+async fn check_restart(swarm: &Swarm, restart: Restart) -> anyhow::Result<Check> {
+    let mut lost = Vec::new();
+    let statuses = swarm.queue.list().await?;
+    for (item, by) in &restart.completions {
+        let result = swarm.store.get(&swarm.keys.result(item)).await?;
+        let writer = result.map(|entry| String::from_utf8_lossy(&entry.value).into_owned());
+        if writer.as_deref() != Some(by.as_str()) {
+            lost.push(format!("{item} completed by {by}, result now {writer:?}"));
+        }
+        let done = statuses
+            .iter()
+            .any(|status| status.id == *item && status.state == ItemState::Done);
+        if !done {
+            lost.push(format!("{item} completed by {by} is not done"));
+        }
+    }
+    let marker = match &restart.marker {
+        Some((key, revision, value)) => {
+            let entry = swarm.store.get(key).await?;
+            match entry {
+                Some(entry) if entry.revision == *revision && entry.value == value.as_bytes() => {}
+                other => lost.push(format!("{key} was {value:?} at {revision}, now {other:?}")),
+            }
+            1
+        }
+        None => 0,
+    };
+    Ok(Check {
+        name: "no acknowledged write lost across the restart",
+        held: lost.is_empty() && marker == 1,
+        detail: if lost.is_empty() {
+            format!(
+                "{} completions and {marker} marker acknowledged before kill -9 of the server, \
+                 all there after it restarted on the same data ({:.1} s later)",
+                restart.completions.len(),
+                restart.downtime.as_secs_f64()
+            )
+        } else {
+            summarize(&lost)
+        },
+    })
+}
+
+/// The agent's view of the config once it equals `truth`, or as it stands after 10 s.
+pub(super) async fn converged_view(
+    config: &ConfigWatch<String>,
+    truth: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut receiver = config.subscribe();
+    let _ = timeout(Duration::from_secs(10), async {
+        loop {
+            if snapshot_map(&receiver.borrow()) == *truth {
+                return;
+            }
+            if receiver.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let view = snapshot_map(&receiver.borrow());
+    view
 }
 
 /// The config as a plain map from the last key token to the value.
@@ -219,11 +299,12 @@ fn snapshot_map(snapshot: &ConfigSnapshot<String>) -> BTreeMap<String, String> {
         .collect()
 }
 
-async fn read_config(swarm: &Swarm) -> anyhow::Result<BTreeMap<String, String>> {
-    let mut stream = swarm
-        .store
-        .watch(&swarm.keys.config(), WatchStart::Snapshot)
-        .await?;
+/// The config as the store holds it now.
+pub(super) async fn read_config(
+    store: &std::sync::Arc<dyn StateStore>,
+    pattern: &Pattern,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut stream = store.watch(pattern, WatchStart::Snapshot).await?;
     let mut map = BTreeMap::new();
     while let Some(event) = stream.next().await {
         match event {

@@ -2,9 +2,13 @@
 //! through a queue of items with claims, while some of them are killed halfway. At the end it
 //! checks the invariants the recipes promise and reports each one.
 //!
-//! Every agent is a task with its own view of the store (a config watch, a campaign for
-//! leadership, a worker loop). Killing an agent aborts its task: whatever it held (leadership,
-//! a claim) is left to be released or to expire, and the others take over.
+//! Every agent has its own view of the store (a config watch, a campaign for leadership, a
+//! worker loop). By default the swarm is real: a `swarmstate serve` process on a temporary
+//! data directory, and each agent a separate OS process talking HTTP to it (`processes.rs`);
+//! halfway some agents are killed with SIGKILL, the leader first, and the server is killed
+//! and restarted once. With `--store URL` the agents are tasks of this process on that store,
+//! and killing one aborts its task. Either way whatever a dead agent held (leadership, a
+//! claim) is left to be released or to expire, and the others take over.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,11 +28,13 @@ use tokio::time::{Instant, sleep, timeout};
 
 use crate::open::open_store;
 
+pub(crate) mod agent;
 mod invariants;
+mod processes;
 mod progress;
 
 pub(crate) use invariants::Report;
-use invariants::check_invariants;
+use invariants::{check_invariants, converged_view};
 use progress::Progress;
 
 /// How long one campaign waits in the queue before it starts over. Campaigns end early when the
@@ -38,7 +44,8 @@ const CAMPAIGN_WAIT: Duration = Duration::from_secs(60);
 /// What `swarmstate demo` was asked to do.
 #[derive(Debug, Clone)]
 pub(crate) struct DemoArgs {
-    pub(crate) store: String,
+    /// The store; `None` for a server of our own with agents as processes.
+    pub(crate) store: Option<String>,
     pub(crate) agents: usize,
     pub(crate) items: usize,
     pub(crate) kill: usize,
@@ -47,7 +54,7 @@ pub(crate) struct DemoArgs {
 
 /// The keys of one demo run. Each run has its own prefix so runs on a shared store don't mix.
 #[derive(Debug)]
-struct Keys {
+pub(crate) struct Keys {
     prefix: String,
 }
 
@@ -75,11 +82,31 @@ impl Keys {
     }
 }
 
+/// One thing an agent did that the invariants need; an agent process prints each as a JSON
+/// line, and the supervisor adds it to its ledger.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Record {
+    /// A completion of the item was acknowledged.
+    Completed { item: String, by: String },
+    /// A completion's outcome is unknown (the server went away while it was sent).
+    Ambiguous { item: String, by: String },
+    /// Leadership was won at this term.
+    Term { term: u64, candidate: String },
+    /// A write by a holder that had lost its lease or leadership: refused, or (a violation)
+    /// applied.
+    Stale { accepted: Option<String> },
+    /// An error stopped the agent.
+    Failed { error: String },
+}
+
 /// What the agents did, as the supervisor needs it for the invariants.
 #[derive(Debug, Default)]
 struct Ledger {
     /// Item id → the agents whose completion was acknowledged.
     completions: HashMap<String, Vec<String>>,
+    /// (item, agent) of completions whose outcome is unknown.
+    ambiguous: Vec<(String, String)>,
     /// Every leadership won: (term, candidate), in the order the wins returned.
     terms: Vec<(u64, String)>,
     /// Writes sent by a holder that had lost its lease or leadership, and how many were refused.
@@ -90,8 +117,36 @@ struct Ledger {
     agent_errors: Vec<String>,
 }
 
+impl Ledger {
+    fn apply(&mut self, record: Record) {
+        match record {
+            Record::Completed { item, by } => self.completions.entry(item).or_default().push(by),
+            Record::Ambiguous { item, by } => self.ambiguous.push((item, by)),
+            Record::Term { term, candidate } => self.terms.push((term, candidate)),
+            Record::Stale { accepted } => {
+                self.stale_sent += 1;
+                match accepted {
+                    Some(what) => self.stale_accepted.push(what),
+                    None => self.stale_rejected += 1,
+                }
+            }
+            Record::Failed { error } => self.agent_errors.push(error),
+        }
+    }
+}
+
+/// Where an agent's records go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sink {
+    /// The swarm's ledger, in this process.
+    Ledger,
+    /// Stdout, one JSON line each, for the supervisor of an agent process.
+    Stdout,
+}
+
 struct Swarm {
     store: Arc<dyn StateStore>,
+    sink: Sink,
     keys: Keys,
     queue: WorkQueue,
     election: Election,
@@ -112,7 +167,28 @@ impl Swarm {
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
         self.ledger.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn record(&self, record: Record) {
+        match self.sink {
+            Sink::Ledger => {
+                let mut ledger = self.ledger();
+                ledger.apply(record);
+                if ledger.completions.len() * 2 >= self.items {
+                    self.halfway.store(true, Ordering::Release);
+                }
+            }
+            Sink::Stdout => agent::print_line(&record),
+        }
+    }
 }
+
+/// Whether an error is the store being briefly away (a server restart): the agent retries.
+fn transient(err: &Error) -> bool {
+    matches!(err, Error::Unavailable { .. } | Error::Ambiguous { .. })
+}
+
+/// How long an agent waits before it tries again after a transient error.
+const RETRY: Duration = Duration::from_millis(100);
 
 struct Agent {
     name: String,
@@ -132,31 +208,59 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Report> {
         args.agents
     );
     anyhow::ensure!(args.items >= 1, "the demo needs at least 1 item");
-    let started = Instant::now();
-    let store = open_store(&args.store).await?;
-    let granularity = store.capabilities().ttl_granularity;
-    // Long enough that a healthy agent never loses a lease on a loaded machine, short enough
-    // that takeovers are visible within the run.
-    let lease = (granularity * 2).max(Duration::from_secs(2));
+    match args.store.clone() {
+        None => processes::run(&args, None).await,
+        Some(url) if url.starts_with("http://") => processes::run(&args, Some(url)).await,
+        Some(url) => run_tasks(&args, &url).await,
+    }
+}
+
+/// The lease of claims and leadership on `store`: long enough that a healthy agent never
+/// loses one on a loaded machine, short enough that takeovers are visible within the run.
+fn lease_for(store: &dyn StateStore) -> Duration {
+    (store.capabilities().ttl_granularity * 2).max(Duration::from_secs(2))
+}
+
+/// A new run's key prefix: each run has its own, so runs on a shared store don't mix.
+fn run_prefix() -> String {
     let run_id = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    let keys = Keys {
-        prefix: format!("demo.run-{run_id}"),
-    };
-    let swarm = Arc::new(Swarm {
+    format!("demo.run-{run_id}")
+}
+
+/// The swarm's shared parts on `store`, for a supervisor or one agent process.
+fn new_swarm(
+    store: Arc<dyn StateStore>,
+    prefix: String,
+    items: usize,
+    work: Duration,
+    lease: Duration,
+    sink: Sink,
+) -> Arc<Swarm> {
+    let keys = Keys { prefix };
+    Arc::new(Swarm {
         queue: WorkQueue::new(store.clone(), keys.queue()).max_attempts(5),
         election: Election::new(store.clone(), keys.leader()),
         store,
+        sink,
         keys,
         lease,
-        items: args.items,
-        work: args.work,
+        items,
+        work,
         ledger: Mutex::default(),
         done: watch::channel(false).0,
         staller: agent_name(1),
         halfway: AtomicBool::new(false),
-    });
+    })
+}
+
+/// The demo with every agent a task of this process, on the store `url`.
+async fn run_tasks(args: &DemoArgs, url: &str) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let store = open_store(url).await?;
+    let lease = lease_for(&*store);
+    let swarm = new_swarm(store, run_prefix(), args.items, args.work, lease, Sink::Ledger);
 
     // Progress is what the store holds, not what agents were told: a completion can apply
     // just as its agent is killed, and then no agent hears of it.
@@ -218,7 +322,14 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<Report> {
             let _ = timeout(lease * 3, &mut agent.task).await;
         }
     }
-    let checks = check_invariants(&swarm, &agents, &killed).await?;
+    let truth = invariants::read_config(&swarm.store, &swarm.keys.config()).await?;
+    let mut views = Vec::new();
+    for agent in agents.iter().filter(|a| !killed.contains(&a.name)) {
+        if let Some(config) = &agent.config {
+            views.push((agent.name.clone(), converged_view(config, &truth).await));
+        }
+    }
+    let checks = check_invariants(&swarm, &views, args.agents, &killed, None).await?;
     drop(results);
     Ok(Report {
         checks,
@@ -244,7 +355,9 @@ async fn agent(swarm: Arc<Swarm>, name: String) {
     };
     let outcome = tokio::try_join!(campaigns, work(&swarm, &name));
     if let Err(err) = outcome {
-        swarm.ledger().agent_errors.push(format!("{name}: {err}"));
+        swarm.record(Record::Failed {
+            error: format!("{name}: {err:#}"),
+        });
     }
 }
 
@@ -261,16 +374,32 @@ async fn campaign(swarm: &Swarm, name: &str) -> anyhow::Result<()> {
         match won {
             Ok(leadership) => lead(swarm, name, leadership).await?,
             Err(Error::LockHeld { .. }) => continue,
+            Err(err) if transient(&err) => sleep(RETRY).await,
             Err(err) => return Err(err).context("campaigning"),
         }
     }
 }
 
 /// The leader's duties: enqueue the items (idempotent, so a new leader simply repeats it) and
-/// publish a new config version every 100 ms, fenced by its term.
-async fn lead(swarm: &Swarm, name: &str, mut leadership: Leadership) -> anyhow::Result<()> {
+/// publish a new config version every 100 ms, fenced by its term. A leader that loses the
+/// store for a moment steps down; its leadership expires and the next campaign decides.
+async fn lead(swarm: &Swarm, name: &str, leadership: Leadership) -> anyhow::Result<()> {
+    match lead_until_done(swarm, name, leadership).await {
+        Err(err) if err.downcast_ref::<Error>().is_some_and(transient) => Ok(()),
+        other => other,
+    }
+}
+
+async fn lead_until_done(
+    swarm: &Swarm,
+    name: &str,
+    mut leadership: Leadership,
+) -> anyhow::Result<()> {
     let term = leadership.term();
-    swarm.ledger().terms.push((term.get(), name.to_owned()));
+    swarm.record(Record::Term {
+        term: term.get(),
+        candidate: name.to_owned(),
+    });
     let mut version = 0u64;
     let mut done = swarm.done.subscribe();
     publish_config(swarm, &leadership, &mut version).await?;
@@ -281,8 +410,7 @@ async fn lead(swarm: &Swarm, name: &str, mut leadership: Leadership) -> anyhow::
         swarm
             .queue
             .enqueue(&format!("item-{item:04}"), format!("payload {item}"))
-            .await
-            .context("enqueueing")?;
+            .await?;
     }
     loop {
         tokio::select! {
@@ -322,7 +450,7 @@ async fn publish_config(
         Ok(_) => Ok(()),
         // Leadership just ended; the next leader publishes.
         Err(Error::LockLost { .. }) => Ok(()),
-        Err(err) => Err(err).context("publishing config"),
+        Err(err) => Err(err.into()),
     }
 }
 
@@ -365,11 +493,18 @@ async fn work(swarm: &Swarm, name: &str) -> anyhow::Result<()> {
     let done = swarm.done.subscribe();
     let mut stalled = false;
     while !*done.borrow() {
-        let claim = swarm
+        let claim = match swarm
             .queue
             .claim_wait(name, swarm.lease, Duration::from_millis(500))
             .await
-            .context("claiming")?;
+        {
+            Ok(claim) => claim,
+            Err(err) if transient(&err) => {
+                sleep(RETRY).await;
+                continue;
+            }
+            Err(err) => return Err(err).context("claiming"),
+        };
         let Some(claim) = claim else { continue };
         let stall = name == swarm.staller && !stalled && swarm.halfway.load(Ordering::Acquire);
         stalled |= stall;
@@ -380,35 +515,29 @@ async fn work(swarm: &Swarm, name: &str) -> anyhow::Result<()> {
         } else {
             sleep(swarm.work).await;
         }
-        let id = claim.id.clone();
-        let result = vec![TxnOp::put(&swarm.keys.result(&id), name.to_owned())];
-        let outcome = swarm.queue.complete_with(claim, result).await;
-        let mut ledger = swarm.ledger();
-        match outcome {
+        let item = claim.id.clone();
+        let result = vec![TxnOp::put(&swarm.keys.result(&item), name.to_owned())];
+        let by = name.to_owned();
+        match swarm.queue.complete_with(claim, result).await {
             Ok(_) => {
-                ledger
-                    .completions
-                    .entry(id.clone())
-                    .or_default()
-                    .push(name.to_owned());
-                if ledger.completions.len() * 2 >= swarm.items {
-                    swarm.halfway.store(true, Ordering::Release);
-                }
                 if stall {
-                    ledger.stale_sent += 1;
-                    ledger
-                        .stale_accepted
-                        .push(format!("{name} completed {id} after its lease ran out"));
+                    swarm.record(Record::Stale {
+                        accepted: Some(format!("{name} completed {item} after its lease ran out")),
+                    });
                 }
+                swarm.record(Record::Completed { item, by });
             }
             Err(Error::LockLost { .. }) => {
                 if stall {
-                    ledger.stale_sent += 1;
-                    ledger.stale_rejected += 1;
+                    swarm.record(Record::Stale { accepted: None });
                 }
                 // Otherwise this worker was slow past its lease; the item is someone else's.
             }
-            Err(err) => return Err(err).with_context(|| format!("completing {id}")),
+            // Whether it applied is unknown; the invariants accept either.
+            Err(Error::Ambiguous { .. }) => swarm.record(Record::Ambiguous { item, by }),
+            // Not applied: the lease runs out and someone claims the item again.
+            Err(Error::Unavailable { .. }) => sleep(RETRY).await,
+            Err(err) => return Err(err).with_context(|| format!("completing {item}")),
         }
     }
     Ok(())
@@ -421,62 +550,94 @@ async fn kill_halfway(
     agents: &mut [Agent],
     count: usize,
 ) -> anyhow::Result<Vec<String>> {
-    let leader_key = swarm.keys.leader();
+    let names: Vec<String> = agents.iter().map(|agent| agent.name.clone()).collect();
     let leader = swarm.election.leader().await?;
-    // What the leader's next fenced write would check: the leader key as it is now.
-    let held_at = swarm.store.get(&leader_key).await?;
-    let mut victims: Vec<usize> = Vec::new();
-    if let Some(leader) = &leader {
-        victims.extend(agents.iter().position(|a| a.name == leader.candidate));
-    }
-    let mut n = agents.len();
-    while victims.len() < count && n > 0 {
-        n -= 1;
-        if !victims.contains(&n) && agents[n].name != swarm.staller {
-            victims.push(n);
-        }
-    }
+    let held_at = swarm.store.get(&swarm.keys.leader()).await?;
+    let victims = choose_victims(swarm, &names, leader.as_ref(), count);
     for &victim in &victims {
         agents[victim].task.abort();
         agents[victim].config = None;
     }
+    replay_dead_leaders_write(swarm, leader, held_at).await?;
+    Ok(victims.iter().map(|&i| names[i].clone()).collect())
+}
 
-    if let (Some(old), Some(held_at)) = (leader, held_at) {
-        // Wait for the next leader (the election's own change stream, not a polling loop),
-        // then replay the dead leader's write.
-        let limit = swarm.lease * 4;
-        let mut changes = swarm.election.observe().await?;
-        let successor = timeout(limit, async {
+/// The indexes of `count` agents to kill: the leader first, never the staller.
+fn choose_victims(
+    swarm: &Swarm,
+    names: &[String],
+    leader: Option<&swarmstate::election::Leader>,
+    count: usize,
+) -> Vec<usize> {
+    let mut victims: Vec<usize> = Vec::new();
+    if let Some(leader) = leader {
+        victims.extend(names.iter().position(|name| *name == leader.candidate));
+    }
+    let mut n = names.len();
+    while victims.len() < count && n > 0 {
+        n -= 1;
+        if !victims.contains(&n) && names[n] != swarm.staller {
+            victims.push(n);
+        }
+    }
+    victims
+}
+
+/// Waits for the next leader after the killed `old` one (the election's own change stream,
+/// not a polling loop), then replays the dead leader's next fenced write, which checks the
+/// leader key as it was when it died (`held_at`): it must be refused.
+async fn replay_dead_leaders_write(
+    swarm: &Swarm,
+    leader: Option<swarmstate::election::Leader>,
+    held_at: Option<swarmstate::Entry>,
+) -> anyhow::Result<()> {
+    let (Some(old), Some(held_at)) = (leader, held_at) else {
+        return Ok(());
+    };
+    let limit = swarm.lease * 4;
+    let successor = timeout(limit, async {
+        loop {
+            let mut changes = match swarm.election.observe().await {
+                Ok(changes) => changes,
+                Err(err) if transient(&err) => {
+                    sleep(RETRY).await;
+                    continue;
+                }
+                Err(err) => return Err(err.into()),
+            };
             while let Some(change) = changes.next().await {
-                if matches!(change?, Some(new) if new.term > old.term) {
-                    return Ok(());
+                match change {
+                    Ok(Some(new)) if new.term > old.term => return Ok(()),
+                    Ok(_) => {}
+                    Err(err) if transient(&err) => break,
+                    Err(err) => return Err(anyhow::Error::from(err)),
                 }
             }
-            anyhow::bail!("the election's change stream ended")
-        })
-        .await;
-        match successor {
-            Ok(outcome) => outcome?,
-            Err(_) => anyhow::bail!(
-                "no new leader within {limit:?} of killing {}",
-                old.candidate
-            ),
+            sleep(RETRY).await;
         }
-        let replay = vec![
-            TxnOp::check(&leader_key, Condition::At(held_at.revision)),
-            TxnOp::put(&swarm.keys.config_key("version"), "0"),
-        ];
-        let outcome = swarm.store.txn(replay).await;
-        let mut ledger = swarm.ledger();
-        ledger.stale_sent += 1;
-        match outcome {
-            Err(err) if err.is_conflict() => ledger.stale_rejected += 1,
-            Ok(_) => ledger.stale_accepted.push(format!(
+    })
+    .await;
+    match successor {
+        Ok(outcome) => outcome?,
+        Err(_) => anyhow::bail!(
+            "no new leader within {limit:?} of killing {}",
+            old.candidate
+        ),
+    }
+    let replay = vec![
+        TxnOp::check(&swarm.keys.leader(), Condition::At(held_at.revision)),
+        TxnOp::put(&swarm.keys.config_key("version"), "0"),
+    ];
+    let outcome = swarm.store.txn(replay).await;
+    match outcome {
+        Err(err) if err.is_conflict() => swarm.record(Record::Stale { accepted: None }),
+        Ok(_) => swarm.record(Record::Stale {
+            accepted: Some(format!(
                 "the dead leader {}'s write (term {}) was applied",
                 old.candidate, old.term
             )),
-            Err(err) => return Err(err).context("replaying the dead leader's write"),
-        }
+        }),
+        Err(err) => return Err(err).context("replaying the dead leader's write"),
     }
-    Ok(victims.iter().map(|&i| agents[i].name.clone()).collect())
+    Ok(())
 }

@@ -1,0 +1,373 @@
+//! The demo with every agent a separate OS process talking HTTP to a `swarmstate serve`
+//! process: by default one this demo starts on a temporary data directory, and kills with
+//! SIGKILL and restarts halfway; or a server at a URL the user gave (never restarted).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use swarmstate::config::ConfigWatch;
+use swarmstate::{Key, PutOptions, StateStore};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::time::{Instant, sleep, timeout};
+
+use super::agent::Line;
+use super::invariants::{Restart, check_invariants};
+use super::{
+    DemoArgs, Progress, RETRY, Report, Sink, Swarm, agent_name, choose_victims, decode, lease_for,
+    new_swarm, replay_dead_leaders_write, run_prefix, transient, unfinished,
+};
+use crate::open::open_store;
+
+/// A `swarmstate serve` process of the demo's own.
+struct ServerProcess {
+    child: Child,
+    url: String,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts `swarmstate serve` on `dir`, on `port` (0: any free one), and waits for it to
+    /// say where it listens. Its log goes to `dir/serve.log`.
+    async fn start(dir: &Path, port: u16) -> anyhow::Result<ServerProcess> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("serve.log"))
+            .context("opening the server's log")?;
+        let data = dir.join("data");
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("serve")
+            .arg("--data")
+            .arg(&data)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--progress-interval", "1s"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting swarmstate serve")?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .context("swarmstate serve did not start within 30 s")??;
+        let Some(url) = line
+            .as_deref()
+            .and_then(|line| line.strip_prefix("listening on "))
+        else {
+            let log = std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
+            anyhow::bail!("swarmstate serve did not start: {line:?}\n{log}");
+        };
+        let url = url.to_owned();
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .with_context(|| format!("no port in {url}"))?;
+        Ok(ServerProcess {
+            child,
+            url,
+            port,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// SIGKILL, then a new server on the same data directory and port. Returns how long the
+    /// server was away.
+    async fn kill_and_restart(&mut self) -> anyhow::Result<Duration> {
+        let killed = Instant::now();
+        self.child.start_kill()?;
+        self.child.wait().await?;
+        // The port was ours a moment ago; another process may bind it meanwhile, so retry.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let next = loop {
+            match ServerProcess::start(&self.dir, self.port).await {
+                Ok(next) => break next,
+                Err(err) if Instant::now() < deadline => {
+                    let _ = err;
+                    sleep(Duration::from_millis(100)).await;
+                }
+                Err(err) => return Err(err.context("restarting the server")),
+            }
+        };
+        *self = next;
+        Ok(killed.elapsed())
+    }
+
+    /// SIGTERM, and wait for a graceful stop.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        let status = timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .context("the server did not stop within 30 s of SIGTERM")??;
+        anyhow::ensure!(status.success(), "the server stopped with {status}");
+        Ok(())
+    }
+}
+
+/// An agent process.
+struct AgentProcess {
+    name: String,
+    child: Child,
+    orders: Option<ChildStdin>,
+}
+
+/// Runs the demo with agents as processes. `url`: a server the user runs; `None`: start one.
+pub(super) async fn run(args: &DemoArgs, url: Option<String>) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let dir = tempfile::Builder::new()
+        .prefix("swarmstate-demo-")
+        .tempdir()
+        .context("making a temporary directory for the server's data")?;
+    let mut server = match &url {
+        Some(_) => None,
+        None => Some(ServerProcess::start(dir.path(), 0).await?),
+    };
+    let url = match (&url, &server) {
+        (Some(url), _) => url.clone(),
+        (None, Some(server)) => server.url.clone(),
+        (None, None) => unreachable!("a server was started"),
+    };
+    eprintln!(
+        "swarmstate demo: {} agent processes on {url}{}",
+        args.agents,
+        if server.is_some() {
+            " (swarmstate serve on a temporary directory, killed and restarted halfway)"
+        } else {
+            ""
+        }
+    );
+    let store = open_store(&url).await?;
+    let lease = lease_for(&*store);
+    let swarm = new_swarm(
+        store,
+        run_prefix(),
+        args.items,
+        args.work,
+        lease,
+        Sink::Ledger,
+    );
+    let results = ConfigWatch::start(swarm.store.clone(), swarm.keys.results(), decode)
+        .await
+        .context("starting the supervisor's watch of the results")?;
+    let views: Arc<Mutex<BTreeMap<String, BTreeMap<String, String>>>> = Arc::default();
+    let mut agents = Vec::with_capacity(args.agents);
+    for n in 0..args.agents {
+        agents.push(spawn_agent(&swarm, &url, &agent_name(n), args, views.clone())?);
+    }
+
+    let progress = Progress::new();
+    let mut killed: Vec<String> = Vec::new();
+    let mut restart = None;
+    let deadline = started + Duration::from_secs(60);
+    for tick in 0u64.. {
+        let done = results.current().len();
+        if tick % 5 == 0 || done >= args.items {
+            let leader = swarm.election.leader().await.ok().flatten();
+            progress.show(
+                started,
+                done,
+                args.items,
+                args.agents - killed.len(),
+                &leader,
+            );
+        }
+        if done >= args.items {
+            break;
+        }
+        if killed.is_empty() && swarm.halfway.load(Ordering::Acquire) {
+            killed = kill_halfway(&swarm, &mut agents, args.kill).await?;
+            progress.note(&format!("killed {} (SIGKILL)", killed.join(", ")));
+            if let Some(server) = &mut server {
+                let acknowledged = restart_server(&swarm, server).await?;
+                progress.note(&format!(
+                    "killed the server (SIGKILL) and restarted it on the same data in {:.1} s",
+                    acknowledged.downtime.as_secs_f64()
+                ));
+                restart = Some(acknowledged);
+            }
+        }
+        if Instant::now() > deadline {
+            progress.finish();
+            anyhow::bail!(
+                "the swarm did not finish within 60 s ({done} of {} items done){}",
+                args.items,
+                unfinished(&swarm).await
+            );
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+    progress.finish();
+
+    // Done: the end of their stdin tells the agents; each winds down and reports its view.
+    for agent in &mut agents {
+        agent.orders = None;
+    }
+    for agent in &mut agents {
+        if killed.contains(&agent.name) {
+            continue;
+        }
+        let status = timeout(lease * 3 + Duration::from_secs(20), agent.child.wait())
+            .await
+            .with_context(|| format!("{} did not finish", agent.name))??;
+        if !status.success() {
+            swarm.record(super::Record::Failed {
+                error: format!("{} exited with {status}", agent.name),
+            });
+        }
+    }
+    let views: Vec<(String, BTreeMap<String, String>)> = views
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(name, view)| (name.clone(), view.clone()))
+        .collect();
+    let checks = check_invariants(&swarm, &views, args.agents, &killed, restart).await?;
+    drop(results);
+    swarm.store.close().await?;
+    if let Some(server) = server {
+        server.stop().await?;
+    }
+    Ok(Report {
+        checks,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Starts one agent process and a task that adds what it prints to the ledger.
+fn spawn_agent(
+    swarm: &Arc<Swarm>,
+    url: &str,
+    name: &str,
+    args: &DemoArgs,
+    views: Arc<Mutex<BTreeMap<String, BTreeMap<String, String>>>>,
+) -> anyhow::Result<AgentProcess> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("demo-agent")
+        .args(["--store", url])
+        .args(["--prefix", &swarm.keys.prefix])
+        .args(["--name", name])
+        .args(["--items", &swarm.items.to_string()])
+        .args(["--work", &format!("{}ms", args.work.as_millis())])
+        .args(["--lease", &format!("{}ms", swarm.lease.as_millis())])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    let orders = child.stdin.take();
+    let stdout = child.stdout.take().expect("piped");
+    let swarm = swarm.clone();
+    let agent = name.to_owned();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            match serde_json::from_str::<Line>(&line) {
+                Ok(Line::Record(record)) => swarm.record(record),
+                Ok(Line::View(view)) => {
+                    views
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(agent.clone(), view);
+                }
+                Err(err) => swarm.record(super::Record::Failed {
+                    error: format!("{agent} printed {line:?}: {err}"),
+                }),
+            }
+        }
+    });
+    Ok(AgentProcess {
+        name: name.to_owned(),
+        child,
+        orders,
+    })
+}
+
+/// SIGKILLs `count` agents (the leader first), tells the others it is halfway (the staller
+/// waits for that), and replays the dead leader's next write.
+async fn kill_halfway(
+    swarm: &Swarm,
+    agents: &mut [AgentProcess],
+    count: usize,
+) -> anyhow::Result<Vec<String>> {
+    let names: Vec<String> = agents.iter().map(|agent| agent.name.clone()).collect();
+    let leader = retry(|| swarm.election.leader()).await?;
+    let leader_key = swarm.keys.leader();
+    let held_at = retry(|| swarm.store.get(&leader_key)).await?;
+    let victims = choose_victims(swarm, &names, leader.as_ref(), count);
+    for &victim in &victims {
+        let agent = &mut agents[victim];
+        agent.child.start_kill()?;
+        agent.child.wait().await?;
+        agent.orders = None;
+    }
+    for agent in agents.iter_mut() {
+        if let Some(orders) = &mut agent.orders {
+            // An agent that died on its own has closed its stdin; the invariants tell.
+            let _ = orders.write_all(b"halfway\n").await;
+            let _ = orders.flush().await;
+        }
+    }
+    replay_dead_leaders_write(swarm, leader, held_at).await?;
+    Ok(victims.iter().map(|&i| names[i].clone()).collect())
+}
+
+/// Notes what was acknowledged (every completion so far, and a marker written now), then
+/// kills the server with SIGKILL and restarts it on the same data and port.
+async fn restart_server(swarm: &Swarm, server: &mut ServerProcess) -> anyhow::Result<Restart> {
+    let marker = Key::new(format!("{}.restart-marker", swarm.keys.prefix))?;
+    let value = "written just before the server was killed".to_owned();
+    let revision = retry(|| {
+        swarm
+            .store
+            .put(
+                &marker,
+                value.clone().into(),
+                // A retry after an unknown outcome must not write it twice.
+                PutOptions::overwrite().idempotency_key("restart-marker"),
+            )
+    })
+    .await?;
+    let completions: Vec<(String, String)> = swarm
+        .ledger()
+        .completions
+        .iter()
+        .flat_map(|(item, by)| by.iter().map(|by| (item.clone(), by.clone())))
+        .collect();
+    let downtime = server.kill_and_restart().await?;
+    Ok(Restart {
+        completions,
+        marker: Some((marker, revision, value)),
+        downtime,
+    })
+}
+
+/// Runs `call` until it succeeds or fails for good, through a moment without the server.
+async fn retry<T, F, Fut>(mut call: F) -> swarmstate::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = swarmstate::Result<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match call().await {
+            Err(err) if transient(&err) && Instant::now() < deadline => sleep(RETRY).await,
+            other => return other,
+        }
+    }
+}
