@@ -356,7 +356,15 @@ async fn txn(
                 .map_err(|err| ApiError::from(err).at_index(index))
         })
         .collect::<Result<_, _>>()?;
-    match state.store.txn(ops.clone()).await {
+    // The shape every backend checks (1 to MAX_TXN_OPS operations, each key once, values
+    // within the limit), checked here first, so that a malformed transaction never reaches
+    // the store.
+    let max_value_size = state.store.capabilities().max_value_size;
+    let outcome = match swarmstate_core::backend::validate_txn(&ops, max_value_size) {
+        Ok(()) => state.store.txn(ops.clone()).await,
+        Err(err) => Err(err),
+    };
+    match outcome {
         Ok(results) => Ok(json_response(
             StatusCode::OK,
             &TxnAnswer {
