@@ -33,7 +33,7 @@ pub enum Error {
     },
 
     /// A conditional write found the key at another revision (or absent, `actual: None`).
-    #[error("key {key} is at {}, expected revision {expected}", describe(*.actual))]
+    #[error("key {key} is {}, expected revision {expected}", describe(*.actual))]
     RevisionMismatch {
         /// The key.
         key: Key,
@@ -305,7 +305,7 @@ impl Error {
 
 fn describe(revision: Option<Revision>) -> String {
     match revision {
-        Some(revision) => format!("revision {revision}"),
+        Some(revision) => format!("at revision {revision}"),
         None => "absent".to_owned(),
     }
 }

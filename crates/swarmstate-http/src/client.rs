@@ -495,8 +495,8 @@ impl StateStore for HttpStore {
 impl HttpStore {
     /// Every entry `pattern` selects, in key order, with the store's revision at the snapshot
     /// the last page was read from (`None` for a store never written). Each page of
-    /// [`MAX_PAGE`](crate::wire::MAX_PAGE) entries is one snapshot; a selection larger than a
-    /// page may span several revisions.
+    /// [`DEFAULT_PAGE`](crate::wire::DEFAULT_PAGE) entries is one snapshot; a selection larger
+    /// than a page may span several revisions.
     pub async fn entries(&self, pattern: &Pattern) -> Result<(Vec<Entry>, Option<Revision>)> {
         let operation = format!("entries {pattern}");
         let mut entries = Vec::new();

@@ -162,12 +162,20 @@ impl Watch {
             };
             let read = match read_event(&event.event, &event.data) {
                 Ok(read) => read,
-                Err(_) => return Stop::Dropped,
+                Err(_) => {
+                    // A server that sends what it should not will send it again on a
+                    // reconnect: end the watch where it can resume, rather than loop.
+                    self.feed.lag(match self.resume {
+                        Resume::After(Some(revision)) => revision.next(),
+                        _ => Revision::FIRST,
+                    });
+                    return Stop::Done;
+                }
             };
             match read {
                 // The first event of a watch from now or from a revision.
                 ReadEvent::Ready(revision) => self.resume = Resume::After(revision),
-                ReadEvent::Progress => {}
+                ReadEvent::Progress | ReadEvent::Unknown => {}
                 ReadEvent::Shutdown => return Stop::Dropped,
                 ReadEvent::Event(watch_event) => {
                     if let Some(stop) = self.deliver(watch_event).await {

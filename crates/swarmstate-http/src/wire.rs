@@ -4,6 +4,10 @@
 //!
 //! The format is described for people in `docs/http-api.md` and for tools by the OpenAPI
 //! document the server serves at `/v1/openapi.json`.
+//!
+//! Requests are read strictly (an unknown field in a transaction is an error, never ignored);
+//! answers are read leniently (a field or an event this version does not know is skipped), so
+//! that a newer server can add to them without breaking older clients.
 
 use std::fmt;
 use std::sync::Arc;
@@ -79,7 +83,6 @@ pub fn decode_value(value: &str, encoding: Encoding, what: &str) -> Result<Bytes
 
 /// An entry in a listing or a watch event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct WireEntry {
     /// The key.
     pub key: String,
@@ -131,7 +134,6 @@ pub fn revision(n: u64) -> Result<Revision, String> {
 
 /// The answer to a write: its revision, or `null` for a delete that found nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct WriteAnswer {
     /// The write's revision.
     pub revision: Option<u64>,
@@ -139,7 +141,6 @@ pub struct WriteAnswer {
 
 /// A page of keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KeysPage {
     /// The keys, in key order.
     pub keys: Vec<String>,
@@ -149,7 +150,6 @@ pub struct KeysPage {
 
 /// A page of entries, all from one snapshot at `revision`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EntriesPage {
     /// The entries, in key order.
     pub entries: Vec<WireEntry>,
@@ -283,7 +283,6 @@ impl WireOp {
 
 /// The answer to a committed transaction: one result per operation, in order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct TxnAnswer {
     /// The results.
     pub results: Vec<WireResult>,
@@ -291,7 +290,6 @@ pub struct TxnAnswer {
 
 /// The result of one operation of a committed transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct WireResult {
     /// What the operation did.
     pub op: OpKind,
@@ -325,7 +323,6 @@ impl WireResult {
 
 /// `GET /v1/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Status {
     /// The server's version.
     pub version: String,
@@ -343,7 +340,6 @@ pub struct Status {
 
 /// [`Capabilities`] on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct WireCapabilities {
     /// TTLs are rounded up to a multiple of this, in milliseconds.
     pub ttl_granularity_ms: u64,
@@ -394,7 +390,6 @@ pub mod event {
 
 /// The data of a `delete`, `expire`, `caught_up`, `ready`, `progress` or `lagged` event.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EventData {
     /// The key (delete, expire).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -475,6 +470,8 @@ pub enum ReadEvent {
     Progress,
     /// The server is going away; resume elsewhere or later.
     Shutdown,
+    /// An event this version does not know (a newer server's): skip it.
+    Unknown,
 }
 
 /// Parses one SSE event of a watch stream.
@@ -514,7 +511,7 @@ pub fn read_event(name: &str, data: &str) -> Result<ReadEvent, String> {
         event::READY => ReadEvent::Ready(optional(marker()?.revision)?),
         event::PROGRESS => ReadEvent::Progress,
         event::SHUTDOWN => ReadEvent::Shutdown,
-        other => return Err(format!("unknown watch event {other:?}")),
+        _ => ReadEvent::Unknown,
     })
 }
 
@@ -866,7 +863,7 @@ pub fn parse_etag(text: &str) -> Result<Revision, String> {
         .and_then(|rest| rest.strip_suffix('"'))
         .unwrap_or(trimmed);
     let n: u64 = inner.parse().map_err(|_| {
-        format!("{text:?} is not a revision; write it as \"<revision>\", e.g. If-Match: \"42\"")
+        format!("{text:?} is not a revision (a number from 1, optionally in double quotes: \"42\")")
     })?;
     revision(n)
 }

@@ -168,6 +168,7 @@ async fn delete_kv(
 ) -> Result<Response, ApiError> {
     let key = path_key(path)?;
     let NoParams {} = input::query(raw.as_deref())?;
+    input::no_idempotency_key(&headers, "a delete")?;
     let expected = match input::precondition(&headers)? {
         Precondition::None => None,
         Precondition::At(revision) => Some(revision),
@@ -332,6 +333,7 @@ async fn txn(
     body: Body,
 ) -> Result<Response, ApiError> {
     let NoParams {} = input::query(raw.as_deref())?;
+    input::no_idempotency_key(&headers, "a transaction")?;
     let bytes = match input::body(&headers, body, state.max_txn_body).await? {
         Ok(bytes) => bytes,
         Err(TooLarge::Size(size)) => {
@@ -417,7 +419,11 @@ async fn status(
     Ok(json_response(StatusCode::OK, &status_of(&state, revision)))
 }
 
-async fn healthz(State(state): State<AppState>) -> Result<Response, ApiError> {
+async fn healthz(
+    State(state): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let NoParams {} = input::query(raw.as_deref())?;
     current_revision(&*state.store).await?;
     Ok(json_response(
         StatusCode::OK,
@@ -425,8 +431,9 @@ async fn healthz(State(state): State<AppState>) -> Result<Response, ApiError> {
     ))
 }
 
-async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+async fn openapi(RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    let NoParams {} = input::query(raw.as_deref())?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response())
 }
 
 #[cfg(test)]

@@ -8,14 +8,23 @@ use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
 use swarmstate_core::{Error, Key, Pattern, Revision};
-use swarmstate_http::wire::parse_etag;
+use swarmstate_http::wire::{IDEMPOTENCY_KEY, parse_etag};
 
 use crate::problem::ApiError;
 
 /// Parses the query string into `T`, whose fields are every parameter the route takes.
 pub(crate) fn query<T: DeserializeOwned>(raw: Option<&str>) -> Result<T, ApiError> {
-    serde_urlencoded::from_str(raw.unwrap_or(""))
-        .map_err(|err| ApiError::bad(format!("bad query {:?}: {err}", raw.unwrap_or_default())))
+    serde_urlencoded::from_str(raw.unwrap_or("")).map_err(|err| {
+        // serde speaks of fields; a client sent query parameters.
+        let reason = err
+            .to_string()
+            .replace("unknown field", "unknown query parameter")
+            .replace("missing field", "missing query parameter")
+            .replace("duplicate field", "duplicate query parameter")
+            .replace(", there are no fields", "; this endpoint takes none")
+            .replace("expected one of", "it takes");
+        ApiError::bad(format!("bad query {:?}: {reason}", raw.unwrap_or_default()))
+    })
 }
 
 /// A key from the request path.
@@ -75,19 +84,35 @@ pub(crate) fn precondition(headers: &HeaderMap) -> Result<Precondition, ApiError
     }
 }
 
-/// A header's text, if it is there.
+/// A header's text, if it is there; given more than once, it is an error.
 pub(crate) fn header_text<'a>(
     headers: &'a HeaderMap,
     name: &str,
 ) -> Result<Option<&'a str>, ApiError> {
-    headers
-        .get(name)
-        .map(|value| {
-            value
-                .to_str()
-                .map_err(|_| ApiError::bad(format!("the {name} header is not text")))
-        })
-        .transpose()
+    let mut values = headers.get_all(name).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::bad(format!(
+            "the {name} header may be given once"
+        )));
+    }
+    value
+        .to_str()
+        .map(Some)
+        .map_err(|_| ApiError::bad(format!("the {name} header is not text")))
+}
+
+/// Refuses an `Idempotency-Key` where the store has none to honour, rather than ignoring it.
+pub(crate) fn no_idempotency_key(headers: &HeaderMap, what: &str) -> Result<(), ApiError> {
+    if headers.contains_key(IDEMPOTENCY_KEY) {
+        return Err(ApiError::bad(format!(
+            "{what} takes no Idempotency-Key (only a put does); a conditional write \
+             (If-Match, or a transaction's if_revision) is safe to retry instead"
+        )));
+    }
+    Ok(())
 }
 
 /// Why a body was refused.

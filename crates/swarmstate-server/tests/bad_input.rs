@@ -395,7 +395,7 @@ fn bad_patterns() -> Vec<Case> {
             case(Method::GET, route.to_owned()).answers(
                 400,
                 "invalid_input",
-                "missing field `pattern`",
+                "missing query parameter `pattern`",
             ),
         ]);
     }
@@ -595,7 +595,11 @@ fn bad_transactions() -> Vec<Case> {
 
 fn unknown_parameters() -> Vec<Case> {
     let unknown = |request: Case, name: &str| {
-        request.answers(400, "invalid_input", format!("unknown field `{name}`"))
+        request.answers(
+            400,
+            "invalid_input",
+            format!("unknown query parameter `{name}`"),
+        )
     };
     let good_txn = r#"{"ops":[{"op":"put","key":"seed.c","value":"new"}]}"#;
     vec![
@@ -615,11 +619,42 @@ fn unknown_parameters() -> Vec<Case> {
         ),
         unknown(case(Method::GET, "/v1/watch?pattern=*&foo=1"), "foo"),
         unknown(case(Method::GET, "/v1/status?foo=1"), "foo"),
-        put("/v1/kv/seed.a?ttl=30s&ttl=1m").answers(400, "invalid_input", "duplicate field `ttl`"),
+        unknown(case(Method::GET, "/healthz?foo=1"), "foo"),
+        unknown(case(Method::GET, "/v1/openapi.json?foo=1"), "foo"),
+        put("/v1/kv/seed.a?ttl=30s&ttl=1m").answers(
+            400,
+            "invalid_input",
+            "duplicate query parameter `ttl`",
+        ),
         case(Method::GET, "/v1/keys?pattern=*&pattern=seed.*").answers(
             400,
             "invalid_input",
-            "duplicate field `pattern`",
+            "duplicate query parameter `pattern`",
+        ),
+    ]
+}
+
+/// Headers a route has no use for are refused, not ignored, where ignoring one would change
+/// what the client believes: an idempotency key the store cannot honour, a key given twice.
+fn unhonoured_headers() -> Vec<Case> {
+    let good_txn = r#"{"ops":[{"op":"put","key":"seed.c","value":"new"}]}"#;
+    vec![
+        case(Method::DELETE, "/v1/kv/seed.a")
+            .header("idempotency-key", "k1")
+            .answers(400, "invalid_input", "a delete takes no Idempotency-Key"),
+        txn(good_txn).header("idempotency-key", "k1").answers(
+            400,
+            "invalid_input",
+            "a transaction takes no Idempotency-Key",
+        ),
+        put("/v1/kv/seed.a")
+            .header("idempotency-key", "k1")
+            .header("idempotency-key", "k2")
+            .answers(400, "invalid_input", "may be given once"),
+        put("/v1/kv/seed.a").header("idempotency-key", "").answers(
+            400,
+            "invalid_input",
+            "idempotency key must be 1 to 256 bytes",
         ),
     ]
 }
@@ -705,6 +740,11 @@ async fn unknown_query_parameters_are_refused() {
 }
 
 #[tokio::test]
+async fn headers_a_route_cannot_honour_are_refused() {
+    check_all(unhonoured_headers()).await;
+}
+
+#[tokio::test]
 async fn unknown_paths_are_404_and_wrong_methods_405_as_problems() {
     let fixture = Fixture::start(support::test_config()).await;
     for case in &bad_routes() {
@@ -745,6 +785,7 @@ async fn no_client_mistake_is_answered_with_a_5xx() {
         bad_limits(),
         bad_transactions(),
         unknown_parameters(),
+        unhonoured_headers(),
         bad_routes(),
     ]
     .concat();

@@ -210,10 +210,7 @@ pub(super) async fn check_invariants(
         name: "no agent failed",
         held: agent_errors.is_empty(),
         detail: if agent_errors.is_empty() {
-            format!(
-                "{agents} agents, {} killed on purpose",
-                killed.len()
-            )
+            format!("{agents} agents, {} killed on purpose", killed.len())
         } else {
             summarize(&agent_errors)
         },
@@ -260,9 +257,9 @@ async fn check_restart(swarm: &Swarm, restart: Restart) -> anyhow::Result<Check>
         detail: if lost.is_empty() {
             format!(
                 "{} completions and {marker} marker acknowledged before kill -9 of the server, \
-                 all there after it restarted on the same data ({:.1} s later)",
+                 all there after it restarted on the same data ({} ms later)",
                 restart.completions.len(),
-                restart.downtime.as_secs_f64()
+                restart.downtime.as_millis()
             )
         } else {
             summarize(&lost)
@@ -287,8 +284,7 @@ pub(super) async fn converged_view(
         }
     })
     .await;
-    let view = snapshot_map(&receiver.borrow());
-    view
+    snapshot_map(&receiver.borrow())
 }
 
 /// The config as a plain map from the last key token to the value.

@@ -167,7 +167,13 @@ pub(super) async fn run(args: &DemoArgs, url: Option<String>) -> anyhow::Result<
     let views: Arc<Mutex<BTreeMap<String, BTreeMap<String, String>>>> = Arc::default();
     let mut agents = Vec::with_capacity(args.agents);
     for n in 0..args.agents {
-        agents.push(spawn_agent(&swarm, &url, &agent_name(n), args, views.clone())?);
+        agents.push(spawn_agent(
+            &swarm,
+            &url,
+            &agent_name(n),
+            args,
+            views.clone(),
+        )?);
     }
 
     let progress = Progress::new();
@@ -195,8 +201,8 @@ pub(super) async fn run(args: &DemoArgs, url: Option<String>) -> anyhow::Result<
             if let Some(server) = &mut server {
                 let acknowledged = restart_server(&swarm, server).await?;
                 progress.note(&format!(
-                    "killed the server (SIGKILL) and restarted it on the same data in {:.1} s",
-                    acknowledged.downtime.as_secs_f64()
+                    "killed the server (SIGKILL) and restarted it on the same data in {} ms",
+                    acknowledged.downtime.as_millis()
                 ));
                 restart = Some(acknowledged);
             }
@@ -333,14 +339,12 @@ async fn restart_server(swarm: &Swarm, server: &mut ServerProcess) -> anyhow::Re
     let marker = Key::new(format!("{}.restart-marker", swarm.keys.prefix))?;
     let value = "written just before the server was killed".to_owned();
     let revision = retry(|| {
-        swarm
-            .store
-            .put(
-                &marker,
-                value.clone().into(),
-                // A retry after an unknown outcome must not write it twice.
-                PutOptions::overwrite().idempotency_key("restart-marker"),
-            )
+        swarm.store.put(
+            &marker,
+            value.clone().into(),
+            // A retry after an unknown outcome must not write it twice.
+            PutOptions::overwrite().idempotency_key("restart-marker"),
+        )
     })
     .await?;
     let completions: Vec<(String, String)> = swarm
