@@ -298,3 +298,149 @@ async fn a_refused_connection_is_unavailable() {
     assert!(matches!(err, Error::Unavailable { .. }), "{err}");
     assert!(err.to_string().contains(&server.addr), "{err}");
 }
+
+/// A MemoryStore whose writes fail with the error the test sets.
+#[derive(Debug)]
+struct Failing {
+    inner: MemoryStore,
+    error: std::sync::Mutex<Option<Error>>,
+}
+
+#[async_trait::async_trait]
+impl StateStore for Failing {
+    swarmstate_core::forward_state_store!(|s| &s.inner; capabilities, get, keys, watch, close);
+
+    async fn put(
+        &self,
+        _key: &Key,
+        _value: bytes::Bytes,
+        _options: swarmstate_core::PutOptions,
+    ) -> swarmstate_core::Result<Revision> {
+        Err(self
+            .error
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("an error to fail with"))
+    }
+
+    async fn delete(
+        &self,
+        _key: &Key,
+        _expected: Option<Revision>,
+    ) -> swarmstate_core::Result<Option<Revision>> {
+        Err(self
+            .error
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("an error to fail with"))
+    }
+
+    async fn txn(
+        &self,
+        _ops: Vec<swarmstate_core::TxnOp>,
+    ) -> swarmstate_core::Result<Vec<swarmstate_core::TxnResult>> {
+        Err(self
+            .error
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("an error to fail with"))
+    }
+}
+
+#[tokio::test]
+async fn every_error_of_the_store_behind_the_server_comes_back_as_the_same_variant() {
+    let store = Arc::new(Failing {
+        inner: MemoryStore::new(),
+        error: std::sync::Mutex::new(None),
+    });
+    let server = Restartable::start(store.clone(), "127.0.0.1:0").await;
+    let client = HttpStore::open(&server.url()).await.unwrap();
+    let r = |n| Revision::new(n).unwrap();
+    let k = key("a");
+    let errors = [
+        Error::NotFound { key: k.clone() },
+        Error::AlreadyExists {
+            key: k.clone(),
+            revision: r(7),
+        },
+        Error::RevisionMismatch {
+            key: k.clone(),
+            expected: r(3),
+            actual: None,
+        },
+        Error::ValueTooLarge {
+            key: k.clone(),
+            size: 10,
+            limit: 5,
+        },
+        Error::QuotaExceeded {
+            key: k.clone(),
+            needed: 100,
+            quota: 50,
+        },
+        Error::InvalidInput {
+            message: "no".into(),
+        },
+        Error::LockHeld {
+            key: k.clone(),
+            holder: "agent-1".into(),
+            expires_in: Some(Duration::from_millis(1500)),
+        },
+        Error::LockLost { key: k.clone() },
+        Error::Closed,
+        Error::Unavailable {
+            message: "the cluster has no leader".into(),
+        },
+        Error::Ambiguous {
+            operation: "put a".into(),
+            message: "no answer from the stream leader".into(),
+        },
+        Error::Unsupported {
+            operation: "txn".into(),
+            backend: "nats",
+        },
+        Error::Corrupt {
+            what: "data.redb".into(),
+            message: "bad page".into(),
+        },
+        Error::backend(std::io::Error::other("disk on fire")),
+    ];
+    let http = reqwest::Client::new();
+    for err in errors {
+        *store.error.lock().unwrap() = Some(err.clone());
+        for answer in [
+            client.set(&k, "x").await.map(|_| ()),
+            client.delete(&k, None).await.map(|_| ()),
+            client
+                .txn(vec![swarmstate_core::TxnOp::put(&k, "x")])
+                .await
+                .map(|_| ()),
+        ] {
+            let back = answer.unwrap_err();
+            assert_eq!(back.kind(), err.kind(), "{err} came back as {back}");
+            assert_eq!(back.to_string(), err.to_string());
+        }
+        // Unavailable is 503 with Retry-After; an unknown outcome has its own status.
+        let raw = http
+            .put(format!("{}/v1/kv/a", server.url()))
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        let kind = err.kind();
+        let status = raw.status().as_u16();
+        match kind {
+            swarmstate_core::ErrorKind::Unavailable | swarmstate_core::ErrorKind::Closed => {
+                assert_eq!(status, 503);
+                assert_eq!(raw.headers()["retry-after"], "1");
+            }
+            swarmstate_core::ErrorKind::Ambiguous => assert_eq!(status, 504),
+            swarmstate_core::ErrorKind::AlreadyExists
+            | swarmstate_core::ErrorKind::RevisionMismatch => assert_eq!(status, 412),
+            _ => assert_ne!(status, 200),
+        }
+    }
+}
