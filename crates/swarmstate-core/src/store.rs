@@ -106,9 +106,12 @@ pub trait StateStoreExt: StateStore {
         self.keys(pattern).await?.try_collect().await
     }
 
-    /// The store's current revision (`None` for a store never written): the `CaughtUp` of a
-    /// snapshot watch of one reserved key nobody writes, which every backend gives at the
-    /// store's revision when the snapshot was taken, as linearizably as its snapshots are.
+    /// The store's current revision (`None` for a store never written): at least the revision
+    /// of every change acknowledged before the call, and below the revision of every change
+    /// made after it returns. It is the `CaughtUp` of a snapshot watch of one reserved key
+    /// nobody writes, as linearizable as the backend's snapshots. On a backend whose own
+    /// bookkeeping takes revisions (NATS's read barriers), it may name one of those rather
+    /// than the last change's.
     async fn current_revision(&self) -> Result<Option<Revision>> {
         use futures::StreamExt;
         let probe = Key::new_reserved("_swarmstate.probe")?;

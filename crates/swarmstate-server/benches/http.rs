@@ -1,7 +1,7 @@
 //! What the HTTP layer costs: put, get and a lock cycle (acquire + release) at 1 and 16 in
 //! flight through `HttpStore` → a server on loopback → `DiskStore`, beside the same
-//! `DiskStore` called in-process, in one run. A floor row times the HTTP round trip alone
-//! (a get of an absent key through a server on `MemoryStore`).
+//! `DiskStore` called in-process, in one run. Two floor rows time HTTP alone: a get of an
+//! absent key and a 256-byte put, through a server on `MemoryStore`.
 //!
 //! Rows alternate over several rounds and the median of each is reported, as operations per
 //! second, microseconds per operation, and the ratio HTTP / in-process. The server runs in
@@ -175,6 +175,7 @@ fn main() {
         })
         .collect();
     let mut floor = Vec::new();
+    let mut floor_put = Vec::new();
     let ops = |op: Op, in_flight: usize| match (op, in_flight) {
         (Op::Get, 16) => 16_000,
         (Op::Get, _) => 4_000,
@@ -198,6 +199,8 @@ fn main() {
         }
         // A get of a key the server's memory store never had: HTTP and little else.
         floor.push(client_runtime.block_on(rate(floor_store.clone(), Op::Get, 1, 4_000)));
+        // A put through a server on MemoryStore: HTTP with a body, and no disk.
+        floor_put.push(client_runtime.block_on(rate(floor_store.clone(), Op::Put, 1, 4_000)));
         eprintln!("round {} of {rounds} done", round + 1);
     }
 
@@ -232,6 +235,13 @@ fn main() {
          {:.1} µs per round trip (spread {:.0}%)",
         1e6 / floor_rate,
         spread(&floor)
+    );
+    let floor_put_rate = median(&mut floor_put.clone());
+    println!(
+        "HTTP put floor (256-byte put, server on MemoryStore, 1 in flight): {floor_put_rate:.0}/s, \
+         {:.1} µs per put (spread {:.0}%)",
+        1e6 / floor_put_rate,
+        spread(&floor_put)
     );
     drop(local_dir);
     drop(served_dir);
