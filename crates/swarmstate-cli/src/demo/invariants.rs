@@ -210,10 +210,7 @@ pub(super) async fn check_invariants(
         name: "no agent failed",
         held: agent_errors.is_empty(),
         detail: if agent_errors.is_empty() {
-            format!(
-                "{agents} agents, {} killed on purpose",
-                killed.len()
-            )
+            format!("{agents} agents, {} killed on purpose", killed.len())
         } else {
             summarize(&agent_errors)
         },
@@ -287,8 +284,7 @@ pub(super) async fn converged_view(
         }
     })
     .await;
-    let view = snapshot_map(&receiver.borrow());
-    view
+    snapshot_map(&receiver.borrow())
 }
 
 /// The config as a plain map from the last key token to the value.

@@ -260,7 +260,14 @@ async fn run_tasks(args: &DemoArgs, url: &str) -> anyhow::Result<Report> {
     let started = Instant::now();
     let store = open_store(url).await?;
     let lease = lease_for(&*store);
-    let swarm = new_swarm(store, run_prefix(), args.items, args.work, lease, Sink::Ledger);
+    let swarm = new_swarm(
+        store,
+        run_prefix(),
+        args.items,
+        args.work,
+        lease,
+        Sink::Ledger,
+    );
 
     // Progress is what the store holds, not what agents were told: a completion can apply
     // just as its agent is killed, and then no agent hears of it.
