@@ -11,7 +11,7 @@
 //!   (porcupine's algorithm), giving [`Verdict::Ok`], [`Verdict::Violation`] with an
 //!   explanation, or [`Verdict::Unknown`] when its time runs out.
 //! - [`Workload`] and [`run`] — concurrent clients over many keys, recorded and checked, ending
-//!   in a printable [`Report`].
+//!   in a printable [`Report`]; [`run_until`] keeps the clients going until the faults are over.
 //!
 //! ```
 //! use std::{sync::Arc, time::Duration};
@@ -62,5 +62,5 @@ pub use checker::{Checked, Counts, Verdict, check};
 pub use explain::Violation;
 pub use history::{History, Input, Operation, Output};
 pub use recorder::{DEFAULT_OPERATION_TIMEOUT, Recorder, RecordingClient};
-pub use run::{CHECK_TIME_LIMIT, Expiries, Report, run};
+pub use run::{CHECK_TIME_LIMIT, Expiries, Report, run, run_until};
 pub use workload::{Mix, Workload};

@@ -187,6 +187,26 @@ pub async fn run(
             () = faults => unreachable!("the fault future never completes"),
         }
     };
+    Ok(report(history, started, granularity))
+}
+
+/// Like [`run`], but `faults` must complete, and the clients go on past the workload's
+/// duration until it has (see [`Workload::record_until`]): no fault is cut short by the end of
+/// the recording, however long the servers took to come back. A fault future that wants the
+/// clients to see the recovered servers for a while sleeps that long after its last fault.
+pub async fn run_until(
+    store: Arc<dyn StateStore>,
+    workload: &Workload,
+    faults: impl Future<Output = ()> + Send,
+) -> Result<Report> {
+    let started = Instant::now();
+    let granularity = store.capabilities().ttl_granularity;
+    let history = workload.record_until(store, faults).await?;
+    Ok(report(history, started, granularity))
+}
+
+/// Checks `history`, recorded since `started`, and saves it when the verdict is not `Ok`.
+fn report(history: History, started: Instant, granularity: Duration) -> Report {
     let recorded_for = started.elapsed();
     let checked = check(&history, CHECK_TIME_LIMIT);
     let expiries = Expiries::count(&history, granularity);
@@ -200,10 +220,10 @@ pub async fn run(
         ));
         history.save(&path).ok().map(|()| path)
     };
-    Ok(Report {
+    Report {
         checked,
         recorded_for,
         history_path,
         expiries,
-    })
+    }
 }

@@ -6,12 +6,13 @@
 //! like this one's; invariants of its own (one holder at a time, each item done once) it checks
 //! beside (see `tests/recipes.rs`).
 
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
-use swarmstate_core::{Key, PutOptions, Result, Revision, StateStore};
+use swarmstate_core::{Error, Key, PutOptions, Result, Revision, StateStore};
 
 use crate::generate::Rng;
 use crate::history::History;
@@ -54,7 +55,8 @@ impl Default for Mix {
 /// Each client loops until `duration` has passed (or `max_operations` have been started in
 /// all): it picks a key (half of the time from the hottest tenth, so that clients collide) and
 /// an operation by `mix`; conditional operations use the revision the client last saw for the
-/// key. A share `ttl_fraction` of the writes carries `ttl`. Every value written is unique.
+/// key. A share `ttl_fraction` of the writes carries `ttl`. Every value written is unique. A
+/// client told [`Error::Unavailable`] waits 20 ms before its next operation.
 #[derive(Debug, Clone)]
 pub struct Workload {
     /// Concurrent clients.
@@ -96,12 +98,40 @@ impl Default for Workload {
     }
 }
 
+/// How long a client that was told [`Error::Unavailable`] (nothing applied: the store is down
+/// or unreachable) waits before its next operation, so that a store that refuses connections
+/// at once is not hammered while it restarts.
+const UNAVAILABLE_BACKOFF: Duration = Duration::from_millis(20);
+
 impl Workload {
+    /// The TTL the workload's TTL writes carry on `store`: [`Workload::ttl`], or the store's
+    /// TTL granularity, at least 200 ms. A fault meant to outlast every TTL (a pause) uses this.
+    pub fn ttl_on(&self, store: &dyn StateStore) -> Duration {
+        self.ttl.unwrap_or_else(|| {
+            store
+                .capabilities()
+                .ttl_granularity
+                .max(Duration::from_millis(200))
+        })
+    }
+
     /// Runs the workload against `store` and returns the recorded history (expiries included).
     ///
     /// Errors: only when the recorder cannot start (the store refuses a watch) or a key cannot
     /// be formed from the prefix. Failed operations are part of the history, not errors.
     pub async fn record(&self, store: Arc<dyn StateStore>) -> Result<History> {
+        self.record_until(store, async {}).await
+    }
+
+    /// Like [`record`](Self::record), but the clients go on after `duration` until `also` has
+    /// completed too (it runs beside them from the start): a fault injector, so that every
+    /// fault is over, and the servers recovered, while the clients still run, however long
+    /// the faults took. Reaching `max_operations` still ends the run at once, dropping `also`.
+    pub async fn record_until(
+        &self,
+        store: Arc<dyn StateStore>,
+        also: impl Future<Output = ()>,
+    ) -> Result<History> {
         let prefix = match &self.prefix {
             Some(prefix) => prefix.clone(),
             None => format!(
@@ -115,16 +145,11 @@ impl Workload {
         let keys: Vec<Key> = (0..self.keys.max(1))
             .map(|n| Key::new(format!("{prefix}.k{n}")))
             .collect::<Result<_>>()?;
-        let ttl = self.ttl.unwrap_or_else(|| {
-            store
-                .capabilities()
-                .ttl_granularity
-                .max(Duration::from_millis(200))
-        });
+        let ttl = self.ttl_on(&*store);
         let recorder = Recorder::with_timeout(store, self.operation_timeout).await?;
         let keys = Arc::new(keys);
         let started = Arc::new(AtomicUsize::new(0));
-        let until = Instant::now() + self.duration;
+        let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
         for n in 0..self.clients.max(1) {
             let client = Client {
@@ -139,22 +164,40 @@ impl Workload {
                 ttl_fraction: self.ttl_fraction,
             };
             let started = started.clone();
+            let stop = stop.clone();
             let limit = self.max_operations.unwrap_or(usize::MAX);
             tasks.push(tokio::spawn(async move {
                 let mut client = client;
-                while Instant::now() < until && started.fetch_add(1, Ordering::Relaxed) < limit {
-                    client.one().await;
+                while !stop.load(Ordering::Acquire)
+                    && started.fetch_add(1, Ordering::Relaxed) < limit
+                {
+                    if let Err(Error::Unavailable { .. }) = client.one().await {
+                        tokio::time::sleep(UNAVAILABLE_BACKOFF).await;
+                    }
                     // An in-process store answers without ever suspending; yielding lets the
                     // other clients and the recorder's watcher keep up.
                     tokio::task::yield_now().await;
                 }
             }));
         }
-        for task in tasks {
-            if let Err(err) = task.await
-                && err.is_panic()
-            {
-                std::panic::resume_unwind(err.into_panic());
+        let clients = async {
+            for task in tasks {
+                if let Err(err) = task.await
+                    && err.is_panic()
+                {
+                    std::panic::resume_unwind(err.into_panic());
+                }
+            }
+        };
+        tokio::pin!(clients);
+        let time_is_up = async {
+            tokio::join!(tokio::time::sleep(self.duration), also);
+        };
+        tokio::select! {
+            () = &mut clients => {}
+            () = time_is_up => {
+                stop.store(true, Ordering::Release);
+                clients.await;
             }
         }
         Ok(recorder.finish().await)
@@ -175,7 +218,8 @@ struct Client {
 }
 
 impl Client {
-    async fn one(&mut self) {
+    /// One operation; its error, if any (the recorder has recorded it either way).
+    async fn one(&mut self) -> Result<()> {
         let hot = (self.keys.len() / 10).max(1) as u64;
         let index = if self.rng.chance(0.5) {
             self.rng.below(hot)
@@ -208,19 +252,18 @@ impl Client {
         // Outcomes are recorded by the recorder; the client only learns revisions from them.
         let options = match kind {
             0 => {
-                if let Ok(entry) = self.recording.get(&key).await {
-                    self.last_read[index] = entry.map(|e| e.revision);
-                }
-                return;
+                let entry = self.recording.get(&key).await?;
+                self.last_read[index] = entry.map(|e| e.revision);
+                return Ok(());
             }
             1 => PutOptions::overwrite(),
             2 => PutOptions::create(),
             3 => PutOptions::update(expected),
             _ => {
                 let at = (kind == 5).then_some(expected);
-                let _ = self.recording.delete(&key, at).await;
+                let deleted = self.recording.delete(&key, at).await;
                 self.last_read[index] = None;
-                return;
+                return deleted.map(drop);
             }
         };
         let options = if self.rng.chance(self.ttl_fraction) {
@@ -228,8 +271,8 @@ impl Client {
         } else {
             options
         };
-        if let Ok(written) = self.recording.put(&key, value, options).await {
-            self.last_read[index] = Some(written);
-        }
+        let written = self.recording.put(&key, value, options).await?;
+        self.last_read[index] = Some(written);
+        Ok(())
     }
 }

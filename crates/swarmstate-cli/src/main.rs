@@ -12,6 +12,7 @@ mod kv;
 mod lock;
 mod open;
 mod serve;
+mod server_process;
 
 use kv::Output;
 use open::{CLIENT_STORE, DEFAULT_STORE};
@@ -179,9 +180,20 @@ enum Command {
     /// saw, and check the history for linearizability. Exit status: 0 linearizable, 1 a
     /// violation (the history is saved and its path printed), 3 unknown (the checker ran out of
     /// time).
+    ///
+    /// Faults need servers this command starts itself. serve-local:// runs one swarmstate
+    /// serve process on a temporary, durable data directory (file://), reached over HTTP; its
+    /// faults are kill (SIGKILL, then a restart on the same data and port a second later) and
+    /// pause (SIGSTOP past the workload's TTLs and the clients' 1 s request timeout, then
+    /// SIGCONT); the run goes on past --duration until they are over. Calls that get no answer
+    /// are recorded as ambiguous, refused ones as not applied. nats-local://N runs N
+    /// nats-server nodes and takes every fault.
+    ///
+    /// Example: swarmstate check --store serve-local:// --faults kill,pause --duration 10s
     Check {
-        /// The store: memory://, file://DIR, nats://HOST:PORT/BUCKET (no faults), or
-        /// nats-local://N to start N local nats-server nodes for this run (faults need these).
+        /// The store: memory://, file://DIR, nats://HOST:PORT/BUCKET (no faults), or a server
+        /// of this run's own that faults can be injected into: serve-local:// (a swarmstate
+        /// serve process) or nats-local://N (N local nats-server nodes).
         #[arg(long, default_value = DEFAULT_STORE)]
         store: String,
         /// Concurrent clients.
@@ -194,7 +206,8 @@ enum Command {
         #[arg(long, default_value = "10s", value_parser = parse_duration)]
         duration: Duration,
         /// Faults to inject, spread over the run, comma-separated: kill, kill-leader, pause,
-        /// partition. Needs --store nats-local://N.
+        /// partition. Needs --store serve-local:// (kill, pause) or nats-local://N (all four;
+        /// partition needs N > 1).
         #[arg(long, value_delimiter = ',')]
         faults: Vec<check::Fault>,
         /// The seed of the clients' choices.

@@ -1,5 +1,5 @@
-//! `swarmstate check` as a user runs it: the real binary, on MemoryStore, on DiskStore and on local
-//! nats-server nodes it starts and kills itself.
+//! `swarmstate check` as a user runs it: the real binary, on MemoryStore, on DiskStore, on a
+//! `swarmstate serve` process and on local nats-server nodes it starts and kills itself.
 
 use std::process::{Command, Output};
 
@@ -61,6 +61,52 @@ fn faults_without_servers_of_our_own_are_refused() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("nats-local://"), "{stderr}");
+}
+
+/// The server is SIGKILLed and restarted on the same data, then frozen past every TTL and
+/// request timeout: acknowledged writes survive, calls without an answer are ambiguous, and
+/// the run lasts until both faults are over, however long the restart takes.
+#[test]
+fn check_on_a_swarmstate_serve_killed_and_paused_mid_run_is_linearizable() {
+    let output = check(&[
+        "--store",
+        "serve-local://",
+        "--duration",
+        "3s",
+        "--faults",
+        "kill,pause",
+    ]);
+    assert_linearizable(&output);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stdout.contains("faults: 2 of 2 injected (kill, pause)"),
+        "the faults were not all injected:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stderr.contains("kill serve over") && stderr.contains("pause serve over"),
+        "the faults did not run:\n{stderr}"
+    );
+}
+
+#[test]
+fn faults_a_single_serve_process_cannot_have_are_refused() {
+    for fault in ["partition", "kill-leader"] {
+        let output = check(&["--store", "serve-local://", "--faults", fault]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "the fault {fault} makes no sense on serve-local://"
+            )),
+            "{stderr}"
+        );
+        assert!(
+            output.stdout.is_empty(),
+            "nothing was checked:\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
 }
 
 #[test]

@@ -3,7 +3,6 @@
 //! SIGKILL and restarts halfway; or a server at a URL the user gave (never restarted).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -24,100 +23,7 @@ use super::{
     new_swarm, replay_dead_leaders_write, run_prefix, transient, unfinished,
 };
 use crate::open::open_store;
-
-/// A `swarmstate serve` process of the demo's own.
-struct ServerProcess {
-    child: Child,
-    url: String,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl ServerProcess {
-    /// Starts `swarmstate serve` on `dir`, on `port` (0: any free one), and waits for it to
-    /// say where it listens. Its log goes to `dir/serve.log`.
-    async fn start(dir: &Path, port: u16) -> anyhow::Result<ServerProcess> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("serve.log"))
-            .context("opening the server's log")?;
-        let data = dir.join("data");
-        let mut child = Command::new(std::env::current_exe()?)
-            .arg("serve")
-            .arg("--data")
-            .arg(&data)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--progress-interval", "1s"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting swarmstate serve")?;
-        let stdout = child.stdout.take().expect("piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .context("swarmstate serve did not start within 30 s")??;
-        let Some(url) = line
-            .as_deref()
-            .and_then(|line| line.strip_prefix("listening on "))
-        else {
-            let log = std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
-            anyhow::bail!("swarmstate serve did not start: {line:?}\n{log}");
-        };
-        let url = url.to_owned();
-        let port = url
-            .rsplit(':')
-            .next()
-            .and_then(|port| port.parse().ok())
-            .with_context(|| format!("no port in {url}"))?;
-        Ok(ServerProcess {
-            child,
-            url,
-            port,
-            dir: dir.to_owned(),
-        })
-    }
-
-    /// SIGKILL, then a new server on the same data directory and port. Returns how long the
-    /// server was away.
-    async fn kill_and_restart(&mut self) -> anyhow::Result<Duration> {
-        let killed = Instant::now();
-        self.child.start_kill()?;
-        self.child.wait().await?;
-        // The port was ours a moment ago; another process may bind it meanwhile, so retry.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let next = loop {
-            match ServerProcess::start(&self.dir, self.port).await {
-                Ok(next) => break next,
-                Err(err) if Instant::now() < deadline => {
-                    let _ = err;
-                    sleep(Duration::from_millis(100)).await;
-                }
-                Err(err) => return Err(err.context("restarting the server")),
-            }
-        };
-        *self = next;
-        Ok(killed.elapsed())
-    }
-
-    /// SIGTERM, and wait for a graceful stop.
-    async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(pid) = self.child.id() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()
-                .await;
-        }
-        let status = timeout(Duration::from_secs(30), self.child.wait())
-            .await
-            .context("the server did not stop within 30 s of SIGTERM")??;
-        anyhow::ensure!(status.success(), "the server stopped with {status}");
-        Ok(())
-    }
-}
+use crate::server_process::ServerProcess;
 
 /// An agent process.
 struct AgentProcess {
@@ -139,7 +45,7 @@ pub(super) async fn run(args: &DemoArgs, url: Option<String>) -> anyhow::Result<
     };
     let url = match (&url, &server) {
         (Some(url), _) => url.clone(),
-        (None, Some(server)) => server.url.clone(),
+        (None, Some(server)) => server.url().to_owned(),
         (None, None) => unreachable!("a server was started"),
     };
     eprintln!(
