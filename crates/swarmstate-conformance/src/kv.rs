@@ -77,7 +77,10 @@ pub async fn current_revision_is_the_last_change(store: Arc<dyn StateStore>) {
     let before = store.current_revision().await.unwrap();
     let a = key("rev.a");
     let put = store.set(&a, "1").await.unwrap();
-    assert!(before.is_none_or(|before| before < put), "{before:?} then {put:?}");
+    assert!(
+        before.is_none_or(|before| before < put),
+        "{before:?} then {put:?}"
+    );
     let after_put = store.current_revision().await.unwrap().expect("written");
     assert!(after_put >= put, "{after_put:?} after a put at {put:?}");
     let other = store.set(&key("rev.b"), "2").await.unwrap();
@@ -85,7 +88,11 @@ pub async fn current_revision_is_the_last_change(store: Arc<dyn StateStore>) {
     expect_err(store.create(&a, "again").await, "a create of a present key");
     let after_refusal = store.current_revision().await.unwrap().expect("written");
     assert!(after_refusal >= other);
-    let deleted = store.delete(&a, None).await.unwrap().expect("a was present");
+    let deleted = store
+        .delete(&a, None)
+        .await
+        .unwrap()
+        .expect("a was present");
     assert!(deleted > after_refusal);
     let last = store.current_revision().await.unwrap().expect("written");
     assert!(last >= deleted, "{last:?} after a delete at {deleted:?}");

@@ -134,8 +134,12 @@ async fn the_holes_concurrent_reads_leave_do_not_lag_a_watcher() {
         .expect("store connects");
     let watched = Key::new("reads.watched").unwrap();
     store.set(&watched, "0").await.unwrap();
-    // Readers on one client share its barrier slots, so barriers replace each other as fast as
-    // the server commits them, while a writer's changes are interleaved with them.
+    // Readers on one client share its barrier slots, so barriers replace each other while a
+    // writer's changes are interleaved with them. Each barrier lists the last 128 of its slot,
+    // so a watcher whose consumer starts more than 128 barriers of one slot late lags, as it
+    // must (it cannot tell those holes from changes); the readers pause 5 ms between reads so
+    // that a slot takes at least 640 ms to get there, far longer than a consumer takes to
+    // start even on a loaded machine, while the reads still interleave with every write.
     let stop = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = (0..16)
         .map(|_| {
@@ -145,6 +149,7 @@ async fn the_holes_concurrent_reads_leave_do_not_lag_a_watcher() {
                 while !stop.load(Ordering::Acquire) {
                     store.get(&key).await.expect("a read on a healthy server");
                     reads += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
                 reads
             })
