@@ -163,6 +163,22 @@ fn main() {
     for store in [&local, &http] {
         client_runtime.block_on(rate(store.clone(), Op::Put, 16, KEYS));
     }
+    // `--profile get|put`: only that operation through HTTP at 1 in flight, for `perf`.
+    if let Some(op) = std::env::args().skip_while(|arg| arg != "--profile").nth(1) {
+        let (op, n) = match op.as_str() {
+            "put" => (Op::Put, 20_000),
+            _ => (Op::Get, 100_000),
+        };
+        let started = Instant::now();
+        let per_second = client_runtime.block_on(rate(http.clone(), op, 1, n));
+        println!(
+            "{} × {n} through HTTP: {per_second:.0}/s, {:.1} µs each, {:.1} s",
+            op.name(),
+            1e6 / per_second,
+            started.elapsed().as_secs_f64()
+        );
+        return;
+    }
 
     let mut rows: Vec<Row> = [Op::Put, Op::Get, Op::LockCycle]
         .into_iter()
