@@ -295,7 +295,7 @@ impl Inner {
 }
 
 /// The error of a response that is not a success.
-async fn failure(operation: &str, effect: Effect, response: Response) -> Error {
+pub(crate) async fn failure(operation: &str, effect: Effect, response: Response) -> Error {
     let status = response.status();
     let is_problem = response
         .headers()

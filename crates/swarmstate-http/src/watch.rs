@@ -5,14 +5,13 @@ use std::time::Duration;
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
-use reqwest::StatusCode;
 use tokio::time::{Instant, sleep, timeout};
 
 use swarmstate_core::backend::{FeedEnded, WatchFeed, watch_feed};
 use swarmstate_core::{Error, Pattern, Result, Revision, WatchEvent, WatchStart, WatchStream};
 
-use crate::client::Inner;
-use crate::wire::{self, PROBLEM_JSON, Problem, ReadEvent, read_event};
+use crate::client::{Effect, Inner, failure};
+use crate::wire::{ReadEvent, read_event};
 
 /// The header in which a watch response names the server process it came from.
 pub const INSTANCE: &str = "swarmstate-instance";
@@ -263,23 +262,5 @@ async fn connect(inner: &Inner, pattern: &Pattern, start: WatchStart) -> Result<
     if response.status().is_success() {
         return Ok(response);
     }
-    let status = response.status();
-    let is_problem = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .is_some_and(|value| value.starts_with(PROBLEM_JSON));
-    let body = response.bytes().await.unwrap_or_default();
-    if is_problem && let Ok(problem) = serde_json::from_slice::<Problem>(&body) {
-        return Err(problem.into_error());
-    }
-    let message = format!(
-        "{operation}: the server answered {status}: {}",
-        String::from_utf8_lossy(&body)
-    );
-    Err(if status == StatusCode::SERVICE_UNAVAILABLE {
-        Error::Unavailable { message }
-    } else {
-        wire::remote(message)
-    })
+    Err(failure(&operation, Effect::Reads, response).await)
 }

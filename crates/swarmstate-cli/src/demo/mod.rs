@@ -288,40 +288,15 @@ async fn run_tasks(args: &DemoArgs, url: &str) -> anyhow::Result<Report> {
         });
     }
 
-    let progress = Progress::new();
+    let mut watching = Watching::new(&swarm, &results, args, started, Duration::from_secs(50));
     let mut killed: Vec<String> = Vec::new();
-    let deadline = started + Duration::from_secs(50);
-    for tick in 0u64.. {
-        let done = results.current().len();
-        if tick % 5 == 0 || done >= args.items {
-            let leader = swarm.election.leader().await.ok().flatten();
-            progress.show(
-                started,
-                done,
-                args.items,
-                args.agents - killed.len(),
-                &leader,
-            );
-        }
-        if done >= args.items {
-            break;
-        }
-        if killed.is_empty() && swarm.halfway.load(Ordering::Acquire) {
-            killed = kill_halfway(&swarm, &mut agents, args.kill).await?;
-            progress.note(&format!("killed {}", killed.join(", ")));
-        }
-        if Instant::now() > deadline {
-            progress.finish();
-            anyhow::bail!(
-                "the swarm did not finish within 50 s ({done} of {} items done){}",
-                args.items,
-                unfinished(&swarm).await
-            );
-        }
-        sleep(Duration::from_millis(20)).await;
+    while watching.next(killed.len()).await? == Step::Halfway {
+        killed = kill_halfway(&swarm, &mut agents, args.kill).await?;
+        watching
+            .progress
+            .note(&format!("killed {}", killed.join(", ")));
     }
     swarm.done.send_replace(true);
-    progress.finish();
 
     // Let the survivors wind down: the stalled agent's late completion, the leader's resign.
     for agent in &mut agents {
@@ -342,6 +317,82 @@ async fn run_tasks(args: &DemoArgs, url: &str) -> anyhow::Result<Report> {
         checks,
         elapsed: started.elapsed(),
     })
+}
+
+/// The supervisor's view of a run: the results as the store holds them, shown as progress.
+struct Watching<'a> {
+    swarm: &'a Swarm,
+    results: &'a ConfigWatch<String>,
+    progress: Progress,
+    started: Instant,
+    deadline: Instant,
+    limit: Duration,
+    agents: usize,
+    tick: u64,
+    halfway_seen: bool,
+}
+
+/// Where a run got to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// Half the items are done (once per run): time to kill.
+    Halfway,
+    /// Every item is done.
+    Done,
+}
+
+impl<'a> Watching<'a> {
+    fn new(
+        swarm: &'a Swarm,
+        results: &'a ConfigWatch<String>,
+        args: &DemoArgs,
+        started: Instant,
+        limit: Duration,
+    ) -> Watching<'a> {
+        Watching {
+            swarm,
+            results,
+            progress: Progress::new(),
+            started,
+            deadline: started + limit,
+            limit,
+            agents: args.agents,
+            tick: 0,
+            halfway_seen: false,
+        }
+    }
+
+    /// Waits, showing progress, until halfway (the first time) or done; an error past the
+    /// run's time limit, listing what is unfinished. `killed`: how many agents are dead.
+    async fn next(&mut self, killed: usize) -> anyhow::Result<Step> {
+        let items = self.swarm.items;
+        loop {
+            let done = self.results.current().len();
+            if self.tick.is_multiple_of(5) || done >= items {
+                let leader = self.swarm.election.leader().await.ok().flatten();
+                self.progress
+                    .show(self.started, done, items, self.agents - killed, &leader);
+            }
+            self.tick += 1;
+            if done >= items {
+                self.progress.finish();
+                return Ok(Step::Done);
+            }
+            if !self.halfway_seen && self.swarm.halfway.load(Ordering::Acquire) {
+                self.halfway_seen = true;
+                return Ok(Step::Halfway);
+            }
+            if Instant::now() > self.deadline {
+                self.progress.finish();
+                anyhow::bail!(
+                    "the swarm did not finish within {:?} ({done} of {items} items done){}",
+                    self.limit,
+                    unfinished(self.swarm).await
+                );
+            }
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 fn agent_name(n: usize) -> String {

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,8 +18,8 @@ use tokio::time::{Instant, sleep, timeout};
 use super::agent::Line;
 use super::invariants::{Restart, check_invariants};
 use super::{
-    DemoArgs, Progress, RETRY, Report, Sink, Swarm, agent_name, choose_victims, decode, lease_for,
-    new_swarm, replay_dead_leaders_write, run_prefix, transient, unfinished,
+    DemoArgs, RETRY, Report, Sink, Step, Swarm, Watching, agent_name, choose_victims, decode,
+    lease_for, new_swarm, replay_dead_leaders_write, run_prefix, transient,
 };
 use crate::open::open_store;
 use crate::server_process::ServerProcess;
@@ -82,48 +81,23 @@ pub(super) async fn run(args: &DemoArgs, url: Option<String>) -> anyhow::Result<
         )?);
     }
 
-    let progress = Progress::new();
+    let mut watching = Watching::new(&swarm, &results, args, started, Duration::from_secs(60));
     let mut killed: Vec<String> = Vec::new();
     let mut restart = None;
-    let deadline = started + Duration::from_secs(60);
-    for tick in 0u64.. {
-        let done = results.current().len();
-        if tick % 5 == 0 || done >= args.items {
-            let leader = swarm.election.leader().await.ok().flatten();
-            progress.show(
-                started,
-                done,
-                args.items,
-                args.agents - killed.len(),
-                &leader,
-            );
+    while watching.next(killed.len()).await? == Step::Halfway {
+        killed = kill_halfway(&swarm, &mut agents, args.kill).await?;
+        watching
+            .progress
+            .note(&format!("killed {} (SIGKILL)", killed.join(", ")));
+        if let Some(server) = &mut server {
+            let acknowledged = restart_server(&swarm, server).await?;
+            watching.progress.note(&format!(
+                "killed the server (SIGKILL) and restarted it on the same data in {} ms",
+                acknowledged.downtime.as_millis()
+            ));
+            restart = Some(acknowledged);
         }
-        if done >= args.items {
-            break;
-        }
-        if killed.is_empty() && swarm.halfway.load(Ordering::Acquire) {
-            killed = kill_halfway(&swarm, &mut agents, args.kill).await?;
-            progress.note(&format!("killed {} (SIGKILL)", killed.join(", ")));
-            if let Some(server) = &mut server {
-                let acknowledged = restart_server(&swarm, server).await?;
-                progress.note(&format!(
-                    "killed the server (SIGKILL) and restarted it on the same data in {} ms",
-                    acknowledged.downtime.as_millis()
-                ));
-                restart = Some(acknowledged);
-            }
-        }
-        if Instant::now() > deadline {
-            progress.finish();
-            anyhow::bail!(
-                "the swarm did not finish within 60 s ({done} of {} items done){}",
-                args.items,
-                unfinished(&swarm).await
-            );
-        }
-        sleep(Duration::from_millis(20)).await;
     }
-    progress.finish();
 
     // Done: the end of their stdin tells the agents; each winds down and reports its view.
     for agent in &mut agents {
