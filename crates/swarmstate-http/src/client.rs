@@ -86,8 +86,9 @@ impl HttpStoreBuilder {
         self
     }
 
-    /// How many events a watcher may have buffered before it is lagged (default: the
-    /// server's store's buffer).
+    /// How many events a watcher may have buffered in this client before it is lagged
+    /// (default: the server's store's buffer, at least 64). The server's store lags a watch
+    /// that falls behind its own buffer too, and the client passes that on.
     pub fn watch_buffer(mut self, events: usize) -> HttpStoreBuilder {
         self.watch_buffer = Some(events.max(1));
         self
@@ -130,9 +131,14 @@ impl HttpStoreBuilder {
             backend: "http",
             ttl_granularity: Duration::from_millis(status.capabilities.ttl_granularity_ms),
             max_value_size: status.capabilities.max_value_size,
-            watch_buffer: self
-                .watch_buffer
-                .unwrap_or(status.capabilities.watch_buffer),
+            // Events reach the client in bursts (one read of the socket can hold many), so a
+            // buffer smaller than the default would lag a watcher that keeps up.
+            watch_buffer: self.watch_buffer.unwrap_or(
+                status
+                    .capabilities
+                    .watch_buffer
+                    .max(swarmstate_core::DEFAULT_WATCH_BUFFER),
+            ),
             durable: status.capabilities.durable,
             replays_overwritten: status.capabilities.replays_overwritten,
         };
