@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
+use swarmstate_nats_local::all_threads_stopped;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep, timeout};
@@ -109,10 +110,7 @@ impl ServerProcess {
         let next = loop {
             match ServerProcess::start(&self.dir, self.port).await {
                 Ok(next) => break next,
-                Err(err) if Instant::now() < deadline => {
-                    let _ = err;
-                    sleep(Duration::from_millis(100)).await;
-                }
+                Err(_) if Instant::now() < deadline => sleep(Duration::from_millis(100)).await,
                 Err(err) => return Err(err.context("restarting the server")),
             }
         };
@@ -152,15 +150,11 @@ impl ServerProcess {
         if self.paused {
             self.resume().await?;
         }
-        let Some(mut child) = self.child.take() else {
+        if self.child.is_none() {
             return Ok(());
-        };
-        if let Some(pid) = child.id() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status()
-                .await;
         }
+        self.signal("TERM").await?;
+        let mut child = self.child.take().expect("checked above");
         let status = timeout(Duration::from_secs(30), child.wait())
             .await
             .context("the server did not stop within 30 s of SIGTERM")??;
@@ -186,22 +180,4 @@ impl ServerProcess {
         anyhow::ensure!(status.success(), "kill -{signal} {pid} failed: {status}");
         Ok(pid)
     }
-}
-
-/// Whether every thread of process `pid` is stopped (state `T` or `t` in its `stat`).
-fn all_threads_stopped(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks.flatten().all(|task| {
-        match std::fs::read_to_string(task.path().join("stat")) {
-            // The state follows the command name, which is in parentheses and may hold any
-            // character: look after the last `)`.
-            Ok(stat) => stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.trim_start().chars().next())
-                .is_some_and(|state| state == 'T' || state == 't'),
-            Err(_) => true,
-        }
-    })
 }

@@ -43,4 +43,4 @@ mod server;
 
 pub use binary::{MINIMUM_SERVER_VERSION, SERVER_ENV, nats_server_binary, require_server};
 pub use cluster::NatsCluster;
-pub use server::NatsServer;
+pub use server::{NatsServer, all_threads_stopped};

@@ -456,7 +456,10 @@ fn quote(text: &str) -> String {
 
 /// Whether every thread of process `pid` is stopped (state `T` or `t` in
 /// `/proc/<pid>/task/<tid>/stat`). A thread that is gone counts as stopped.
-fn all_threads_stopped(pid: u32) -> bool {
+///
+/// The kernel delivers SIGSTOP after `kill` returns, so a fault that freezes a process waits
+/// on this before it counts the process as frozen; any process, not only a nats-server.
+pub fn all_threads_stopped(pid: u32) -> bool {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return false;
     };

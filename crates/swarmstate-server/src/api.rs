@@ -152,7 +152,7 @@ async fn put_kv(
     let limit = state.store.capabilities().max_value_size;
     let value = match input::body(&headers, body, limit).await? {
         Ok(value) => value,
-        Err(TooLarge::Size(size)) => {
+        Err(TooLarge(size)) => {
             return Err(Error::ValueTooLarge { key, size, limit }.into());
         }
     };
@@ -336,7 +336,7 @@ async fn txn(
     input::no_idempotency_key(&headers, "a transaction")?;
     let bytes = match input::body(&headers, body, state.max_txn_body).await? {
         Ok(bytes) => bytes,
-        Err(TooLarge::Size(size)) => {
+        Err(TooLarge(size)) => {
             return Err(ApiError::bad(format!(
                 "a transaction body is at most {} bytes, got at least {size}",
                 state.max_txn_body

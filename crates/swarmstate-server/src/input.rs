@@ -115,11 +115,8 @@ pub(crate) fn no_idempotency_key(headers: &HeaderMap, what: &str) -> Result<(), 
     Ok(())
 }
 
-/// Why a body was refused.
-pub(crate) enum TooLarge {
-    /// At least this many bytes were announced or sent.
-    Size(usize),
-}
+/// A body refused for its size: at least this many bytes were announced or sent.
+pub(crate) struct TooLarge(pub(crate) usize);
 
 /// Reads the body, refusing it as soon as it is known to exceed `limit` bytes: at once from
 /// `Content-Length`, otherwise when the bytes received pass it.
@@ -134,7 +131,7 @@ pub(crate) async fn body(
             .parse()
             .map_err(|_| ApiError::bad("Content-Length is not a number"))?;
         if length > limit {
-            return Ok(Err(TooLarge::Size(length)));
+            return Ok(Err(TooLarge(length)));
         }
     }
     let mut body = body;
@@ -149,7 +146,7 @@ pub(crate) async fn body(
         if let Ok(data) = frame.into_data() {
             bytes.extend_from_slice(&data);
             if bytes.len() > limit {
-                return Ok(Err(TooLarge::Size(bytes.len())));
+                return Ok(Err(TooLarge(bytes.len())));
             }
         }
     }

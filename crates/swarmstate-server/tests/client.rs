@@ -191,15 +191,26 @@ async fn a_start_older_than_the_history_is_compacted() {
     );
 }
 
-/// A server that answers `/v1/status` like a real one (copied from `real`), and then reads
-/// each request whole and closes the connection without an answer.
-async fn silent_server(real: &str) -> String {
+/// The whole HTTP answer a real server at `real` gives to `GET /v1/status`, closing the
+/// connection after it (so a client opens a new one for its next request).
+async fn status_answer(real: &str) -> String {
     let status = reqwest::get(format!("{real}/v1/status"))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\
+         content-length: {}\r\n\r\n{status}",
+        status.len()
+    )
+}
+
+/// A server that answers `/v1/status` like a real one (copied from `real`), and then reads
+/// each request whole and closes the connection without an answer.
+async fn silent_server(real: &str) -> String {
+    let status = status_answer(real).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -216,11 +227,7 @@ async fn silent_server(real: &str) -> String {
                     }
                 }
                 if request.starts_with(b"GET /v1/status") {
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{status}",
-                        status.len()
-                    );
-                    let _ = stream.write_all(answer.as_bytes()).await;
+                    let _ = stream.write_all(status.as_bytes()).await;
                 }
                 // Anything else: the request arrived, and no answer ever comes.
             });
@@ -252,12 +259,7 @@ async fn a_server_that_does_not_answer_in_time_leaves_a_write_ambiguous() {
     // Accepts connections and never reads them: the request times out after it was sent.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let real = support::serve_memory().await;
-    let status = reqwest::get(format!("{}/v1/status", real.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let status = status_answer(&real.url).await;
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
         let mut held = Vec::new();
@@ -265,11 +267,7 @@ async fn a_server_that_does_not_answer_in_time_leaves_a_write_ambiguous() {
         let (mut first, _) = listener.accept().await.unwrap();
         let mut buffer = [0u8; 4096];
         let _ = first.read(&mut buffer).await;
-        let answer = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{status}",
-            status.len()
-        );
-        first.write_all(answer.as_bytes()).await.unwrap();
+        first.write_all(status.as_bytes()).await.unwrap();
         drop(first);
         loop {
             let (stream, _) = listener.accept().await.unwrap();
@@ -306,6 +304,16 @@ struct Failing {
     error: std::sync::Mutex<Option<Error>>,
 }
 
+impl Failing {
+    fn error(&self) -> Error {
+        self.error
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("an error to fail with")
+    }
+}
+
 #[async_trait::async_trait]
 impl StateStore for Failing {
     swarmstate_core::forward_state_store!(|s| &s.inner; capabilities, get, keys, watch, close);
@@ -316,12 +324,7 @@ impl StateStore for Failing {
         _value: bytes::Bytes,
         _options: swarmstate_core::PutOptions,
     ) -> swarmstate_core::Result<Revision> {
-        Err(self
-            .error
-            .lock()
-            .unwrap()
-            .clone()
-            .expect("an error to fail with"))
+        Err(self.error())
     }
 
     async fn delete(
@@ -329,24 +332,14 @@ impl StateStore for Failing {
         _key: &Key,
         _expected: Option<Revision>,
     ) -> swarmstate_core::Result<Option<Revision>> {
-        Err(self
-            .error
-            .lock()
-            .unwrap()
-            .clone()
-            .expect("an error to fail with"))
+        Err(self.error())
     }
 
     async fn txn(
         &self,
         _ops: Vec<swarmstate_core::TxnOp>,
     ) -> swarmstate_core::Result<Vec<swarmstate_core::TxnResult>> {
-        Err(self
-            .error
-            .lock()
-            .unwrap()
-            .clone()
-            .expect("an error to fail with"))
+        Err(self.error())
     }
 }
 

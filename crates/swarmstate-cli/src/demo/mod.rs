@@ -255,9 +255,15 @@ fn new_swarm(
     })
 }
 
-/// The demo with every agent a task of this process, on the store `url`.
-async fn run_tasks(args: &DemoArgs, url: &str) -> anyhow::Result<Report> {
-    let started = Instant::now();
+/// The supervisor's side of a run on the store `url`: the swarm (recording into its ledger)
+/// and its watch of the results.
+///
+/// Progress is what the store holds, not what agents were told: a completion can apply just
+/// as its agent is killed, and then no agent hears of it.
+async fn supervise(
+    url: &str,
+    args: &DemoArgs,
+) -> anyhow::Result<(Arc<Swarm>, ConfigWatch<String>)> {
     let store = open_store(url).await?;
     let lease = lease_for(&*store);
     let swarm = new_swarm(
@@ -268,12 +274,17 @@ async fn run_tasks(args: &DemoArgs, url: &str) -> anyhow::Result<Report> {
         lease,
         Sink::Ledger,
     );
-
-    // Progress is what the store holds, not what agents were told: a completion can apply
-    // just as its agent is killed, and then no agent hears of it.
     let results = ConfigWatch::start(swarm.store.clone(), swarm.keys.results(), decode)
         .await
         .context("starting the supervisor's watch of the results")?;
+    Ok((swarm, results))
+}
+
+/// The demo with every agent a task of this process, on the store `url`.
+async fn run_tasks(args: &DemoArgs, url: &str) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let (swarm, results) = supervise(url, args).await?;
+    let lease = swarm.lease;
     let mut agents = Vec::with_capacity(args.agents);
     for n in 0..args.agents {
         let name = agent_name(n);

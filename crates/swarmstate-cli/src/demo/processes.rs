@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use swarmstate::config::ConfigWatch;
 use swarmstate::{Key, PutOptions, StateStore};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -18,10 +17,9 @@ use tokio::time::{Instant, sleep, timeout};
 use super::agent::Line;
 use super::invariants::{Restart, check_invariants};
 use super::{
-    DemoArgs, RETRY, Report, Sink, Step, Swarm, Watching, agent_name, choose_victims, decode,
-    lease_for, new_swarm, replay_dead_leaders_write, run_prefix, transient,
+    DemoArgs, RETRY, Report, Step, Swarm, Watching, agent_name, choose_victims,
+    replay_dead_leaders_write, supervise, transient,
 };
-use crate::open::open_store;
 use crate::server_process::ServerProcess;
 
 /// An agent process.
@@ -34,18 +32,18 @@ struct AgentProcess {
 /// Runs the demo with agents as processes. `url`: a server the user runs; `None`: start one.
 pub(super) async fn run(args: &DemoArgs, url: Option<String>) -> anyhow::Result<Report> {
     let started = Instant::now();
+    // The data of the server started here lives as long as the run.
     let dir = tempfile::Builder::new()
         .prefix("swarmstate-demo-")
         .tempdir()
         .context("making a temporary directory for the server's data")?;
-    let mut server = match &url {
-        Some(_) => None,
-        None => Some(ServerProcess::start(dir.path(), 0).await?),
-    };
-    let url = match (&url, &server) {
-        (Some(url), _) => url.clone(),
-        (None, Some(server)) => server.url().to_owned(),
-        (None, None) => unreachable!("a server was started"),
+    let (mut server, url) = match url {
+        Some(url) => (None, url),
+        None => {
+            let server = ServerProcess::start(dir.path(), 0).await?;
+            let url = server.url().to_owned();
+            (Some(server), url)
+        }
     };
     eprintln!(
         "swarmstate demo: {} agent processes on {url}{}",
@@ -56,19 +54,8 @@ pub(super) async fn run(args: &DemoArgs, url: Option<String>) -> anyhow::Result<
             ""
         }
     );
-    let store = open_store(&url).await?;
-    let lease = lease_for(&*store);
-    let swarm = new_swarm(
-        store,
-        run_prefix(),
-        args.items,
-        args.work,
-        lease,
-        Sink::Ledger,
-    );
-    let results = ConfigWatch::start(swarm.store.clone(), swarm.keys.results(), decode)
-        .await
-        .context("starting the supervisor's watch of the results")?;
+    let (swarm, results) = supervise(&url, args).await?;
+    let lease = swarm.lease;
     let views: Arc<Mutex<BTreeMap<String, BTreeMap<String, String>>>> = Arc::default();
     let mut agents = Vec::with_capacity(args.agents);
     for n in 0..args.agents {
