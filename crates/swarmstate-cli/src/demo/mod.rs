@@ -587,7 +587,27 @@ async fn work(swarm: &Swarm, name: &str) -> anyhow::Result<()> {
         let item = claim.id.clone();
         let result = vec![TxnOp::put(&swarm.keys.result(&item), name.to_owned())];
         let by = name.to_owned();
-        match swarm.queue.complete_with(claim, result).await {
+        let mut outcome = swarm
+            .queue
+            .complete_with(claim.clone(), result.clone())
+            .await;
+        if stall {
+            // A stalled completion cannot apply (its lease ran out), so when the server went
+            // away under it (its first write after a restart), asking again tells the truth.
+            let deadline = Instant::now() + swarm.lease * 5;
+            while matches!(
+                outcome,
+                Err(Error::Ambiguous { .. } | Error::Unavailable { .. })
+            ) && Instant::now() < deadline
+            {
+                sleep(RETRY).await;
+                outcome = swarm
+                    .queue
+                    .complete_with(claim.clone(), result.clone())
+                    .await;
+            }
+        }
+        match outcome {
             Ok(_) => {
                 if stall {
                     swarm.record(Record::Stale {
