@@ -20,7 +20,9 @@ use futures::stream::BoxStream;
 use swarmstate_core::{Entry, Error, Key, Result, Revision, StateStore, TxnOp, TxnResult};
 
 use crate::follow::KeyFollower;
-use crate::lock::{FencingToken, KeepAlive, acquire_waiting, validate_lock_input};
+use crate::lock::{
+    FencingToken, KeepAlive, LockGuard, LockHandle, acquire_waiting, validate_lock_input,
+};
 
 /// One election: the leader key `name` in a store.
 ///
@@ -95,6 +97,65 @@ impl Election {
         ttl: Duration,
         wait: Duration,
     ) -> Result<Leadership> {
+        let guard = self.campaign_held(candidate, ttl, wait).await?;
+        let term = guard.token();
+        Ok(Leadership {
+            kept: guard.keep_alive(),
+            candidate: candidate.to_owned(),
+            term,
+        })
+    }
+
+    /// Campaigns as [`campaign`](Election::campaign) does, and returns the leadership as a
+    /// handle without keeping it alive: for a caller that refreshes it itself, through
+    /// [`resume`](Election::resume), at least once within each `ttl`. The handle's `owner` is
+    /// the candidate and its `token` is the term.
+    ///
+    /// Errors: as [`campaign`](Election::campaign).
+    pub async fn campaign_handle(
+        &self,
+        candidate: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<LockHandle> {
+        Ok(self
+            .campaign_held(candidate, ttl, wait)
+            .await?
+            .into_handle()
+            .await)
+    }
+
+    /// A guard of the leadership `handle` names (from [`campaign_handle`]), whose refresh
+    /// records the term in the leader key as [`campaign`](Election::campaign)'s keep-alive
+    /// does, and whose fenced writes and release apply only while that leadership holds. As
+    /// with [`LockGuard::from_handle`], dropping the guard resigns in the background; turn it
+    /// back into a handle with [`LockGuard::into_handle`] to stay leader.
+    ///
+    /// Errors: [`Error::InvalidInput`] for a handle of another election's key, an empty
+    /// candidate, a TTL out of range or a revision below the term.
+    ///
+    /// [`campaign_handle`]: Election::campaign_handle
+    pub fn resume(&self, handle: &LockHandle) -> Result<LockGuard> {
+        if handle.key != self.name {
+            return Err(Error::InvalidInput {
+                message: format!(
+                    "a leadership of {} is not one of election {}",
+                    handle.key, self.name
+                ),
+            });
+        }
+        let value = leader_value(handle.token.get(), &handle.owner);
+        LockGuard::resumed(&self.store, handle, value)
+    }
+
+    /// The leader lock, won and not yet kept alive, its value set to record the term on the
+    /// first refresh.
+    async fn campaign_held(
+        &self,
+        candidate: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<LockGuard> {
         validate_lock_input(candidate, ttl)?;
         let value = leader_value(0, candidate);
         let mut guard =
@@ -119,11 +180,7 @@ impl Election {
             };
         let term = guard.token();
         guard.set_value(leader_value(term.get(), candidate));
-        Ok(Leadership {
-            kept: guard.keep_alive(),
-            candidate: candidate.to_owned(),
-            term,
-        })
+        Ok(guard)
     }
 
     /// The current leader and its term, or `None` when there is none. Linearizable, as

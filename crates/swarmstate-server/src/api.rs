@@ -16,11 +16,11 @@ use tokio::sync::watch;
 
 use swarmstate_core::{
     Error, Key, Pattern, PutMode, PutOptions, Revision, StateStore, StateStoreExt, TxnOp,
-    WatchEvent, WatchStart,
+    TxnResult, WatchEvent, WatchStart,
 };
 use swarmstate_http::wire::{
     DEFAULT_PAGE, EXPIRES_IN, EntriesPage, IDEMPOTENCY_KEY, KeysPage, MAX_PAGE, Status, TxnAnswer,
-    TxnRequest, WireCapabilities, WireEntry, WireResult, WriteAnswer, etag, json, millis,
+    TxnRequest, WireCapabilities, WireEntry, WireOp, WireResult, WriteAnswer, etag, json, millis,
     parse_ttl,
 };
 
@@ -69,6 +69,7 @@ pub(crate) fn router(state: AppState) -> Router {
             get(openapi).fallback(method_not_allowed),
         )
         .route("/healthz", get(healthz).fallback(method_not_allowed))
+        .merge(crate::recipes::routes())
         .fallback(no_route)
         .with_state(state)
 }
@@ -81,7 +82,7 @@ async fn no_route(uri: axum::http::Uri) -> ApiError {
     .with_status(StatusCode::NOT_FOUND)
 }
 
-async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+pub(crate) async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
     ApiError::bad(format!("{} does not take {method}", uri.path()))
         .with_status(StatusCode::METHOD_NOT_ALLOWED)
 }
@@ -89,7 +90,7 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 /// A route that takes no query parameters.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NoParams {}
+pub(crate) struct NoParams {}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -349,15 +350,7 @@ async fn txn(
             "the transaction is not valid JSON of the expected shape: {err}"
         ))
     })?;
-    let ops: Vec<TxnOp> = request
-        .ops
-        .into_iter()
-        .enumerate()
-        .map(|(index, op)| {
-            op.into_op(index)
-                .map_err(|err| ApiError::from(err).at_index(index))
-        })
-        .collect::<Result<_, _>>()?;
+    let ops = txn_ops(request.ops)?;
     // The shape every backend checks (1 to MAX_TXN_OPS operations, each key once, values
     // within the limit), checked here first, so that a malformed transaction never reaches
     // the store.
@@ -366,6 +359,26 @@ async fn txn(
         Ok(()) => state.store.txn(ops.clone()).await,
         Err(err) => Err(err),
     };
+    txn_answer(outcome, &ops)
+}
+
+/// A transaction's operations from the wire; a malformed one is 400 naming its index.
+pub(crate) fn txn_ops(ops: Vec<WireOp>) -> Result<Vec<TxnOp>, ApiError> {
+    ops.into_iter()
+        .enumerate()
+        .map(|(index, op)| {
+            op.into_op(index)
+                .map_err(|err| ApiError::from(err).at_index(index))
+        })
+        .collect()
+}
+
+/// The answer to a transaction of `ops`: its results, or its error with the index of the
+/// operation it names, a failed condition being 409.
+pub(crate) fn txn_answer(
+    outcome: Result<Vec<TxnResult>, Error>,
+    ops: &[TxnOp],
+) -> Result<Response, ApiError> {
     match outcome {
         Ok(results) => Ok(json_response(
             StatusCode::OK,

@@ -50,6 +50,7 @@ use swarmstate_core::StateStore;
 mod api;
 mod input;
 mod problem;
+mod recipes;
 mod watch;
 
 /// The address `swarmstate serve` listens on by default.

@@ -14,6 +14,27 @@ use swarmstate_core::{
 
 use super::fencing::FencingToken;
 
+/// A held lock as plain data: who holds which lock, with which token, and the lock key's
+/// revision as of the holder's last write. See [`LockGuard::into_handle`] and
+/// [`LockGuard::from_handle`].
+///
+/// A handle names one holding: a later holder of the same key has a greater token, and every
+/// refresh gives a greater revision, so a handle that is not the newest one of the current
+/// holding never passes a fenced write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockHandle {
+    /// The lock key.
+    pub key: Key,
+    /// The holder's name, which is the lock key's value.
+    pub owner: String,
+    /// How long the lock lives after each acquisition or refresh.
+    pub ttl: Duration,
+    /// The fencing token: the revision at which the lock was acquired.
+    pub token: FencingToken,
+    /// The lock key's revision as of the holder's last write to it.
+    pub revision: Revision,
+}
+
 /// A held lock.
 ///
 /// Prefer [`release`](LockGuard::release), which reports whether the lock was still ours.
@@ -70,6 +91,72 @@ impl LockGuard {
     }
 
     /// Sets what later refreshes write to the lock key.
+    /// A guard for a holding known only by its handle, for a process that acts for a holder
+    /// it does not keep in memory (a server answering stateless requests). Its refresh writes
+    /// the owner name, as [`acquire_lock`](super::acquire_lock) does. Nothing is read or written
+    /// here: whether the handle is still the holding shows on the guard's first write, which
+    /// is [`Error::LockLost`] if it is not.
+    ///
+    /// The guard is as any other: dropping it releases the lock in the background. Turn it back
+    /// into a handle with [`into_handle`](LockGuard::into_handle) to leave the lock held.
+    ///
+    /// Errors: [`Error::InvalidInput`] for an empty owner, a TTL out of range, or a revision
+    /// below the token (no holding has one).
+    pub fn from_handle(store: &Arc<dyn StateStore>, handle: &LockHandle) -> Result<LockGuard> {
+        let value = Bytes::from(handle.owner.clone());
+        LockGuard::resumed(store, handle, value)
+    }
+
+    /// [`from_handle`](LockGuard::from_handle) with the value a recipe writes on refresh.
+    pub(crate) fn resumed(
+        store: &Arc<dyn StateStore>,
+        handle: &LockHandle,
+        value: Bytes,
+    ) -> Result<LockGuard> {
+        super::validate_lock_input(&handle.owner, handle.ttl)?;
+        if handle.revision < handle.token.0 {
+            return Err(Error::InvalidInput {
+                message: format!(
+                    "lock {} handle: revision {} is below its token {}, which no holding has",
+                    handle.key, handle.revision, handle.token
+                ),
+            });
+        }
+        let mut guard = LockGuard::new(
+            store,
+            &handle.key,
+            &handle.owner,
+            value,
+            handle.ttl,
+            handle.token.0,
+        );
+        *guard.revision.get_mut().unwrap_or_else(|e| e.into_inner()) = handle.revision;
+        Ok(guard)
+    }
+
+    /// The lock key's revision as of this guard's last write to it (the token until the first
+    /// refresh).
+    pub fn revision(&self) -> Revision {
+        self.current()
+    }
+
+    /// This holding as plain data, leaving the lock held: nothing is released, and the lock
+    /// expires after its TTL unless a guard made again with
+    /// [`from_handle`](LockGuard::from_handle) refreshes or releases it. Waits until the
+    /// waiter's ticket of a blocking acquire is removed, so the handle is returned with nothing
+    /// else of the acquisition left behind.
+    pub async fn into_handle(self) -> LockHandle {
+        self.finished.store(true, Ordering::Relaxed);
+        self.ticket_removed().await;
+        LockHandle {
+            key: self.key.clone(),
+            owner: self.owner.clone(),
+            ttl: self.ttl,
+            token: self.token,
+            revision: self.current(),
+        }
+    }
+
     pub(crate) fn set_value(&mut self, value: Bytes) {
         self.value = value;
     }

@@ -29,7 +29,7 @@ mod watch;
 
 pub use acquire::acquire_lock;
 pub use fencing::{FenceGate, FencingToken, StaleToken};
-pub use guard::LockGuard;
+pub use guard::{LockGuard, LockHandle};
 pub use keep_alive::KeepAlive;
 pub use wait::{LOCK_WAITERS_TOKEN, MAX_TICKET_TTL, acquire_lock_wait, lock_waiters_prefix};
 

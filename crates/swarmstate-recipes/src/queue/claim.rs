@@ -52,10 +52,83 @@ pub struct Claim {
     pub(super) lease_revision: Arc<Mutex<Revision>>,
 }
 
+/// A claim as plain data, without its payload: what a process that does not keep the
+/// [`Claim`] in memory (a server answering stateless requests) needs to act for the worker.
+/// See [`Claim::handle`] and [`Claim::from_handle`].
+///
+/// A handle names one claim: a later claim of the item has a greater token and item revision,
+/// and every heartbeat gives a greater lease revision, so only the newest handle of the current
+/// claim passes a heartbeat, completion or failure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimHandle {
+    /// The queue's name.
+    pub queue: Key,
+    /// The item's id.
+    pub id: String,
+    /// The worker holding the claim.
+    pub worker: String,
+    /// Which attempt this is, from 1.
+    pub attempt: u32,
+    /// The claim's fencing token.
+    pub token: FencingToken,
+    /// The lease each heartbeat renews.
+    pub lease: Duration,
+    /// The item record's revision as the claim wrote it.
+    pub item_revision: Revision,
+    /// The lease key's revision as of the last heartbeat (the token before the first).
+    pub lease_revision: Revision,
+}
+
 impl Claim {
     /// The lease each heartbeat renews.
     pub fn lease(&self) -> Duration {
         self.lease
+    }
+
+    /// This claim as plain data, with the lease revision of its last heartbeat.
+    pub fn handle(&self) -> ClaimHandle {
+        ClaimHandle {
+            queue: self.queue.clone(),
+            id: self.id.clone(),
+            worker: self.worker.clone(),
+            attempt: self.attempt,
+            token: self.token,
+            lease: self.lease,
+            item_revision: self.item_revision,
+            lease_revision: self.lease_revision(),
+        }
+    }
+
+    /// The claim `handle` names, carrying `payload` (which no operation on a claim reads).
+    /// Nothing is read or written here: whether it is still the current claim shows on the
+    /// first heartbeat, completion or failure, which is [`Error::LockLost`] if it is not.
+    ///
+    /// Errors: [`Error::InvalidInput`] for an invalid worker name, a lease out of range, an
+    /// attempt of 0, or a lease revision below the token (which no claim has).
+    pub fn from_handle(handle: &ClaimHandle, payload: Bytes) -> Result<Claim> {
+        check_worker(&handle.worker)?;
+        validate_ttl(handle.lease)?;
+        let token = handle.token.get();
+        if handle.attempt == 0 || handle.lease_revision.get() < token {
+            return Err(Error::InvalidInput {
+                message: format!(
+                    "claim of item {} is not one a queue hands out: attempt {}, token {}, lease \
+                     revision {}",
+                    handle.id, handle.attempt, handle.token, handle.lease_revision
+                ),
+            });
+        }
+        Ok(Claim {
+            id: handle.id.clone(),
+            payload,
+            worker: handle.worker.clone(),
+            attempt: handle.attempt,
+            token: handle.token,
+            queue: handle.queue.clone(),
+            lease: handle.lease,
+            item_revision: handle.item_revision,
+            lease_revision: Arc::new(Mutex::new(handle.lease_revision)),
+        })
     }
 
     pub(super) fn lease_revision(&self) -> Revision {

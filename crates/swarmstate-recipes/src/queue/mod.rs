@@ -54,7 +54,7 @@ use bytes::Bytes;
 
 use swarmstate_core::{Condition, Error, Key, Result, StateStore, TxnOp};
 
-pub use claim::Claim;
+pub use claim::{Claim, ClaimHandle};
 pub use finish::MAX_REASON_LEN;
 pub use record::ItemState;
 pub use status::ItemStatus;

@@ -1,0 +1,188 @@
+//! Locks, elections and queues over HTTP: the library's recipes run on the server's store, so
+//! agents in any language contend with Rust agents for the same keys.
+//!
+//! The routes are stateless. Each answer is a handle (a lock, a leadership, a claim) as JSON;
+//! later requests send it back, and the recipe rebuilds the holding from it
+//! ([`LockGuard::from_handle`], [`Claim::from_handle`]). A handle that is not the current
+//! holding fails on the recipe's first write as `lock_lost`, so nothing here needs to remember
+//! who holds what, and a server restart or a second server loses nothing.
+//!
+//! A guard rebuilt from a handle releases its lock when dropped, so every handler that does not
+//! mean to release turns its guard back into a handle, whatever the outcome; a waiting acquire
+//! whose client went away drops its future, and the recipe removes its ticket and releases
+//! whatever it had just won.
+//!
+//! [`LockGuard::from_handle`]: swarmstate_recipes::lock::LockGuard::from_handle
+//! [`Claim::from_handle`]: swarmstate_recipes::queue::Claim::from_handle
+
+mod locks;
+mod queues;
+mod wire;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Path;
+use axum::extract::rejection::PathRejection;
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use serde::de::DeserializeOwned;
+
+use swarmstate_core::Key;
+use swarmstate_http::wire::parse_ttl;
+
+use crate::api::{AppState, method_not_allowed};
+use crate::input::{self, TooLarge};
+use crate::problem::ApiError;
+
+/// The longest `wait` a request may ask for: a client that needs longer asks again.
+pub(crate) const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// The longest owner or candidate name, in bytes (as a queue's worker name).
+const MAX_NAME_LEN: usize = 256;
+
+/// The routes of this module, to merge into the API's router.
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/locks/{key}",
+            get(locks::holder).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/locks/{key}/acquire",
+            post(locks::acquire).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/locks/{key}/refresh",
+            post(locks::refresh).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/locks/{key}/release",
+            post(locks::release).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/locks/{key}/txn",
+            post(locks::txn).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/elections/{name}",
+            get(locks::leader).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/elections/{name}/campaign",
+            post(locks::campaign).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/elections/{name}/refresh",
+            post(locks::refresh_leadership).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/elections/{name}/resign",
+            post(locks::resign).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/elections/{name}/txn",
+            post(locks::leadership_txn).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/elections/{name}/observe",
+            get(locks::observe).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/queues/{name}/items",
+            get(queues::list)
+                .post(queues::enqueue)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/queues/{name}/items/{id}",
+            get(queues::item).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/queues/{name}/claim",
+            post(queues::claim).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/queues/{name}/heartbeat",
+            post(queues::heartbeat).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/queues/{name}/complete",
+            post(queues::complete).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/queues/{name}/fail",
+            post(queues::fail).fallback(method_not_allowed),
+        )
+}
+
+/// The key a path names (a lock key, an election or a queue name).
+fn path_key(path: Result<Path<String>, PathRejection>) -> Result<Key, ApiError> {
+    let Path(text) = path.map_err(|err| ApiError::bad(format!("bad key in the path: {err}")))?;
+    input::key(&text)
+}
+
+/// Reads a JSON request body of shape `T` (unknown fields refused), at most `limit` bytes.
+async fn json_body<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    what: &str,
+) -> Result<T, ApiError> {
+    let bytes = match input::body(headers, body, limit).await? {
+        Ok(bytes) => bytes,
+        Err(TooLarge(size)) => {
+            return Err(ApiError::bad(format!(
+                "{what} is at most {limit} bytes, got at least {size}"
+            ))
+            .with_status(axum::http::StatusCode::PAYLOAD_TOO_LARGE));
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map_err(|err| ApiError::bad(format!("{what} is not JSON of the expected shape: {err}")))
+}
+
+/// A duration field (`ttl`, `lease`, `wait`), written as `?ttl=` is.
+fn duration(field: &str, text: &str) -> Result<Duration, ApiError> {
+    parse_ttl(text).map_err(|_| {
+        ApiError::bad(format!(
+            "{field} {text:?} is not a duration such as 30s or 500ms"
+        ))
+    })
+}
+
+/// A `wait` field: absent or zero means try once; at most [`MAX_WAIT`].
+fn wait(text: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let wait = duration("wait", text)?;
+    if wait > MAX_WAIT {
+        return Err(ApiError::bad(format!(
+            "wait {text:?} is longer than the most a request may wait ({}s); ask again instead",
+            MAX_WAIT.as_secs()
+        )));
+    }
+    Ok((!wait.is_zero()).then_some(wait))
+}
+
+/// An owner or candidate name: shown to others as the holder, so printable and short.
+fn holder_name(field: &str, name: &str) -> Result<(), ApiError> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+        return Err(ApiError::bad(format!(
+            "{field} must be 1 to {MAX_NAME_LEN} bytes without control characters, got {name:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Requires a handle's own key, when it names one, to be the path's.
+fn same_key(what: &str, named: Option<&str>, path: &Key) -> Result<(), ApiError> {
+    match named {
+        Some(named) if named != path.as_str() => Err(ApiError::bad(format!(
+            "the {what} is of {named}, but the path names {path}"
+        ))),
+        _ => Ok(()),
+    }
+}
