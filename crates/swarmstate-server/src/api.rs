@@ -82,7 +82,10 @@ async fn no_route(uri: axum::http::Uri) -> ApiError {
     .with_status(StatusCode::NOT_FOUND)
 }
 
-pub(crate) async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+pub(crate) async fn method_not_allowed(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> ApiError {
     ApiError::bad(format!("{} does not take {method}", uri.path()))
         .with_status(StatusCode::METHOD_NOT_ALLOWED)
 }
@@ -483,6 +486,23 @@ mod tests {
             "/v1/status",
             "/v1/openapi.json",
             "/healthz",
+            "/v1/locks/{key}",
+            "/v1/locks/{key}/acquire",
+            "/v1/locks/{key}/refresh",
+            "/v1/locks/{key}/release",
+            "/v1/locks/{key}/txn",
+            "/v1/elections/{name}",
+            "/v1/elections/{name}/campaign",
+            "/v1/elections/{name}/refresh",
+            "/v1/elections/{name}/resign",
+            "/v1/elections/{name}/txn",
+            "/v1/elections/{name}/observe",
+            "/v1/queues/{name}/items",
+            "/v1/queues/{name}/items/{id}",
+            "/v1/queues/{name}/claim",
+            "/v1/queues/{name}/heartbeat",
+            "/v1/queues/{name}/complete",
+            "/v1/queues/{name}/fail",
         ] {
             assert!(
                 paths.contains_key(route),
@@ -491,7 +511,7 @@ mod tests {
         }
         assert_eq!(
             paths.len(),
-            8,
+            25,
             "the document lists a route the server does not serve"
         );
     }

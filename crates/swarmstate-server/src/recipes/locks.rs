@@ -49,11 +49,7 @@ pub(super) async fn unless_shutdown<T>(
 /// Applies `ops` through `guard` (one transaction that also requires the holding), checking
 /// their shape first so a malformed transaction never reaches the store, and hands the guard
 /// back as a handle: a fenced write never releases.
-async fn fenced(
-    state: &AppState,
-    guard: LockGuard,
-    ops: Vec<TxnOp>,
-) -> Result<Response, ApiError> {
+async fn fenced(state: &AppState, guard: LockGuard, ops: Vec<TxnOp>) -> Result<Response, ApiError> {
     let max_value_size = state.store.capabilities().max_value_size;
     let outcome: StoreResult<Vec<TxnResult>> =
         match swarmstate_core::backend::validate_txn(&ops, max_value_size) {
@@ -95,7 +91,10 @@ pub(crate) async fn acquire(
         }
     };
     let handle = guard.into_handle().await;
-    Ok(json_response(StatusCode::OK, &WireLock::from_handle(&handle)))
+    Ok(json_response(
+        StatusCode::OK,
+        &WireLock::from_handle(&handle),
+    ))
 }
 
 /// The lock handle a request sends back.
@@ -121,7 +120,10 @@ pub(crate) async fn refresh(
     let handle = lock_handle(path, raw, &headers, body).await?;
     let guard = LockGuard::from_handle(&state.store, &handle)?;
     let handle = refreshed(guard).await?;
-    Ok(json_response(StatusCode::OK, &WireLock::from_handle(&handle)))
+    Ok(json_response(
+        StatusCode::OK,
+        &WireLock::from_handle(&handle),
+    ))
 }
 
 pub(crate) async fn release(
@@ -312,10 +314,7 @@ pub(crate) async fn observe(
                     let data = json(&Problem::from_error(&err));
                     (Event::default().event(event::ERROR).data(data), true)
                 }
-                None => (
-                    Event::default().event(event::SHUTDOWN).data("{}"),
-                    true,
-                ),
+                None => (Event::default().event(event::SHUTDOWN).data("{}"), true),
             };
             Some((Ok::<_, Infallible>(event), (changes, shutdown, done)))
         },

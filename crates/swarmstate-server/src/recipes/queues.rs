@@ -13,7 +13,7 @@ use swarmstate_recipes::queue::{DEFAULT_MAX_ATTEMPTS, WorkQueue};
 
 use super::locks::{SMALL_BODY, unless_shutdown};
 use super::wire::{
-    ClaimRequest, CompleteRequest, Completed, Enqueued, EnqueueRequest, FailRequest, Failed,
+    ClaimRequest, CompleteRequest, Completed, EnqueueRequest, Enqueued, FailRequest, Failed,
     WireClaim, WireItem, WireItems,
 };
 use super::{duration, json_body, path_key, wait};
@@ -189,5 +189,8 @@ pub(crate) async fn item(
         }
         .into());
     };
-    Ok(json_response(StatusCode::OK, &WireItem::from_status(&status)))
+    Ok(json_response(
+        StatusCode::OK,
+        &WireItem::from_status(&status),
+    ))
 }

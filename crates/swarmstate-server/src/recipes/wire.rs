@@ -32,7 +32,8 @@ pub(super) struct CampaignRequest {
 
 /// A revision or token from a handle: 0 is none.
 fn revision(field: &str, n: u64) -> Result<Revision, ApiError> {
-    Revision::new(n).ok_or_else(|| ApiError::bad(format!("{field} must be a revision from 1, got 0")))
+    Revision::new(n)
+        .ok_or_else(|| ApiError::bad(format!("{field} must be a revision from 1, got 0")))
 }
 
 /// A lock handle.
