@@ -231,3 +231,12 @@ def test_durations_are_sent_as_milliseconds_and_read_back() -> None:
     assert proto.duration_seconds("500ms") == 0.5
     with pytest.raises(swarmstate.InvalidInput):
         proto.duration_seconds("soon")
+
+
+def test_keys_with_dot_segments_are_written_as_given(client: swarmstate.Client, ns: str) -> None:
+    key = f"{ns}/./x"
+    client.put(key, "v")
+    assert client.get(key).value == b"v"  # type: ignore[union-attr]
+    assert client.get(f"{ns}/x") is None
+    with pytest.raises(swarmstate.InvalidKey):
+        client.put(f"{ns}/../x", "v")  # ".." is a double dot: not a key, never another key

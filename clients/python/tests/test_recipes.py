@@ -216,3 +216,24 @@ def test_a_job_keeps_its_lease_by_heartbeats_and_learns_when_it_is_lost(
                 assert job.lost.wait(timeout=20)
                 job.check()
         break
+
+
+def test_a_wait_longer_than_the_server_takes_asks_again() -> None:
+    import json
+
+    from swarmstate import _protocol as proto
+
+    plan = proto.claim("jobs", worker="w", lease=30, wait=700, max_attempts=None)
+    waits = []
+    request = next(plan)
+    for _ in range(3):
+        waits.append(json.loads(request.content)["wait"])  # type: ignore[arg-type]
+        assert request.server_wait <= proto.MAX_SERVER_WAIT
+        request = plan.send(None)  # nothing claimable yet: the plan asks again
+    plan.close()
+    assert waits[0] == "300000ms" and all(w == "300000ms" for w in waits)
+
+    acquire = proto.acquire_lock("l", ttl=5, owner="o", wait=None)
+    assert "wait" not in json.loads(next(acquire).content)  # type: ignore[arg-type]
+    with pytest.raises(swarmstate.LockHeld):
+        acquire.throw(swarmstate.LockHeld("held"))  # tried once: no wait, no retry

@@ -134,3 +134,14 @@ def test_a_watch_on_a_shutdown_server_reconnects_after_restart(make_server) -> N
         reader.join(timeout=30)
         assert events == [second]
         watch.close()
+
+
+def test_a_watch_of_a_restarted_volatile_server_ends_plainly(make_server) -> None:  # type: ignore[no-untyped-def]
+    server = make_server("memory://")
+    with swarmstate.Client(server.url, timeout=5) as c:
+        watch = c.watch("v.*").open()
+        c.put("v.a", "1")
+        assert next(watch).key == "v.a"  # type: ignore[union-attr]
+        server.restart()  # a new process: the memory store and its history are gone
+        with pytest.raises(StopIteration):
+            next(watch)

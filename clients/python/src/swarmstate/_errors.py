@@ -60,6 +60,14 @@ class SwarmstateError(Exception):
     def _field(self, name: str) -> Any:
         return self.problem.get(name)
 
+    def _int(self, name: str) -> int | None:
+        value = self.problem.get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def _str(self, name: str) -> str | None:
+        value = self.problem.get(name)
+        return value if isinstance(value, str) else None
+
     @property
     def key(self) -> str | None:
         """The key concerned (for ``invalid_key``: the offending text), if the server named one."""
@@ -99,7 +107,7 @@ class AlreadyExists(Conflict):
 
     @property
     def revision(self) -> int | None:
-        return self._field("revision")
+        return self._int("revision")
 
 
 class RevisionMismatch(Conflict):
@@ -110,11 +118,11 @@ class RevisionMismatch(Conflict):
 
     @property
     def expected(self) -> int | None:
-        return self._field("expected")
+        return self._int("expected")
 
     @property
     def actual(self) -> int | None:
-        return self._field("actual")
+        return self._int("actual")
 
 
 class InvalidKey(SwarmstateError):
@@ -136,11 +144,11 @@ class ValueTooLarge(SwarmstateError):
 
     @property
     def size(self) -> int | None:
-        return self._field("size")
+        return self._int("size")
 
     @property
     def limit(self) -> int | None:
-        return self._field("limit")
+        return self._int("limit")
 
 
 class QuotaExceeded(SwarmstateError):
@@ -150,11 +158,11 @@ class QuotaExceeded(SwarmstateError):
 
     @property
     def needed(self) -> int | None:
-        return self._field("needed")
+        return self._int("needed")
 
     @property
     def quota(self) -> int | None:
-        return self._field("quota")
+        return self._int("quota")
 
 
 class Compacted(SwarmstateError):
@@ -165,11 +173,11 @@ class Compacted(SwarmstateError):
 
     @property
     def requested(self) -> int | None:
-        return self._field("requested")
+        return self._int("requested")
 
     @property
     def oldest(self) -> int | None:
-        return self._field("oldest")
+        return self._int("oldest")
 
 
 class LockHeld(SwarmstateError):
@@ -180,11 +188,11 @@ class LockHeld(SwarmstateError):
 
     @property
     def holder(self) -> str | None:
-        return self._field("holder")
+        return self._str("holder")
 
     @property
     def expires_in_ms(self) -> int | None:
-        return self._field("expires_in_ms")
+        return self._int("expires_in_ms")
 
 
 class LockLost(SwarmstateError):
@@ -202,11 +210,11 @@ class Unsupported(SwarmstateError):
 
     @property
     def operation(self) -> str | None:
-        return self._field("operation")
+        return self._str("operation")
 
     @property
     def backend(self) -> str | None:
-        return self._field("backend")
+        return self._str("backend")
 
 
 class Unavailable(SwarmstateError):
@@ -229,7 +237,7 @@ class Ambiguous(SwarmstateError):
 
     @property
     def operation(self) -> str | None:
-        return self._field("operation")
+        return self._str("operation")
 
 
 class Corrupt(SwarmstateError):
@@ -239,7 +247,7 @@ class Corrupt(SwarmstateError):
 
     @property
     def what(self) -> str | None:
-        return self._field("what")
+        return self._str("what")
 
 
 class BackendError(SwarmstateError):

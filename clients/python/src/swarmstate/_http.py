@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
 from ._errors import Ambiguous, InvalidInput, SwarmstateError, Unavailable
 from ._protocol import Effect, Request
 
 
-def timeout_of(request_timeout: float, request: Request[object]) -> httpx.Timeout:
+def timeout_of(request_timeout: float, request: Request[Any]) -> httpx.Timeout:
     """The request's timeout: the client's, plus however long the server may hold it."""
     return httpx.Timeout(request_timeout + request.server_wait, connect=request_timeout)
 

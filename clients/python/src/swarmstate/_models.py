@@ -8,6 +8,7 @@ wherever one comes out, ``.text`` decodes it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Literal, Union
 
 __all__ = [
@@ -99,7 +100,7 @@ class Put:
 
     key: str
     value: Value
-    ttl: float | str | None = None
+    ttl: float | timedelta | str | None = None
     if_absent: bool = False
     if_revision: int | None = None
 

@@ -160,7 +160,10 @@ def key_path(key: str) -> str:
     an invalid key)."""
     if not isinstance(key, str):
         raise TypeError(f"a key is a str, got {type(key).__name__}")
-    return quote(key, safe="/=")
+    # A segment "." or ".." would be removed by URL normalization (``a/./b`` would write
+    # ``a/b``); percent-encoded dots reach the server as the key's own text.
+    segments = quote(key, safe="/=").split("/")
+    return "/".join(s.replace(".", "%2E") if s in (".", "..") else s for s in segments)
 
 
 def name_segment(name: str) -> str:
@@ -168,7 +171,8 @@ def name_segment(name: str) -> str:
     routes: ``/`` is written ``%2F``."""
     if not isinstance(name, str):
         raise TypeError(f"a name is a str, got {type(name).__name__}")
-    return quote(name, safe="=")
+    segment = quote(name, safe="=")
+    return segment.replace(".", "%2E") if segment in (".", "..") else segment
 
 
 def duration_text(value: Duration) -> str:
@@ -657,7 +661,7 @@ def enqueue(queue: str, id: str, payload: Value) -> Plan[bool]:
         data = answer.json()
         if not isinstance(data, dict) or not isinstance(data.get("created"), bool):
             raise BackendError(f"enqueue: malformed answer {data!r}")
-        return data["created"]
+        return bool(data["created"])
 
     wire = wire_value(payload)
     body = {"id": id, "payload": wire["value"], "encoding": wire["encoding"]}
@@ -709,7 +713,7 @@ def fail(claim: Claim, reason: str, *, max_attempts: int | None) -> Plan[str]:
         data = answer.json()
         if not isinstance(data, dict) or not isinstance(data.get("state"), str):
             raise BackendError(f"fail: malformed answer {data!r}")
-        return data["state"]
+        return str(data["state"])
 
     body: dict[str, Any] = {"claim": claim.raw, "reason": reason}
     if max_attempts is not None:
