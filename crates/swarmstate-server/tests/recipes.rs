@@ -747,3 +747,21 @@ async fn bad_recipe_requests_are_refused_naming_the_mistake_and_change_nothing()
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(f.contents().await, before);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_with_a_slash_is_one_percent_encoded_path_segment() {
+    let f = Fixture::new().await;
+    let (status, lock) = f
+        .post(
+            "/v1/locks/agents%2F7.lock/acquire",
+            json!({"owner": "agent-7", "ttl": "10s"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{lock}");
+    assert_eq!(lock["key"], "agents/7.lock");
+    let entry = f.store.get(&key("agents/7.lock")).await.unwrap().unwrap();
+    assert_eq!(&entry.value[..], b"agent-7");
+    let (status, _) = f.post("/v1/locks/agents%2F7.lock/release", lock).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(f.store.get(&key("agents/7.lock")).await.unwrap(), None);
+}
