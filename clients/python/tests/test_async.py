@@ -153,3 +153,16 @@ async def test_the_async_worker_completes_and_fails(aclient: swarmstate.AsyncCli
     assert sorted(done) == ["j1", "j2", "j3"]
     bad = await aclient.queue_item(queue, "j0")
     assert bad is not None and bad.state == "dead" and "bad payload" in (bad.last_error or "")
+
+
+async def test_an_async_job_left_behind_by_break_is_handed_out_again(
+    aclient: swarmstate.AsyncClient, ns: str
+) -> None:
+    queue = f"{ns}.jobs"
+    await aclient.enqueue(queue, "x", "1")
+    async for job in aclient.worker(queue, "quitter", lease=0.5, idle=0.5):
+        assert job.attempt == 1
+        break
+    again = await aclient.claim(queue, "successor", lease=5, wait=20)
+    assert again is not None and (again.id, again.attempt) == ("x", 2)
+    await aclient.complete(again)

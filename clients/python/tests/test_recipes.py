@@ -237,3 +237,14 @@ def test_a_wait_longer_than_the_server_takes_asks_again() -> None:
     assert "wait" not in json.loads(next(acquire).content)  # type: ignore[arg-type]
     with pytest.raises(swarmstate.LockHeld):
         acquire.throw(swarmstate.LockHeld("held"))  # tried once: no wait, no retry
+
+
+def test_a_job_left_behind_by_break_is_handed_out_again(client: swarmstate.Client, ns: str) -> None:
+    queue = f"{ns}.jobs"
+    client.enqueue(queue, "x", "1")
+    for job in client.worker(queue, "quitter", lease=0.5, idle=0.5):
+        assert job.attempt == 1
+        break
+    again = client.claim(queue, "successor", lease=5, wait=20)
+    assert again is not None and (again.id, again.attempt) == ("x", 2)
+    client.complete(again)

@@ -910,25 +910,23 @@ class AsyncWorker:
         self._current: AsyncJob | None = None
         self._closed = False
 
-    def __aiter__(self) -> AsyncWorker:
-        return self
-
-    async def __anext__(self) -> AsyncJob:
-        job, self._current = self._current, None
-        if job is not None and not job.finished:
-            await job.complete()
-        while not self._closed:
-            claim = await self._client.claim(
-                self.queue, self.worker, lease=self._lease,
-                wait=self._idle if self._idle is not None else proto.MAX_SERVER_WAIT,
-                max_attempts=self._max_attempts)
-            if claim is None:
-                if self._idle is not None:
-                    break
-                continue
-            self._current = AsyncJob(self._client, claim, self._max_attempts)
-            return self._current
-        raise StopAsyncIteration
+    async def __aiter__(self) -> AsyncIterator[AsyncJob]:
+        try:
+            while not self._closed:
+                claim = await self._client.claim(
+                    self.queue, self.worker, lease=self._lease,
+                    wait=self._idle if self._idle is not None else proto.MAX_SERVER_WAIT,
+                    max_attempts=self._max_attempts)
+                if claim is None:
+                    if self._idle is not None:
+                        return
+                    continue
+                self._current = job = AsyncJob(self._client, claim, self._max_attempts)
+                yield job
+                if not job.finished:
+                    await job.complete()
+        finally:
+            await self.aclose()
 
     async def aclose(self) -> None:
         """Stops; a job still running stops heartbeating (its lease then expires)."""

@@ -944,7 +944,9 @@ class Worker:
 
     A job the loop body did not finish is completed when the loop asks for the next one (the
     body ran to its end). With ``idle`` the iteration ends once nothing was claimable for that
-    long; without it, it waits for items forever.
+    long; without it, it waits for items forever. A loop left by ``break`` or an exception
+    stops heartbeating a job it did not finish: its lease expires and the item is handed out
+    again.
     """
 
     def __init__(self, client: Client, queue: str, worker: str, *, lease: Duration,
