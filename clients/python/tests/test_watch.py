@@ -145,3 +145,14 @@ def test_a_watch_of_a_restarted_volatile_server_ends_plainly(make_server) -> Non
         server.restart()  # a new process: the memory store and its history are gone
         with pytest.raises(StopIteration):
             next(watch)
+
+
+def test_an_observe_stream_error_event_raises_its_problem() -> None:
+    from swarmstate._watch import ObserveSession, SseEvent
+
+    session = ObserveSession("e")
+    changed, leader = session.event(SseEvent("leader", '{"candidate":"a","term":3}', None))
+    assert changed and leader == swarmstate.Leader("a", 3)
+    assert session.event(SseEvent("leader", '{"candidate":"a","term":3}', None)) == (False, None)
+    with pytest.raises(swarmstate.Corrupt):
+        session.event(SseEvent("error", '{"kind":"corrupt","detail":"damaged","status":500}', None))

@@ -14,7 +14,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Union
 
-from ._errors import BackendError, Closed, SwarmstateError, Unavailable, WatchLagged
+from ._errors import (
+    BackendError,
+    Closed,
+    SwarmstateError,
+    Unavailable,
+    WatchLagged,
+    error_from_problem,
+)
 from ._models import CaughtUp, DeleteEvent, ExpireEvent, Leader, PutEvent, WatchEvent
 from ._protocol import INSTANCE_HEADER, entry_from, leader_from
 
@@ -283,6 +290,13 @@ class ObserveSession:
             return True, leader
         if event.event == "shutdown":
             raise Dropped("the server is shutting down")
+        if event.event == "error":
+            # The server's observation failed (a problem document); the stream ends.
+            data = _data(event)
+            error = error_from_problem(data if isinstance(data, dict) else {}, None)
+            if isinstance(error, Unavailable):
+                raise Dropped(str(error))
+            raise error
         return False, None
 
     def dropped(self, reason: BaseException | str) -> AfterDrop:
