@@ -11,8 +11,6 @@ import swarmstate
 from swarmstate import CaughtUp, DeleteEvent, ExpireEvent, Put, PutEvent
 from swarmstate._watch import SseParser
 
-from conftest import wait_until
-
 
 def test_the_sse_parser_joins_data_lines_and_skips_comments() -> None:
     parser = SseParser()

@@ -105,7 +105,7 @@ class AsyncClient:
                 timeout=timeout_of(self.timeout, request),
             )
         except (httpx.HTTPError, httpx.InvalidURL) as err:
-            raise transport_error(err, request.operation, request.effect, self.url) from err  # type: ignore[arg-type]
+            raise transport_error(err, request.operation, request.effect, self.url) from err
         return proto.answer_result(request, Answer(response.status_code, response.headers,
                                                    response.content))
 
@@ -502,7 +502,7 @@ class AsyncLeaderObserver:
         self._closed = False
 
     async def _sleep_after_drop(self, reason: BaseException | str) -> None:
-        await asyncio.sleep(self._session.dropped(reason).delay)  # type: ignore[union-attr]
+        await asyncio.sleep(self._session.dropped(reason).delay)
 
     def __aiter__(self) -> AsyncLeaderObserver:
         return self
@@ -522,7 +522,7 @@ class AsyncLeaderObserver:
                 except _STREAM_ERRORS as err:
                     await self._sleep_after_drop(err)
                 except SwarmstateError as err:
-                    await asyncio.sleep(self._session.refused(err).delay)  # type: ignore[union-attr]
+                    await asyncio.sleep(self._session.refused(err).delay)
                 continue
             try:
                 line = await self._stream.line()

@@ -104,7 +104,7 @@ class Client:
                 timeout=timeout_of(self.timeout, request),
             )
         except (httpx.HTTPError, httpx.InvalidURL) as err:
-            raise transport_error(err, request.operation, request.effect, self.url) from err  # type: ignore[arg-type]
+            raise transport_error(err, request.operation, request.effect, self.url) from err
         return proto.answer_result(request, Answer(response.status_code, response.headers,
                                                    response.content))
 
@@ -510,14 +510,14 @@ class LeaderObserver:
                 timeout=stream_timeout_of(self._client.timeout, self._silence))
             response = stream.__enter__()
         except _STREAM_ERRORS as err:
-            time.sleep(self._session.dropped(err).delay)  # type: ignore[union-attr]
+            time.sleep(self._session.dropped(err).delay)
             return
         if response.status_code != 200:
             body = response.read()
             stream.__exit__(None, None, None)
             request = Request("GET", path, f"observe {self.name}", Effect.READS, lambda a: None)
             error = proto.answer_error(request, Answer(response.status_code, response.headers, body))
-            time.sleep(self._session.refused(error).delay)  # type: ignore[union-attr]
+            time.sleep(self._session.refused(error).delay)
             return
         self._session.opened()
         self._stream, self._lines, self._parser = stream, response.iter_lines(), SseParser()
@@ -544,7 +544,7 @@ class LeaderObserver:
                 line = next(self._lines)
             except (StopIteration, *_STREAM_ERRORS) as err:
                 self._disconnect()
-                time.sleep(self._session.dropped(str(err) or "the stream ended").delay)  # type: ignore[union-attr]
+                time.sleep(self._session.dropped(str(err) or "the stream ended").delay)
                 continue
             sse = self._parser.feed(line)
             if sse is None:
@@ -553,7 +553,7 @@ class LeaderObserver:
                 changed, leader = self._session.event(sse)
             except Dropped as why:
                 self._disconnect()
-                time.sleep(self._session.dropped(str(why)).delay)  # type: ignore[union-attr]
+                time.sleep(self._session.dropped(str(why)).delay)
                 continue
             if changed:
                 return leader

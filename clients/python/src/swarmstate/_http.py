@@ -22,7 +22,9 @@ def stream_timeout_of(request_timeout: float, silence: float) -> httpx.Timeout:
                          pool=request_timeout)
 
 
-def transport_error(err: httpx.HTTPError, operation: str, effect: Effect, base: str) -> SwarmstateError:
+def transport_error(
+    err: httpx.HTTPError | httpx.InvalidURL, operation: str, effect: Effect, base: str
+) -> SwarmstateError:
     """A request that got no answer: ``Unavailable`` when nothing can have applied (no
     connection was made, or it was a read), ``Ambiguous`` when a write was sent."""
     message = f"{operation}: {type(err).__name__}: {err} ({base})"
@@ -33,7 +35,3 @@ def transport_error(err: httpx.HTTPError, operation: str, effect: Effect, base: 
         return Unavailable(message)
     return Ambiguous(message, problem={"operation": operation})
 
-
-def http_error_of(err: Exception) -> bool:
-    """Whether ``err`` is a transport failure of httpx (or the stream's own decoding)."""
-    return isinstance(err, (httpx.HTTPError, httpx.StreamError))

@@ -299,7 +299,7 @@ class ObserveSession:
             raise error
         return False, None
 
-    def dropped(self, reason: BaseException | str) -> AfterDrop:
+    def dropped(self, reason: BaseException | str) -> Reconnect:
         delay = self._resuming.next_delay()
         if delay is None:
             raise Unavailable(
@@ -308,7 +308,7 @@ class ObserveSession:
             )
         return Reconnect(delay)
 
-    def refused(self, error: SwarmstateError) -> AfterDrop:
+    def refused(self, error: SwarmstateError) -> Reconnect:
         if isinstance(error, (Unavailable, Closed)):
             return self.dropped(error)
         raise error
