@@ -171,14 +171,19 @@ class WatchSession:
         instance = headers.get(INSTANCE_HEADER)
         previous, self._instance = self._instance, instance
         self._resuming.connected()
+        if self._in_snapshot:
+            # The snapshot is taken when the server registers the watch, before it answers:
+            # waiting for its events (perhaps many) adds nothing.
+            self._anchored = True
         if previous is not None and instance != previous and not self._durable:
             return False
         return True
 
     @property
     def anchored(self) -> bool:
-        """Whether the watch has a fixed starting point (``ready``, ``caught_up`` or a first
-        event arrived), after which no change is missed across reconnects."""
+        """Whether the watch follows a fixed starting point: from a revision at once, a
+        snapshot once the server answered, from ``now`` once its first event (``ready``)
+        arrived."""
         return self._anchored
 
     def event(self, event: SseEvent) -> WatchEvent | None:
@@ -187,6 +192,10 @@ class WatchSession:
         reconnects."""
         name = event.event
         revision = _event_id(event)
+        # The stream follows a fixed point once anything arrived: normally `ready`, first; a
+        # backend that cannot replay from now sends none, and then the first change or
+        # `progress` (after at most the progress interval) shows the stream is live.
+        self._anchored = True
         if name in ("put", "delete", "expire"):
             data = _data(event)
             out: WatchEvent
@@ -202,13 +211,11 @@ class WatchSession:
             self._advance(revision)
             return out
         if name == "ready":
-            self._anchored = True
             self._advance(revision, default=1)
             return None
         if name == "caught_up":
             data = _data(event)
             self._in_snapshot = False
-            self._anchored = True
             self._advance(revision, default=1)
             return CaughtUp(revision=data.get("revision") if isinstance(data, dict) else None)
         if name == "lagged":
@@ -226,7 +233,6 @@ class WatchSession:
     def _advance(self, revision: int | None, default: int | None = None) -> None:
         if revision is not None:
             self.resume_from = revision + 1
-            self._anchored = True
         elif default is not None and self.resume_from is None:
             self.resume_from = default
 
