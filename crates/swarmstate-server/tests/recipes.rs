@@ -420,6 +420,8 @@ async fn an_election_over_http_hands_over_with_greater_terms() {
         leadership_b.term().get()
     ))
     .await;
+    // Idle, the stream shows it is live.
+    wait_for("event: progress").await;
     // The old leadership writes nothing now.
     let (status, lost) = f
         .post(

@@ -279,6 +279,7 @@ pub(crate) async fn leader(
 /// The SSE event names of an election's observe stream.
 mod event {
     pub(super) const LEADER: &str = "leader";
+    pub(super) const PROGRESS: &str = "progress";
     pub(super) const ERROR: &str = "error";
     pub(super) const SHUTDOWN: &str = "shutdown";
 }
@@ -292,25 +293,29 @@ pub(crate) async fn observe(
     let NoParams {} = input::query(raw.as_deref())?;
     let changes = Election::new(state.store.clone(), name).observe().await?;
     let shutdown = state.shutdown.clone();
-    // Each change of leader, then a last event: `shutdown` when the server stops or the
-    // store's stream ends, `error` (a problem document) when it failed.
+    let every = state.progress_interval;
+    // Each change of leader, `progress` while none comes (so a client can tell an idle stream
+    // from a dead one), then a last event: `shutdown` when the server stops or the store's
+    // stream ends, `error` (a problem document) when it failed.
     let events = futures::stream::unfold(
         (changes, shutdown, false),
-        |(mut changes, mut shutdown, done)| async move {
+        move |(mut changes, mut shutdown, done)| async move {
             if done {
                 return None;
             }
             let event = tokio::select! {
                 biased;
                 () = stopped(&mut shutdown) => None,
-                next = changes.next() => next,
+                next = changes.next() => next.map(Some),
+                () = tokio::time::sleep(every) => Some(None),
             };
             let (event, done) = match event {
-                Some(Ok(leader)) => {
+                Some(None) => (Event::default().event(event::PROGRESS).data("{}"), false),
+                Some(Some(Ok(leader))) => {
                     let data = json(&leader.as_ref().map(WireLeader::from_leader));
                     (Event::default().event(event::LEADER).data(data), false)
                 }
-                Some(Err(err)) => {
+                Some(Some(Err(err))) => {
                     let data = json(&Problem::from_error(&err));
                     (Event::default().event(event::ERROR).data(data), true)
                 }
