@@ -230,6 +230,15 @@ enum Command {
         #[arg(long, value_parser = parse_duration)]
         lease: Duration,
     },
+    /// Speak MCP (the Model Context Protocol) on stdin and stdout: tools for LLM agents to read
+    /// and write keys, wait for changes, hold locks with fencing tokens, work queues and run
+    /// elections on the store. Add it to an agent's MCP configuration as the command
+    /// `swarmstate mcp --store http://127.0.0.1:7700`. What a session holds is released when it
+    /// ends. Logs go to stderr; stdout carries MCP alone.
+    Mcp {
+        #[command(flatten)]
+        store: StoreArg,
+    },
     /// Print the version of this build.
     Version,
 }
@@ -241,6 +250,15 @@ struct StoreArg {
     /// or memory://.
     #[arg(long = "store", env = "SWARMSTATE_STORE", default_value = CLIENT_STORE)]
     url: String,
+}
+
+/// `swarmstate mcp`: one MCP session on stdio, then the store is closed.
+async fn mcp(url: &str) -> anyhow::Result<ExitCode> {
+    let store = open::open_store(url).await?;
+    let served = swarmstate_mcp::serve_stdio(store.clone()).await;
+    store.close().await?;
+    served.map_err(anyhow::Error::msg)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -375,6 +393,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             runtime()?.block_on(kv::watch(&store.url, &pattern, start, output))
         }
+        Command::Mcp { store } => runtime()?.block_on(mcp(&store.url)),
         Command::Txn { store } => runtime()?.block_on(kv::txn(&store.url)),
         Command::Status { store, output } => runtime()?.block_on(kv::status(&store.url, output)),
         Command::Lock {

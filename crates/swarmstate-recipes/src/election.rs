@@ -90,7 +90,8 @@ impl Election {
     /// third of it) until it is resigned, dropped or lost.
     ///
     /// Errors: [`Error::LockHeld`] naming the leader when `wait` ran out;
-    /// [`Error::InvalidInput`] for an empty candidate or a TTL out of range; store errors.
+    /// [`Error::InvalidInput`] for a candidate that is empty, too long or not printable,
+    /// or a TTL out of range; store errors.
     pub async fn campaign(
         &self,
         candidate: &str,

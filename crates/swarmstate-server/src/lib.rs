@@ -147,6 +147,8 @@ impl Server {
     /// closes the store.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let (stopping, stop_signal) = tokio::sync::watch::channel(false);
+        // Ends the MCP sessions' streams when shutdown starts, as `stopping` ends the watches.
+        let mcp_stop = tokio_util::sync::CancellationToken::new();
         let state = api::AppState {
             store: self.store.clone(),
             instance: instance_id().into(),
@@ -157,7 +159,10 @@ impl Server {
         let service = ServiceBuilder::new()
             .layer(CatchPanicLayer::custom(problem::panicked))
             .layer(RequestBodyTimeoutLayer::new(self.config.body_timeout))
-            .service(api::router(state));
+            .service(api::router(state).nest_service(
+                "/mcp",
+                swarmstate_mcp::http_service(self.store.clone(), mcp_stop.clone()),
+            ));
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(self.config.header_timeout)
@@ -192,6 +197,7 @@ impl Server {
         }
         drop(self.listener);
         stopping.send_replace(true);
+        mcp_stop.cancel();
         if tokio::time::timeout(self.config.shutdown_grace, graceful.shutdown())
             .await
             .is_err()

@@ -629,6 +629,11 @@ async fn bad_recipe_requests_are_refused_naming_the_mistake_and_change_nothing()
         ),
         ("/v1/locks/locks.a/acquire", json!({"ttl": "10s"}), "owner"),
         (
+            "/v1/locks/locks.a/acquire",
+            json!({"owner": "", "ttl": "10s", "wait": "1s"}),
+            "owner",
+        ),
+        (
             "/v1/locks/locks..a/acquire",
             json!({"owner": "b", "ttl": "10s"}),
             "locks..a",

@@ -20,7 +20,8 @@ use super::guard::LockGuard;
 /// their watch and keep their places), and refusing would cost every try-acquire a listing of
 /// the queue.
 ///
-/// Errors besides `LockHeld`: [`Error::InvalidInput`] for an empty owner or a TTL out of range.
+/// Errors besides `LockHeld`: [`Error::InvalidInput`] for an owner that is empty, longer than
+/// [`MAX_OWNER_LEN`] or holds control characters, or a TTL out of range.
 pub async fn acquire_lock(
     store: &Arc<dyn StateStore>,
     key: &Key,
@@ -31,11 +32,18 @@ pub async fn acquire_lock(
     try_acquire(store, key, owner, Bytes::from(owner.to_owned()), ttl).await
 }
 
+/// The longest lock owner or election candidate name, in bytes: it is shown to others as the
+/// holder, so it is kept short and printable.
+pub const MAX_OWNER_LEN: usize = 256;
+
 pub(crate) fn validate_lock_input(owner: &str, ttl: Duration) -> Result<()> {
     validate_ttl(ttl)?;
-    if owner.is_empty() {
+    if owner.is_empty() || owner.len() > MAX_OWNER_LEN || owner.chars().any(char::is_control) {
         return Err(Error::InvalidInput {
-            message: "a lock owner must not be empty".into(),
+            message: format!(
+                "a lock owner or election candidate must be 1 to {MAX_OWNER_LEN} bytes without \
+                 control characters, got {owner:?}"
+            ),
         });
     }
     Ok(())

@@ -100,7 +100,7 @@ impl LockGuard {
     /// The guard is as any other: dropping it releases the lock in the background. Turn it back
     /// into a handle with [`into_handle`](LockGuard::into_handle) to leave the lock held.
     ///
-    /// Errors: [`Error::InvalidInput`] for an empty owner, a TTL out of range, or a revision
+    /// Errors: [`Error::InvalidInput`] for an owner that is empty, too long or not printable, a TTL out of range, or a revision
     /// below the token (no holding has one).
     pub fn from_handle(store: &Arc<dyn StateStore>, handle: &LockHandle) -> Result<LockGuard> {
         let value = Bytes::from(handle.owner.clone());

@@ -27,7 +27,7 @@ mod ticket;
 mod wait;
 mod watch;
 
-pub use acquire::acquire_lock;
+pub use acquire::{MAX_OWNER_LEN, acquire_lock};
 pub use fencing::{FenceGate, FencingToken, StaleToken};
 pub use guard::{LockGuard, LockHandle};
 pub use keep_alive::KeepAlive;

@@ -64,7 +64,7 @@ pub fn lock_waiters_prefix(key: &Key) -> Result<Key> {
 /// owner already has waits queued on the lock costs one refused create per such wait.
 /// [`acquire_lock`] does not queue: it may take a free lock ahead of waiters (see there).
 ///
-/// Errors besides `LockHeld`: [`Error::InvalidInput`] for an empty owner or a TTL out of
+/// Errors besides `LockHeld`: [`Error::InvalidInput`] for an owner that is empty, too long or not printable, or a TTL out of
 /// range, [`Error::InvalidKey`] for a lock key too long to have tickets, and any store error
 /// (the ticket is then removed, best effort).
 ///

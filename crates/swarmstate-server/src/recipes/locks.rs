@@ -22,7 +22,7 @@ use super::wire::{
     AcquireRequest, CampaignRequest, LeadershipTxnRequest, LockTxnRequest, WireElection,
     WireHolder, WireLeader, WireLeadership, WireLock,
 };
-use super::{duration, holder_name, json_body, path_key, wait};
+use super::{duration, json_body, path_key, wait};
 use crate::api::{AppState, NoParams, json_response, txn_answer, txn_ops};
 use crate::input;
 use crate::problem::ApiError;
@@ -81,7 +81,6 @@ pub(crate) async fn acquire(
     let key = path_key(path)?;
     let NoParams {} = input::query(raw.as_deref())?;
     let request: AcquireRequest = json_body(&headers, body, SMALL_BODY, "the request").await?;
-    holder_name("owner", &request.owner)?;
     let ttl = duration("ttl", &request.ttl)?;
     let guard = match wait(request.wait.as_deref())? {
         None => acquire_lock(&state.store, &key, &request.owner, ttl).await?,
@@ -187,7 +186,6 @@ pub(crate) async fn campaign(
     let name = path_key(path)?;
     let NoParams {} = input::query(raw.as_deref())?;
     let request: CampaignRequest = json_body(&headers, body, SMALL_BODY, "the request").await?;
-    holder_name("candidate", &request.candidate)?;
     let ttl = duration("ttl", &request.ttl)?;
     let wait = wait(request.wait.as_deref())?.unwrap_or(Duration::ZERO);
     let election = Election::new(state.store.clone(), name);

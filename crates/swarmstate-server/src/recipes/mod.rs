@@ -39,9 +39,6 @@ use crate::problem::ApiError;
 /// The longest `wait` a request may ask for: a client that needs longer asks again.
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(300);
 
-/// The longest owner or candidate name, in bytes (as a queue's worker name).
-const MAX_NAME_LEN: usize = 256;
-
 /// The routes of this module, to merge into the API's router.
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
@@ -165,16 +162,6 @@ fn wait(text: Option<&str>) -> Result<Option<Duration>, ApiError> {
         )));
     }
     Ok((!wait.is_zero()).then_some(wait))
-}
-
-/// An owner or candidate name: shown to others as the holder, so printable and short.
-fn holder_name(field: &str, name: &str) -> Result<(), ApiError> {
-    if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
-        return Err(ApiError::bad(format!(
-            "{field} must be 1 to {MAX_NAME_LEN} bytes without control characters, got {name:?}"
-        )));
-    }
-    Ok(())
 }
 
 /// Requires a handle's own key, when it names one, to be the path's.
