@@ -750,6 +750,16 @@ async fn bad_recipe_requests_are_refused_naming_the_mistake_and_change_nothing()
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    let keyed = f
+        .http
+        .post(format!("{}/v1/locks/locks.a/acquire", f.url))
+        .header("Idempotency-Key", "k")
+        .json(&json!({"owner": "b", "ttl": "10s"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keyed.status(), StatusCode::BAD_REQUEST);
+    assert!(keyed.text().await.unwrap().contains("Idempotency-Key"));
     let (status, _) = f.get("/v1/queues/q/claim").await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(f.contents().await, before);

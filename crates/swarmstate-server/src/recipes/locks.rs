@@ -5,10 +5,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -22,14 +20,10 @@ use super::wire::{
     AcquireRequest, CampaignRequest, LeadershipTxnRequest, LockTxnRequest, WireElection,
     WireHolder, WireLeader, WireLeadership, WireLock,
 };
-use super::{duration, json_body, path_key, wait};
-use crate::api::{AppState, NoParams, json_response, txn_answer, txn_ops};
-use crate::input;
+use super::{Call, Named, duration, wait};
+use crate::api::{AppState, json_response, txn_answer, txn_ops};
 use crate::problem::ApiError;
 use crate::watch::stopped;
-
-/// The largest body of a request that is not a transaction.
-pub(super) const SMALL_BODY: usize = 64 * 1024;
 
 /// Runs a request's wait unless the server starts shutting down first, which answers 503: a
 /// waiter must not hold the shutdown up, and dropping its future gives up its place.
@@ -73,19 +67,13 @@ fn no_content() -> Response {
 
 pub(crate) async fn acquire(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    Call { key, body }: Call<AcquireRequest>,
 ) -> Result<Response, ApiError> {
-    let key = path_key(path)?;
-    let NoParams {} = input::query(raw.as_deref())?;
-    let request: AcquireRequest = json_body(&headers, body, SMALL_BODY, "the request").await?;
-    let ttl = duration("ttl", &request.ttl)?;
-    let guard = match wait(request.wait.as_deref())? {
-        None => acquire_lock(&state.store, &key, &request.owner, ttl).await?,
+    let ttl = duration("ttl", &body.ttl)?;
+    let guard = match wait(body.wait.as_deref())? {
+        None => acquire_lock(&state.store, &key, &body.owner, ttl).await?,
         Some(wait) => {
-            let waiting = acquire_lock_wait(&state.store, &key, &request.owner, ttl, wait);
+            let waiting = acquire_lock_wait(&state.store, &key, &body.owner, ttl, wait);
             unless_shutdown(&state, waiting).await?
         }
     };
@@ -96,28 +84,11 @@ pub(crate) async fn acquire(
     ))
 }
 
-/// The lock handle a request sends back.
-async fn lock_handle(
-    path: Result<Path<String>, PathRejection>,
-    raw: Option<String>,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<LockHandle, ApiError> {
-    let key = path_key(path)?;
-    let NoParams {} = input::query(raw.as_deref())?;
-    let wire: WireLock = json_body(headers, body, SMALL_BODY, "the lock").await?;
-    wire.into_handle(&key)
-}
-
 pub(crate) async fn refresh(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    Call { key, body }: Call<WireLock>,
 ) -> Result<Response, ApiError> {
-    let handle = lock_handle(path, raw, &headers, body).await?;
-    let guard = LockGuard::from_handle(&state.store, &handle)?;
+    let guard = LockGuard::from_handle(&state.store, &body.into_handle(&key)?)?;
     let handle = refreshed(guard).await?;
     Ok(json_response(
         StatusCode::OK,
@@ -127,43 +98,27 @@ pub(crate) async fn refresh(
 
 pub(crate) async fn release(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    Call { key, body }: Call<WireLock>,
 ) -> Result<Response, ApiError> {
-    let handle = lock_handle(path, raw, &headers, body).await?;
-    LockGuard::from_handle(&state.store, &handle)?
-        .release()
-        .await?;
+    let guard = LockGuard::from_handle(&state.store, &body.into_handle(&key)?)?;
+    guard.release().await?;
     Ok(no_content())
 }
 
 pub(crate) async fn txn(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    Call { key, body }: Call<LockTxnRequest>,
 ) -> Result<Response, ApiError> {
-    let key = path_key(path)?;
-    let NoParams {} = input::query(raw.as_deref())?;
-    input::no_idempotency_key(&headers, "a transaction")?;
-    let request: LockTxnRequest =
-        json_body(&headers, body, state.max_txn_body, "the transaction").await?;
-    let handle = request.lock.into_handle(&key)?;
-    let ops = txn_ops(request.ops)?;
+    let handle = body.lock.into_handle(&key)?;
+    let ops = txn_ops(body.ops)?;
     let guard = LockGuard::from_handle(&state.store, &handle)?;
     fenced(&state, guard, ops).await
 }
 
 pub(crate) async fn holder(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    RawQuery(raw): RawQuery,
+    Named(key): Named,
 ) -> Result<Response, ApiError> {
-    let key = path_key(path)?;
-    let NoParams {} = input::query(raw.as_deref())?;
     let Some(entry) = state.store.get(&key).await? else {
         return Err(Error::NotFound { key }.into());
     };
@@ -178,18 +133,12 @@ pub(crate) async fn holder(
 
 pub(crate) async fn campaign(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    Call { key, body }: Call<CampaignRequest>,
 ) -> Result<Response, ApiError> {
-    let name = path_key(path)?;
-    let NoParams {} = input::query(raw.as_deref())?;
-    let request: CampaignRequest = json_body(&headers, body, SMALL_BODY, "the request").await?;
-    let ttl = duration("ttl", &request.ttl)?;
-    let wait = wait(request.wait.as_deref())?.unwrap_or(Duration::ZERO);
-    let election = Election::new(state.store.clone(), name);
-    let campaigning = election.campaign_handle(&request.candidate, ttl, wait);
+    let ttl = duration("ttl", &body.ttl)?;
+    let wait = wait(body.wait.as_deref())?.unwrap_or(Duration::ZERO);
+    let election = Election::new(state.store.clone(), key);
+    let campaigning = election.campaign_handle(&body.candidate, ttl, wait);
     let handle = unless_shutdown(&state, campaigning).await?;
     Ok(json_response(
         StatusCode::OK,
@@ -197,30 +146,13 @@ pub(crate) async fn campaign(
     ))
 }
 
-/// The election a path names and the leadership handle a request sends back.
-async fn leadership(
-    state: &AppState,
-    path: Result<Path<String>, PathRejection>,
-    raw: Option<String>,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<(Election, LockHandle), ApiError> {
-    let name = path_key(path)?;
-    let NoParams {} = input::query(raw.as_deref())?;
-    let wire: WireLeadership = json_body(headers, body, SMALL_BODY, "the leadership").await?;
-    let handle = wire.into_handle(&name)?;
-    Ok((Election::new(state.store.clone(), name), handle))
-}
-
 pub(crate) async fn refresh_leadership(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    Call { key, body }: Call<WireLeadership>,
 ) -> Result<Response, ApiError> {
-    let (election, handle) = leadership(&state, path, raw, &headers, body).await?;
-    let handle = refreshed(election.resume(&handle)?).await?;
+    let handle = body.into_handle(&key)?;
+    let guard = Election::new(state.store.clone(), key).resume(&handle)?;
+    let handle = refreshed(guard).await?;
     Ok(json_response(
         StatusCode::OK,
         &WireLeadership::from_handle(&handle),
@@ -229,41 +161,28 @@ pub(crate) async fn refresh_leadership(
 
 pub(crate) async fn resign(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    Call { key, body }: Call<WireLeadership>,
 ) -> Result<Response, ApiError> {
-    let (election, handle) = leadership(&state, path, raw, &headers, body).await?;
-    election.resume(&handle)?.release().await?;
+    let handle = body.into_handle(&key)?;
+    let guard = Election::new(state.store.clone(), key).resume(&handle)?;
+    guard.release().await?;
     Ok(no_content())
 }
 
 pub(crate) async fn leadership_txn(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    Call { key, body }: Call<LeadershipTxnRequest>,
 ) -> Result<Response, ApiError> {
-    let name = path_key(path)?;
-    let NoParams {} = input::query(raw.as_deref())?;
-    input::no_idempotency_key(&headers, "a transaction")?;
-    let request: LeadershipTxnRequest =
-        json_body(&headers, body, state.max_txn_body, "the transaction").await?;
-    let handle = request.leadership.into_handle(&name)?;
-    let ops = txn_ops(request.ops)?;
-    let guard = Election::new(state.store.clone(), name).resume(&handle)?;
+    let handle = body.leadership.into_handle(&key)?;
+    let ops = txn_ops(body.ops)?;
+    let guard = Election::new(state.store.clone(), key).resume(&handle)?;
     fenced(&state, guard, ops).await
 }
 
 pub(crate) async fn leader(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    RawQuery(raw): RawQuery,
+    Named(name): Named,
 ) -> Result<Response, ApiError> {
-    let name = path_key(path)?;
-    let NoParams {} = input::query(raw.as_deref())?;
     let leader = Election::new(state.store.clone(), name.clone())
         .leader()
         .await?;
@@ -284,11 +203,8 @@ mod event {
 
 pub(crate) async fn observe(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    RawQuery(raw): RawQuery,
+    Named(name): Named,
 ) -> Result<Response, ApiError> {
-    let name = path_key(path)?;
-    let NoParams {} = input::query(raw.as_deref())?;
     let changes = Election::new(state.store.clone(), name).observe().await?;
     let shutdown = state.shutdown.clone();
     let every = state.progress_interval;

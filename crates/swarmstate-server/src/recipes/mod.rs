@@ -22,17 +22,16 @@ mod wire;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::Path;
-use axum::extract::rejection::PathRejection;
-use axum::http::HeaderMap;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::routing::{get, post};
 use serde::de::DeserializeOwned;
 
 use swarmstate_core::Key;
 use swarmstate_http::wire::parse_ttl;
 
-use crate::api::{AppState, method_not_allowed};
+use crate::api::{AppState, NoParams, method_not_allowed};
 use crate::input::{self, TooLarge};
 use crate::problem::ApiError;
 
@@ -114,30 +113,54 @@ pub(crate) fn routes() -> Router<AppState> {
         )
 }
 
-/// The key a path names (a lock key, an election or a queue name).
-fn path_key(path: Result<Path<String>, PathRejection>) -> Result<Key, ApiError> {
-    let Path(text) = path.map_err(|err| ApiError::bad(format!("bad key in the path: {err}")))?;
-    input::key(&text)
+/// A recipe request without a body: the key its path names (a lock key, an election or a
+/// queue name), and no query parameters.
+pub(super) struct Named(pub(super) Key);
+
+impl FromRequestParts<AppState> for Named {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Named, ApiError> {
+        let path = Path::<String>::from_request_parts(parts, state).await;
+        let Path(text) =
+            path.map_err(|err| ApiError::bad(format!("bad key in the path: {err}")))?;
+        let NoParams {} = input::query(parts.uri.query())?;
+        Ok(Named(input::key(&text)?))
+    }
 }
 
-/// Reads a JSON request body of shape `T` (unknown fields refused), at most `limit` bytes.
-async fn json_body<T: DeserializeOwned>(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-    what: &str,
-) -> Result<T, ApiError> {
-    let bytes = match input::body(headers, body, limit).await? {
-        Ok(bytes) => bytes,
-        Err(TooLarge(size)) => {
-            return Err(ApiError::bad(format!(
-                "{what} is at most {limit} bytes, got at least {size}"
+/// A recipe request with a JSON body of shape `T` (unknown fields refused), at most the
+/// server's transaction body limit, and no query parameters. A request that is not a put
+/// takes no `Idempotency-Key` either, so a client is never led to think it applies.
+pub(super) struct Call<T> {
+    pub(super) key: Key,
+    pub(super) body: T,
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for Call<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Call<T>, ApiError> {
+        let (mut parts, body) = request.into_parts();
+        let Named(key) = Named::from_request_parts(&mut parts, state).await?;
+        input::no_idempotency_key(&parts.headers, "a lock, election or queue request")?;
+        let limit = state.max_txn_body;
+        let bytes = match input::body(&parts.headers, body, limit).await? {
+            Ok(bytes) => bytes,
+            Err(TooLarge(size)) => {
+                return Err(ApiError::bad(format!(
+                    "the request is at most {limit} bytes, got at least {size}"
+                ))
+                .with_status(StatusCode::PAYLOAD_TOO_LARGE));
+            }
+        };
+        let body = serde_json::from_slice(&bytes).map_err(|err| {
+            ApiError::bad(format!(
+                "the request is not JSON of the expected shape: {err}"
             ))
-            .with_status(axum::http::StatusCode::PAYLOAD_TOO_LARGE));
-        }
-    };
-    serde_json::from_slice(&bytes)
-        .map_err(|err| ApiError::bad(format!("{what} is not JSON of the expected shape: {err}")))
+        })?;
+        Ok(Call { key, body })
+    }
 }
 
 /// A duration field (`ttl`, `lease`, `wait`), written as `?ttl=` is.

@@ -1,22 +1,21 @@
 //! Work queues: enqueue, claim (at once or waiting), heartbeat, complete, fail, and the items'
 //! status.
 
-use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use swarmstate_core::{Error, Key};
 use swarmstate_http::wire::{WireResult, decode_value};
 use swarmstate_recipes::queue::{DEFAULT_MAX_ATTEMPTS, WorkQueue};
 
-use super::locks::{SMALL_BODY, unless_shutdown};
+use super::locks::unless_shutdown;
 use super::wire::{
     ClaimRequest, CompleteRequest, Completed, EnqueueRequest, Enqueued, FailRequest, Failed,
     WireClaim, WireItem, WireItems,
 };
-use super::{duration, json_body, path_key, wait};
+use super::{Call, Named, duration, wait};
 use crate::api::{AppState, NoParams, json_response, txn_answer, txn_ops};
 use crate::input;
 use crate::problem::ApiError;
@@ -37,45 +36,25 @@ fn queue(state: &AppState, name: Key, max_attempts: Option<u32>) -> Result<WorkQ
 
 pub(crate) async fn enqueue(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    Call { key, body }: Call<EnqueueRequest>,
 ) -> Result<Response, ApiError> {
-    let name = path_key(path)?;
-    let NoParams {} = input::query(raw.as_deref())?;
-    // The payload is a value: it may be as large as the store takes.
-    let limit = state.store.capabilities().max_value_size * 2 + SMALL_BODY;
-    let request: EnqueueRequest = json_body(&headers, body, limit, "the item").await?;
-    let payload = decode_value(
-        &request.payload,
-        request.encoding.unwrap_or_default(),
-        "the payload",
-    )
-    .map_err(ApiError::bad)?;
-    let created = queue(&state, name, None)?
-        .enqueue(&request.id, payload)
-        .await?;
+    let encoding = body.encoding.unwrap_or_default();
+    let payload = decode_value(&body.payload, encoding, "the payload").map_err(ApiError::bad)?;
+    let created = queue(&state, key, None)?.enqueue(&body.id, payload).await?;
     Ok(json_response(StatusCode::OK, &Enqueued { created }))
 }
 
 pub(crate) async fn claim(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    Call { key, body }: Call<ClaimRequest>,
 ) -> Result<Response, ApiError> {
-    let name = path_key(path)?;
-    let NoParams {} = input::query(raw.as_deref())?;
-    let request: ClaimRequest = json_body(&headers, body, SMALL_BODY, "the request").await?;
-    let lease = duration("lease", &request.lease)?;
-    let wait = wait(request.wait.as_deref())?;
-    let queue = queue(&state, name, request.max_attempts)?;
+    let lease = duration("lease", &body.lease)?;
+    let wait = wait(body.wait.as_deref())?;
+    let queue = queue(&state, key, body.max_attempts)?;
     let claim = match wait {
-        None => queue.claim(&request.worker, lease).await?,
+        None => queue.claim(&body.worker, lease).await?,
         Some(wait) => {
-            let waiting = queue.claim_wait(&request.worker, lease, wait);
+            let waiting = queue.claim_wait(&body.worker, lease, wait);
             unless_shutdown(&state, waiting).await?
         }
     };
@@ -87,16 +66,10 @@ pub(crate) async fn claim(
 
 pub(crate) async fn heartbeat(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    Call { key, body }: Call<WireClaim>,
 ) -> Result<Response, ApiError> {
-    let name = path_key(path)?;
-    let NoParams {} = input::query(raw.as_deref())?;
-    let wire: WireClaim = json_body(&headers, body, SMALL_BODY, "the claim").await?;
-    let claim = wire.into_claim(&name)?;
-    queue(&state, name, None)?.heartbeat(&claim).await?;
+    let claim = body.into_claim(&key)?;
+    queue(&state, key, None)?.heartbeat(&claim).await?;
     Ok(json_response(
         StatusCode::OK,
         &WireClaim::from_handle(&claim.handle()),
@@ -105,25 +78,17 @@ pub(crate) async fn heartbeat(
 
 pub(crate) async fn complete(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    Call { key, body }: Call<CompleteRequest>,
 ) -> Result<Response, ApiError> {
-    let name = path_key(path)?;
-    let NoParams {} = input::query(raw.as_deref())?;
-    input::no_idempotency_key(&headers, "a completion")?;
-    let request: CompleteRequest =
-        json_body(&headers, body, state.max_txn_body, "the completion").await?;
-    let claim = request.claim.into_claim(&name)?;
-    let ops = txn_ops(request.ops)?;
+    let claim = body.claim.into_claim(&key)?;
+    let ops = txn_ops(body.ops)?;
     if !ops.is_empty() {
         let max_value_size = state.store.capabilities().max_value_size;
         if let Err(err) = swarmstate_core::backend::validate_txn(&ops, max_value_size) {
             return txn_answer(Err(err), &ops);
         }
     }
-    let outcome = queue(&state, name, None)?
+    let outcome = queue(&state, key, None)?
         .complete_with(claim, ops.clone())
         .await;
     match outcome {
@@ -139,17 +104,11 @@ pub(crate) async fn complete(
 
 pub(crate) async fn fail(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    Call { key, body }: Call<FailRequest>,
 ) -> Result<Response, ApiError> {
-    let name = path_key(path)?;
-    let NoParams {} = input::query(raw.as_deref())?;
-    let request: FailRequest = json_body(&headers, body, SMALL_BODY, "the failure").await?;
-    let claim = request.claim.into_claim(&name)?;
-    let state = queue(&state, name, request.max_attempts)?
-        .fail(claim, &request.reason)
+    let claim = body.claim.into_claim(&key)?;
+    let state = queue(&state, key, body.max_attempts)?
+        .fail(claim, &body.reason)
         .await?;
     Ok(json_response(
         StatusCode::OK,
@@ -161,11 +120,8 @@ pub(crate) async fn fail(
 
 pub(crate) async fn list(
     State(state): State<AppState>,
-    path: Result<Path<String>, PathRejection>,
-    RawQuery(raw): RawQuery,
+    Named(name): Named,
 ) -> Result<Response, ApiError> {
-    let name = path_key(path)?;
-    let NoParams {} = input::query(raw.as_deref())?;
     let items = queue(&state, name, None)?.list().await?;
     let items = WireItems {
         items: items.iter().map(WireItem::from_status).collect(),
