@@ -75,7 +75,7 @@ async fn two_mcp_processes_race_for_one_lock_on_a_server_and_the_stale_token_is_
     // The loser waits; the winner releases; the loser's token is greater, and the first
     // token writes nothing any more.
     let waiting = {
-        let args = json!({"key": "locks.deploy", "owner": "second", "ttl_seconds": 10, "wait_seconds": 30});
+        let args = json!({"key": "locks.deploy", "owner": "second", "ttl_seconds": 300, "wait_seconds": 30});
         call(loser, "lock_acquire", args)
     };
     let release = async {
@@ -96,9 +96,21 @@ async fn two_mcp_processes_race_for_one_lock_on_a_server_and_the_stale_token_is_
     let reader = stdio_agent(&served.url).await;
     let (_, version) = call(&reader, "get", json!({"key": "deploy.version"})).await;
     assert_eq!(version["value"], "1");
-    for client in [a, b, reader] {
+    for client in [a, b] {
         client.cancel().await.unwrap();
     }
+    // The second holder's process ended: its lock (300 s TTL) is released, not left to expire.
+    let (failed, again) = call(
+        &reader,
+        "lock_acquire",
+        json!({"key": "locks.deploy", "owner": "third", "ttl_seconds": 10, "wait_seconds": 30}),
+    )
+    .await;
+    assert!(
+        !failed,
+        "the ended session's lock was not released: {again}"
+    );
+    reader.cancel().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,19 +38,22 @@ pub use tools::SwarmstateMcp;
 /// MCP clients time tool calls out, so a model that needs longer calls again.
 pub const MAX_WAIT_SECONDS: f64 = 60.0;
 
-/// Serves one MCP session on stdin and stdout until the client closes it, then releases what
-/// the session held. Nothing but MCP messages is written to stdout.
+/// Serves one MCP session on stdin and stdout until the client closes it, then releases the
+/// locks and leaderships the session held, waiting for the releases. Nothing but MCP messages
+/// is written to stdout.
 ///
 /// Errors: the transport's, as text (the session could not start or broke).
 pub async fn serve_stdio(store: Arc<dyn StateStore>) -> Result<(), String> {
-    let service = SwarmstateMcp::new(store)
+    let session = SwarmstateMcp::new(store);
+    let service = session
+        .clone()
         .serve(rmcp::transport::stdio())
         .await
         .map_err(|err| format!("the MCP session did not start: {err}"))?;
-    service
-        .waiting()
-        .await
-        .map_err(|err| format!("the MCP session failed: {err}"))?;
+    let ended = service.waiting().await;
+    // The process ends with the session: release now, not in the background.
+    session.release_all().await;
+    ended.map_err(|err| format!("the MCP session failed: {err}"))?;
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use base64::Engine as _;
 use futures::{FutureExt, StreamExt};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ServerCapabilities, ServerConfig};
+use rmcp::model::{CallToolResult, ProtocolVersion, ServerCapabilities, ServerConfig};
 use rmcp::{ErrorData, ServerHandler, schemars, tool, tool_handler, tool_router};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -44,6 +44,18 @@ pub struct SwarmstateMcp {
 }
 
 impl SwarmstateMcp {
+    /// Releases every lock and leadership the session holds, and waits for the releases; its
+    /// claims are left to their leases. For a session that ends with its process, where a
+    /// release in the background would not run.
+    pub async fn release_all(&self) {
+        let locks = std::mem::take(&mut self.held.lock().await.locks);
+        for ((name, token), guard) in locks {
+            if let Err(err) = guard.release().await {
+                tracing::debug!(%name, token, %err, "release at the session's end failed");
+            }
+        }
+    }
+
     /// A session on `store`, holding nothing yet.
     pub fn new(store: Arc<dyn StateStore>) -> SwarmstateMcp {
         SwarmstateMcp {
@@ -906,6 +918,17 @@ impl SwarmstateMcp {
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for SwarmstateMcp {
+    // Only versions with sessions: what a session holds must outlive one request, and the
+    // sessionless protocol (2026-07-28) would drop it at the end of each.
+    fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
+        std::borrow::Cow::Borrowed(&[
+            ProtocolVersion::V_2025_11_25,
+            ProtocolVersion::V_2025_06_18,
+            ProtocolVersion::V_2025_03_26,
+            ProtocolVersion::V_2024_11_05,
+        ])
+    }
+
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_instructions(
             format!(
