@@ -585,3 +585,32 @@ async fn bad_input_is_a_tool_error_naming_it_and_changes_nothing() {
     let keys = ok(&c, "list_keys", json!({"pattern": "*"})).await;
     assert_eq!(keys["keys"], json!([]), "bad input wrote something");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_item_goes_back_to_the_queue_and_is_dead_on_its_last_attempt() {
+    let f = Fixture::new().await;
+    let c = f.client().await;
+    ok(
+        &c,
+        "queue_enqueue",
+        json!({"queue": "q", "id": "flaky", "payload": "p"}),
+    )
+    .await;
+    let args = json!({"queue": "q", "worker": "w", "lease_seconds": 30, "max_attempts": 2});
+    let first = ok(&c, "queue_claim", args.clone()).await;
+    assert_eq!(first["attempt"], 1);
+    let failed = ok(&c, "queue_fail", json!({"queue": "q", "id": "flaky", "token": first["token"], "reason": "timeout", "max_attempts": 2})).await;
+    assert_eq!(failed["state"], "pending");
+    let second = ok(&c, "queue_claim", args).await;
+    assert_eq!(second["attempt"], 2);
+    assert!(second["token"].as_u64() > first["token"].as_u64());
+    let dead = ok(&c, "queue_fail", json!({"queue": "q", "id": "flaky", "token": second["token"], "reason": "timeout", "max_attempts": 2})).await;
+    assert_eq!(dead["state"], "dead");
+    let none = ok(
+        &c,
+        "queue_claim",
+        json!({"queue": "q", "worker": "w", "lease_seconds": 30}),
+    )
+    .await;
+    assert!(none["claimed"].is_null(), "{none}");
+}
