@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use futures::{FutureExt, StreamExt};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
@@ -18,6 +17,7 @@ use swarmstate_core::{
     Condition, Entry, Error, Key, Pattern, PutOptions, Revision, StateStore, StateStoreExt,
     TxnAction, TxnOp, TxnResult, WatchEvent, WatchStart,
 };
+use swarmstate_http::wire::{Encoding, WireValue, decode_value};
 use swarmstate_recipes::election::Election;
 use swarmstate_recipes::lock::{LockGuard, acquire_lock, acquire_lock_wait};
 use swarmstate_recipes::queue::{Claim, DEFAULT_MAX_ATTEMPTS, WorkQueue};
@@ -98,29 +98,28 @@ fn revision(field: &str, n: u64) -> Result<Revision, Failure> {
     Revision::new(n).ok_or_else(|| Failure::bad(format!("{field} must be at least 1, got 0")))
 }
 
-/// A value from a model: text, or base64 when `encoding` says so.
+/// A value from a model: text, or base64 when `encoding` says so (the wire format's rules).
 fn value(text: &str, encoding: Option<&str>) -> Result<bytes::Bytes, Failure> {
-    match encoding {
-        None | Some("utf8") => Ok(bytes::Bytes::from(text.to_owned())),
-        Some("base64") => base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map(bytes::Bytes::from)
-            .map_err(|err| Failure::bad(format!("value is not valid base64: {err}"))),
-        Some(other) => Err(Failure::bad(format!(
-            "encoding must be utf8 or base64, got {other:?}"
-        ))),
-    }
+    let encoding = match encoding {
+        None | Some("utf8") => Encoding::Utf8,
+        Some("base64") => Encoding::Base64,
+        Some(other) => {
+            return Err(Failure::bad(format!(
+                "encoding must be utf8 or base64, got {other:?}"
+            )));
+        }
+    };
+    decode_value(text, encoding, "value").map_err(Failure::bad)
 }
 
 /// A value for a model: text when it is UTF-8, else base64, saying which.
 fn shown(bytes: &[u8]) -> (String, &'static str) {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => (text.to_owned(), "utf8"),
-        Err(_) => (
-            base64::engine::general_purpose::STANDARD.encode(bytes),
-            "base64",
-        ),
-    }
+    let WireValue { value, encoding } = WireValue::encode(bytes);
+    let name = match encoding {
+        Encoding::Utf8 => "utf8",
+        Encoding::Base64 => "base64",
+    };
+    (value, name)
 }
 
 fn entry_json(entry: &Entry) -> Value {

@@ -354,15 +354,17 @@ async fn txn(
         ))
     })?;
     let ops = txn_ops(request.ops)?;
-    // The shape every backend checks (1 to MAX_TXN_OPS operations, each key once, values
-    // within the limit), checked here first, so that a malformed transaction never reaches
-    // the store.
-    let max_value_size = state.store.capabilities().max_value_size;
-    let outcome = match swarmstate_core::backend::validate_txn(&ops, max_value_size) {
+    let outcome = match txn_shape(&state, &ops) {
         Ok(()) => state.store.txn(ops.clone()).await,
         Err(err) => Err(err),
     };
     txn_answer(outcome, &ops)
+}
+
+/// Checks the shape every backend checks (1 to MAX_TXN_OPS operations, each key once, values
+/// within the limit) here first, so that a malformed transaction never reaches the store.
+pub(crate) fn txn_shape(state: &AppState, ops: &[TxnOp]) -> Result<(), Error> {
+    swarmstate_core::backend::validate_txn(ops, state.store.capabilities().max_value_size)
 }
 
 /// A transaction's operations from the wire; a malformed one is 400 naming its index.

@@ -21,7 +21,7 @@ use super::wire::{
     WireHolder, WireLeader, WireLeadership, WireLock,
 };
 use super::{Call, Named, duration, wait};
-use crate::api::{AppState, json_response, txn_answer, txn_ops};
+use crate::api::{AppState, json_response, txn_answer, txn_ops, txn_shape};
 use crate::problem::ApiError;
 use crate::watch::stopped;
 
@@ -44,12 +44,10 @@ pub(super) async fn unless_shutdown<T>(
 /// their shape first so a malformed transaction never reaches the store, and hands the guard
 /// back as a handle: a fenced write never releases.
 async fn fenced(state: &AppState, guard: LockGuard, ops: Vec<TxnOp>) -> Result<Response, ApiError> {
-    let max_value_size = state.store.capabilities().max_value_size;
-    let outcome: StoreResult<Vec<TxnResult>> =
-        match swarmstate_core::backend::validate_txn(&ops, max_value_size) {
-            Ok(()) => guard.fenced_txn(ops.clone()).await,
-            Err(err) => Err(err),
-        };
+    let outcome: StoreResult<Vec<TxnResult>> = match txn_shape(state, &ops) {
+        Ok(()) => guard.fenced_txn(ops.clone()).await,
+        Err(err) => Err(err),
+    };
     guard.into_handle().await;
     txn_answer(outcome, &ops)
 }

@@ -7,16 +7,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use swarmstate_core::{Error, Key};
-use swarmstate_http::wire::{WireResult, decode_value};
+use swarmstate_http::wire::decode_value;
 use swarmstate_recipes::queue::{DEFAULT_MAX_ATTEMPTS, WorkQueue};
 
 use super::locks::unless_shutdown;
 use super::wire::{
-    ClaimRequest, CompleteRequest, Completed, EnqueueRequest, Enqueued, FailRequest, Failed,
-    WireClaim, WireItem, WireItems,
+    ClaimRequest, CompleteRequest, EnqueueRequest, Enqueued, FailRequest, Failed, WireClaim,
+    WireItem, WireItems,
 };
 use super::{Call, Named, duration, wait};
-use crate::api::{AppState, NoParams, json_response, txn_answer, txn_ops};
+use crate::api::{AppState, NoParams, json_response, txn_answer, txn_ops, txn_shape};
 use crate::input;
 use crate::problem::ApiError;
 
@@ -82,24 +82,17 @@ pub(crate) async fn complete(
 ) -> Result<Response, ApiError> {
     let claim = body.claim.into_claim(&key)?;
     let ops = txn_ops(body.ops)?;
-    if !ops.is_empty() {
-        let max_value_size = state.store.capabilities().max_value_size;
-        if let Err(err) = swarmstate_core::backend::validate_txn(&ops, max_value_size) {
-            return txn_answer(Err(err), &ops);
-        }
+    // No ops is a plain completion; any ops are a transaction's, checked as one.
+    if !ops.is_empty()
+        && let Err(err) = txn_shape(&state, &ops)
+    {
+        return txn_answer(Err(err), &ops);
     }
     let outcome = queue(&state, key, None)?
         .complete_with(claim, ops.clone())
         .await;
-    match outcome {
-        Ok(results) => Ok(json_response(
-            StatusCode::OK,
-            &Completed {
-                results: results.iter().map(WireResult::from_result).collect(),
-            },
-        )),
-        Err(err) => txn_answer(Err(err), &ops),
-    }
+    // The same answer as a transaction's: the results of `ops`, or the error naming its index.
+    txn_answer(outcome, &ops)
 }
 
 pub(crate) async fn fail(

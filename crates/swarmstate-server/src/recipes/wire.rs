@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use swarmstate_core::{Key, Revision};
-use swarmstate_http::wire::{Encoding, WireOp, WireResult, format_ttl, millis};
+use swarmstate_http::wire::{Encoding, WireOp, format_ttl, millis};
 use swarmstate_recipes::election::Leader;
 use swarmstate_recipes::lock::{FencingToken, LockHandle};
 use swarmstate_recipes::queue::{Claim, ClaimHandle, ItemStatus};
@@ -247,12 +247,6 @@ pub(super) struct CompleteRequest {
     pub(super) claim: WireClaim,
     #[serde(default)]
     pub(super) ops: Vec<WireOp>,
-}
-
-/// The answer to a completion: the results of its operations.
-#[derive(Debug, Serialize)]
-pub(super) struct Completed {
-    pub(super) results: Vec<WireResult>,
 }
 
 /// `POST /v1/queues/{name}/fail`.
