@@ -65,6 +65,11 @@ impl WatchFeed {
         self.lagged_at.store(resume_from.get(), Ordering::Release);
     }
 
+    /// Whether the watcher has dropped its stream.
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
     /// Resolves when the watcher has dropped its stream.
     pub async fn closed(&self) {
         self.sender.closed().await;

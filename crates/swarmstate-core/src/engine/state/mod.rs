@@ -4,6 +4,7 @@
 //! I/O and reads no clock: the caller passes `now`.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -119,6 +120,10 @@ impl Batch {
 pub struct KvState {
     // foldhash: several times faster than SipHash on short keys, still seeded per map.
     entries: HashMap<Key, Stored, foldhash::fast::RandomState>,
+    // Invariant: exactly the keys of `entries`. The hash map answers point reads and writes;
+    // this answers listings in key order, at a cost in proportion to what they return. Only
+    // a write that adds or removes a key touches it.
+    ordered: BTreeSet<Key>,
     // Invariant: the revision of the last change, 0 before the first.
     last_revision: u64,
     // Invariant: holds exactly one (deadline, key) per entry that has a deadline.
@@ -141,6 +146,7 @@ impl KvState {
     pub fn new(limits: StateLimits) -> KvState {
         KvState {
             entries: HashMap::default(),
+            ordered: BTreeSet::new(),
             last_revision: 0,
             expiries: BTreeSet::new(),
             bytes: 0,
@@ -199,14 +205,30 @@ impl KvState {
         if let Pattern::Exact(key) = pattern {
             return self.get(key, now).map(|e| e.key).into_iter().collect();
         }
-        let mut keys: Vec<Key> = self
-            .entries
-            .iter()
-            .filter(|(key, stored)| live(stored, now) && pattern.matches(key))
-            .map(|(key, _)| key.clone())
-            .collect();
-        keys.sort_unstable();
-        keys
+        self.selected(pattern)
+            .filter(|key| {
+                self.entries
+                    .get(*key)
+                    .is_some_and(|stored| live(stored, now))
+            })
+            .cloned()
+            .collect()
+    }
+
+    // The keys `pattern` selects, present or past their deadline, in key order. A prefix is
+    // one range of the ordered index: keys under `prefix.` sort together, from `prefix.` up.
+    fn selected<'s>(&'s self, pattern: &'s Pattern) -> Box<dyn Iterator<Item = &'s Key> + 's> {
+        match pattern {
+            Pattern::Exact(key) => Box::new(self.ordered.get(key).into_iter()),
+            Pattern::All => Box::new(self.ordered.iter().filter(|key| !key.is_reserved())),
+            Pattern::Prefix(prefix) => {
+                let start = format!("{prefix}.");
+                let range = self
+                    .ordered
+                    .range::<str, _>((Bound::Included(start.as_str()), Bound::Unbounded));
+                Box::new(range.take_while(move |key| key.as_str().starts_with(start.as_str())))
+            }
+        }
     }
 
     /// Present entries selected by `pattern`, in key order.
@@ -436,10 +458,15 @@ impl KvState {
                     expires_at: *expires_at,
                 };
                 self.bytes += size(key, value);
-                if let Some(old) = self.entries.insert(key.clone(), stored) {
-                    self.bytes -= size(key, &old.value);
-                    if let Some(at) = old.expires_at {
-                        self.expiries.remove(&(at, key.clone()));
+                match self.entries.insert(key.clone(), stored) {
+                    Some(old) => {
+                        self.bytes -= size(key, &old.value);
+                        if let Some(at) = old.expires_at {
+                            self.expiries.remove(&(at, key.clone()));
+                        }
+                    }
+                    None => {
+                        self.ordered.insert(key.clone());
                     }
                 }
                 if let Some(at) = expires_at {
@@ -448,6 +475,7 @@ impl KvState {
             }
             Change::Delete { key, .. } | Change::Expire { key, .. } => {
                 if let Some(old) = self.entries.remove(key) {
+                    self.ordered.remove(key);
                     self.bytes -= size(key, &old.value);
                     if let Some(at) = old.expires_at {
                         self.expiries.remove(&(at, key.clone()));

@@ -48,6 +48,7 @@ impl KvState {
         let mut state = KvState::new(limits);
         let last = persisted.last_revision.map_or(0, Revision::get);
         state.last_revision = last;
+        let mut keys = Vec::with_capacity(persisted.entries.len());
         for entry in persisted.entries {
             if entry.revision.get() > last {
                 return Err(corrupt(format!(
@@ -67,7 +68,11 @@ impl KvState {
             if state.entries.insert(entry.key.clone(), stored).is_some() {
                 return Err(corrupt(format!("key {} is stored twice", entry.key)));
             }
+            keys.push(entry.key);
         }
+        // Built at once: from keys already in order (as a durable backend reads them) this is
+        // a linear bulk load rather than one insert each.
+        state.ordered = keys.into_iter().collect();
         let kept = persisted.history.len() as u64;
         if kept > last {
             return Err(corrupt(format!(
@@ -91,17 +96,19 @@ impl KvState {
 
     /// Everything this state is made of (for tests and for a backend that rewrites its file).
     pub fn persisted(&self) -> Persisted {
-        let mut entries: Vec<StoredEntry> = self
-            .entries
+        let entries = self
+            .ordered
             .iter()
-            .map(|(key, stored)| StoredEntry {
-                key: key.clone(),
-                value: stored.value.clone(),
-                revision: stored.revision,
-                expires_at: stored.expires_at,
+            .map(|key| {
+                let stored = &self.entries[key];
+                StoredEntry {
+                    key: key.clone(),
+                    value: stored.value.clone(),
+                    revision: stored.revision,
+                    expires_at: stored.expires_at,
+                }
             })
             .collect();
-        entries.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         Persisted {
             entries,
             last_revision: self.last_revision(),

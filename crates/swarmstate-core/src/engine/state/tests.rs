@@ -202,6 +202,50 @@ fn idempotency_records_travel_in_the_change_set_and_expire_after_the_window() {
     assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
 }
 
+fn listed(state: &KvState, pattern: &str, now: Timestamp) -> Vec<String> {
+    let pattern = Pattern::new(pattern).unwrap();
+    state
+        .keys(&pattern, now)
+        .iter()
+        .map(|key| key.to_string())
+        .collect()
+}
+
+#[test]
+fn listings_select_by_pattern_in_key_order_and_follow_every_change() {
+    let mut state = state();
+    // Neighbours of `a.`: '-' sorts before '.', '/' and letters after it.
+    for k in ["b.a", "a.b.c", "a-b.c", "a", "a/b", "ab.c", "a.b", "a.a"] {
+        put(&mut state, k, "v", PutOptions::overwrite(), at(0)).unwrap();
+    }
+    let ttl = PutOptions::overwrite().ttl(Duration::from_secs(10));
+    put(&mut state, "a.t", "v", ttl, at(0)).unwrap();
+    assert_eq!(listed(&state, "a.*", at(5)), ["a.a", "a.b", "a.b.c", "a.t"]);
+    assert_eq!(listed(&state, "a.*", at(10)), ["a.a", "a.b", "a.b.c"]);
+    assert_eq!(listed(&state, "a.b.*", at(5)), ["a.b.c"]);
+    assert_eq!(listed(&state, "a.b", at(5)), ["a.b"]);
+    assert_eq!(listed(&state, "zz.*", at(5)), Vec::<String>::new());
+    assert_eq!(
+        listed(&state, "*", at(5)),
+        [
+            "a", "a-b.c", "a.a", "a.b", "a.b.c", "a.t", "a/b", "ab.c", "b.a"
+        ]
+    );
+
+    let mut batch = state.batch();
+    state.delete(&mut batch, &key("a.b"), None, at(11)).unwrap();
+    state.apply(&mut batch, at(11), None);
+    assert_eq!(listed(&state, "a.*", at(11)), ["a.a", "a.b.c"]);
+    assert_eq!(
+        state.ordered.len(),
+        state.entries.len(),
+        "an expired and a deleted key leave the index with their entries"
+    );
+    let restored = KvState::restore(StateLimits::default(), state.persisted()).unwrap();
+    assert_eq!(listed(&restored, "a.*", at(11)), ["a.a", "a.b.c"]);
+    assert_eq!(restored.ordered, state.ordered);
+}
+
 #[test]
 fn a_restored_state_answers_as_the_original_and_continues_its_revisions() {
     let mut original = state();
