@@ -47,6 +47,10 @@ struct Args {
     /// Only the targets whose name contains this, besides swarmstate.
     #[arg(long)]
     targets: Option<String>,
+    /// The length of each measurement, in milliseconds (default 1,500; 400 with --quick);
+    /// longer ones leave time to attach a profiler to the PIDs printed at the start.
+    #[arg(long)]
+    duration_ms: Option<u64>,
 }
 
 /// What a row measures.
@@ -330,7 +334,10 @@ fn main() -> Result<()> {
 }
 
 async fn run(args: &Args) -> Result<String> {
-    let budget = Budget::new(args.quick);
+    let mut budget = Budget::new(args.quick);
+    if let Some(millis) = args.duration_ms {
+        budget.duration = Duration::from_millis(millis);
+    }
     let (servers, targets) = start(args).await?;
     let mut specs = plan();
     if let Some(only) = &args.only {

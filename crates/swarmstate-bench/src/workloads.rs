@@ -154,26 +154,39 @@ async fn gather(mut tasks: JoinSet<Result<TaskRun>>) -> Result<Round> {
     Ok(Round::new(ops, attempts, elapsed, latencies))
 }
 
+/// When one acquisition of the contended lock happened, and when its release started and
+/// returned.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tenure {
+    acquired: Option<Instant>,
+    release_called: Option<Instant>,
+    release_returned: Option<Instant>,
+}
+
 /// Four tasks take one lock in turn with no hold time, for `duration`: the rate is
-/// acquisitions per second and the latencies are hand-overs, from the moment the holder
-/// starts its release to the moment the next holder's acquire returns. The holder stamps a
-/// shared clock just before it releases; the next holder (whichever task it is) reads it as
-/// soon as its acquire returns, while it holds the lock, so the stamp is always the previous
-/// holder's.
+/// acquisitions per second and the latencies are hand-overs, from a release returning to the
+/// next holder's acquire returning.
+///
+/// Acquisitions are numbered in the order they happen (the holder takes the next number while
+/// it holds the lock, so the numbers follow the lock's order), and each tenure's times go in a
+/// shared table. Hand-over n is acquisition n+1's time minus the return of release n, taken
+/// after the run: the next holder's acquire can return before the release's own answer
+/// reaches the releaser, and that hand-over counts as 0. The hand-overs measured from the
+/// moment the release was called are printed to stderr beside them.
 pub(crate) async fn contended_lock(
     entrant: &Entrant,
     tasks_count: usize,
     duration: Duration,
     tag: &str,
 ) -> Result<Round> {
-    let released_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let tenures: Arc<Mutex<Vec<Tenure>>> = Arc::new(Mutex::new(Vec::new()));
     let barrier = Arc::new(Barrier::new(tasks_count));
     let key = format!("bench.{tag}.contended");
     let mut tasks = JoinSet::new();
     for task in 0..tasks_count {
         let mut client = entrant.client.clone();
         let barrier = barrier.clone();
-        let released_at = released_at.clone();
+        let tenures = tenures.clone();
         let key = key.clone();
         let kind = entrant.lock;
         let owner = format!("bench-{tag}-t{task}");
@@ -191,20 +204,50 @@ pub(crate) async fn contended_lock(
             while Instant::now() < deadline {
                 let held = client.lock(kind, &key, &session, true).await?;
                 let acquired = Instant::now();
-                if let Some(released) = released_at.lock().unwrap().take() {
-                    run.latencies.push(acquired - released);
-                }
+                let number = {
+                    let mut tenures = tenures.lock().unwrap();
+                    tenures.push(Tenure {
+                        acquired: Some(acquired),
+                        ..Tenure::default()
+                    });
+                    tenures.len() - 1
+                };
                 run.ops += 1;
                 run.attempts += 1;
-                *released_at.lock().unwrap() = Some(Instant::now());
+                let called = Instant::now();
                 client.unlock(held).await?;
+                let returned = Instant::now();
+                let mut tenures = tenures.lock().unwrap();
+                tenures[number].release_called = Some(called);
+                tenures[number].release_returned = Some(returned);
             }
             run.elapsed = start.elapsed();
             client.end_session(session).await?;
             anyhow::Ok(run)
         });
     }
-    gather(tasks).await
+    let mut round = gather(tasks).await?;
+    let tenures = tenures.lock().unwrap().clone();
+    let hand_overs = |from: fn(&Tenure) -> Option<Instant>| -> Vec<Duration> {
+        tenures
+            .windows(2)
+            .filter_map(|pair| Some(pair[1].acquired?.saturating_duration_since(from(&pair[0])?)))
+            .collect()
+    };
+    let from_return = Round::new(0, 0, Duration::ZERO, hand_overs(|t| t.release_returned));
+    let from_call = Round::new(0, 0, Duration::ZERO, hand_overs(|t| t.release_called));
+    let show = |d: Option<Duration>| d.map_or("—".to_owned(), crate::stats::format_duration);
+    eprintln!(
+        "  {} hand-overs; from release returning p50 {} p99 {}; from release called p50 {} p99 {}",
+        tenures.len().saturating_sub(1),
+        show(from_return.p50),
+        show(from_return.p99),
+        show(from_call.p50),
+        show(from_call.p99),
+    );
+    round.p50 = from_return.p50;
+    round.p99 = from_return.p99;
+    Ok(round)
 }
 
 /// One writer and `watchers` watchers of the prefix `bench.<tag>`: the writer puts
