@@ -72,6 +72,7 @@ struct Spec {
 }
 
 impl Spec {
+    /// The "in flight" column.
     fn in_flight(&self) -> String {
         match self.workload {
             Workload::Loop { in_flight, .. } => in_flight.to_string(),
@@ -80,6 +81,8 @@ impl Spec {
         }
     }
 
+    /// This row's part of its keys: the name as a key token and the concurrency, so no two
+    /// rows share keys (or a lock).
     fn tag(&self) -> String {
         let base: String = self
             .name
@@ -92,7 +95,8 @@ impl Spec {
         }
     }
 
-    /// The entrant takes part in this row, with the lock it takes there.
+    /// The entrants of this row: every target, etcd's with its Lock service in the lock rows
+    /// and, in the lock-cycle rows, once more with a txn lock.
     fn entrants(&self, targets: &[Entrant]) -> Vec<Entrant> {
         let lock_row = matches!(
             self.workload,
