@@ -51,6 +51,10 @@ struct Args {
     /// longer ones leave time to attach a profiler to the PIDs printed at the start.
     #[arg(long)]
     duration_ms: Option<u64>,
+    /// The number of changes the watch fan-out writes, one every 3 ms (default 300; 100 with
+    /// --quick).
+    #[arg(long)]
+    watch_puts: Option<usize>,
 }
 
 /// What a row measures.
@@ -342,6 +346,9 @@ async fn run(args: &Args) -> Result<String> {
     if let Some(millis) = args.duration_ms {
         budget.duration = Duration::from_millis(millis);
     }
+    if let Some(puts) = args.watch_puts {
+        budget.watch_puts = puts.max(1);
+    }
     let (servers, targets) = start(args).await?;
     let mut specs = plan();
     if let Some(only) = &args.only {
@@ -383,7 +390,10 @@ async fn run(args: &Args) -> Result<String> {
                 );
                 let key = (*i, entrant.name.clone());
                 match measure(spec, entrant, &budget, budget.duration).await {
-                    Ok(result) => results.entry(key).or_default().push(result),
+                    Ok(result) => {
+                        eprintln!("  {}", stats::format_rate(result.rate, spec.unit));
+                        results.entry(key).or_default().push(result);
+                    }
                     Err(error) => {
                         eprintln!("  failed: {error:#}");
                         failures.insert(key, format!("{error:#}"));
