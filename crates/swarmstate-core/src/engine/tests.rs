@@ -81,13 +81,19 @@ impl Persistence for Held {
 }
 
 fn engine(permits: usize) -> (Engine<Held>, Arc<HeldBack>) {
+    engine_with(
+        permits,
+        EngineConfig {
+            max_value_size: 1024,
+            watch_buffer: 16,
+            ..EngineConfig::default()
+        },
+    )
+}
+
+fn engine_with(permits: usize, config: EngineConfig) -> (Engine<Held>, Arc<HeldBack>) {
     let persistence = Arc::new(HeldBack::default());
     persistence.add_permits(permits);
-    let config = EngineConfig {
-        max_value_size: 1024,
-        watch_buffer: 16,
-        ..EngineConfig::default()
-    };
     let state = KvState::new(config.limits.clone());
     let engine = Engine::new(Held(persistence.clone()), config, state, Clock::new());
     (engine, persistence)
@@ -282,6 +288,70 @@ async fn expiries_are_persisted_like_writes() {
     );
 }
 
+// Spawns a create of each of `names`, each once the one before is in the writer's queue, and
+// returns their tasks.
+async fn queue_creates(
+    engine: &Engine<Held>,
+    names: &[&'static str],
+) -> Vec<tokio::task::JoinHandle<Result<Revision>>> {
+    let queue = engine.shared.queue.as_ref().unwrap();
+    let capacity = queue.max_capacity();
+    let mut tasks = Vec::new();
+    for (n, &name) in names.iter().enumerate() {
+        let engine = engine.clone();
+        tasks.push(tokio::spawn(
+            async move { engine.create(&key(name), "x").await },
+        ));
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while capacity - queue.capacity() < n + 1 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("write {n} queues up"));
+    }
+    tasks
+}
+
+async fn writes_still_group_after_the_stores_total_passed_the_group_bound() {
+    // A group holds at most 100 bytes; lone writes of 11 bytes each add up past that first.
+    let config = EngineConfig {
+        max_batch_bytes: 100,
+        ..EngineConfig::default()
+    };
+    let (engine, persistence) = engine_with(usize::MAX >> 4, config);
+    for n in 0..20 {
+        engine
+            .set(&key(&format!("lone{n:02}")), "value")
+            .await
+            .unwrap();
+    }
+    persistence.gate.lock().unwrap().0 = 0;
+    let first = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.set(&key("first"), "1").await }
+    });
+    persistence.entered(21).await;
+    let queued = queue_creates(&engine, &["b", "c", "d"]).await;
+    persistence.add_permits(8);
+    first.await.unwrap().unwrap();
+    for task in queued {
+        task.await.unwrap().unwrap();
+    }
+    let groups: Vec<usize> = persistence
+        .persisted
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|changes| changes.changes.len())
+        .collect();
+    assert_eq!(
+        groups[21..],
+        [3],
+        "the three writes queued together commit as one group: {groups:?}"
+    );
+}
+
 async fn a_panicking_persistence_is_a_failed_commit() {
     let (engine, persistence) = engine(usize::MAX >> 4);
     engine.set(&key("a"), "1").await.unwrap();
@@ -320,4 +390,5 @@ on_both_writers!(
     a_caller_that_stops_waiting_does_not_cancel_its_write,
     close_commits_what_was_queued_and_then_releases_the_persistence,
     a_panicking_persistence_is_a_failed_commit,
+    writes_still_group_after_the_stores_total_passed_the_group_bound,
 );

@@ -91,8 +91,9 @@ impl Group {
             && self.bytes < shared.config.max_batch_bytes
     }
 
-    // Takes `first` and whatever else is queued, up to the bounds. On an empty queue it asks
-    // `wait_more` whether to look again.
+    // Starts a new group (the last one's jobs were drained when it was decided) with `first`
+    // and whatever else is queued, up to the bounds. On an empty queue it asks `wait_more`
+    // whether to look again.
     fn fill<P>(
         &mut self,
         first: Message,
@@ -100,6 +101,10 @@ impl Group {
         shared: &Shared<P>,
         mut wait_more: impl FnMut(&Group) -> bool,
     ) {
+        debug_assert!(self.jobs.is_empty(), "the last group was decided");
+        // The bound is per group: a count carried over would end every group after its first
+        // write once the store's lifetime total passed it.
+        self.bytes = 0;
         let mut open = self.take(first, shared);
         while open {
             match queue.try_recv() {
