@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::{sleep, timeout};
 
 use super::invariants::{converged_view, read_config};
-use super::{RETRY, Record, Sink, agent, decode, new_swarm, transient};
+use super::{RETRY, Record, Sink, Swarm, agent, decode, new_swarm, transient};
 use crate::open::open_store;
 
 /// What one agent process is told.
@@ -36,6 +36,8 @@ pub(crate) struct AgentArgs {
 pub(crate) enum Line {
     /// Something for the ledger.
     Record(Record),
+    /// The agent has stopped working and campaigning: it writes nothing more.
+    Stopped,
     /// The agent's final view of the config, last.
     View(BTreeMap<String, String>),
 }
@@ -53,7 +55,8 @@ pub(super) fn print_line(record: &Record) {
     print(&Line::Record(record.clone()));
 }
 
-/// Runs one agent until its stdin ends, then prints its config view once it has caught up.
+/// Runs one agent until it reads `done` (or its stdin ends), then says it stopped; at the end
+/// of its stdin prints its config view once it has caught up with the store.
 pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     let store = open_store(&args.store).await?;
     let swarm = new_swarm(
@@ -69,15 +72,23 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .context("starting the config watch")?;
     let mut task = tokio::spawn(agent(swarm.clone(), args.name.clone()));
 
+    // "halfway", then "done" (stop), then the end of stdin (report the view); an end of
+    // stdin before "done" means both.
     let mut orders = BufReader::new(tokio::io::stdin()).lines();
+    let mut stopped = false;
     while let Some(order) = orders.next_line().await.context("reading orders")? {
-        if order.trim() == "halfway" {
-            swarm.halfway.store(true, Ordering::Release);
+        match order.trim() {
+            "halfway" => swarm.halfway.store(true, Ordering::Release),
+            "done" if !stopped => {
+                stop(&swarm, &mut task).await;
+                stopped = true;
+            }
+            _ => {}
         }
     }
-    swarm.done.send_replace(true);
-    // The stalled agent's late completion, the leader's resign.
-    let _ = timeout(swarm.lease * 3, &mut task).await;
+    if !stopped {
+        stop(&swarm, &mut task).await;
+    }
 
     let truth = loop {
         match read_config(&swarm.store, &swarm.keys.config()).await {
@@ -88,4 +99,12 @@ pub(crate) async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     };
     print(&Line::View(converged_view(&config, &truth).await));
     Ok(ExitCode::SUCCESS)
+}
+
+// Ends the agent's work and campaigning, then says so.
+async fn stop(swarm: &Swarm, task: &mut tokio::task::JoinHandle<()>) {
+    swarm.done.send_replace(true);
+    // The stalled agent's late completion, the leader's resign.
+    let _ = timeout(swarm.lease * 3, task).await;
+    print(&Line::Stopped);
 }

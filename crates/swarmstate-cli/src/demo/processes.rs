@@ -2,7 +2,7 @@
 //! process: by default one this demo starts on a temporary data directory, and kills with
 //! SIGKILL and restarts halfway; or a server at a URL the user gave (never restarted).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,7 +56,8 @@ pub(super) async fn run(args: &DemoArgs, url: Option<String>) -> anyhow::Result<
     );
     let (swarm, results) = supervise(&url, args).await?;
     let lease = swarm.lease;
-    let views: Arc<Mutex<BTreeMap<String, BTreeMap<String, String>>>> = Arc::default();
+    let views: Views = Arc::default();
+    let stopped: Stopped = Arc::default();
     let mut agents = Vec::with_capacity(args.agents);
     for n in 0..args.agents {
         agents.push(spawn_agent(
@@ -64,7 +65,7 @@ pub(super) async fn run(args: &DemoArgs, url: Option<String>) -> anyhow::Result<
             &url,
             &agent_name(n),
             args,
-            views.clone(),
+            (views.clone(), stopped.clone()),
         )?);
     }
 
@@ -86,7 +87,29 @@ pub(super) async fn run(args: &DemoArgs, url: Option<String>) -> anyhow::Result<
         }
     }
 
-    // Done: the end of their stdin tells the agents; each winds down and reports its view.
+    // Done, in two steps. "done" tells every agent to stop working and campaigning (the
+    // leader publishes once more and resigns); only once every survivor has stopped does the
+    // end of their stdin ask for their views. Otherwise an agent still campaigning could win
+    // a term after the others compared their views with the store, and publish a newer config.
+    for agent in &mut agents {
+        if let Some(orders) = &mut agent.orders {
+            // An agent that died has closed its stdin; the invariants tell.
+            let _ = orders.write_all(b"done\n").await;
+        }
+    }
+    let survivors: BTreeSet<String> = agents
+        .iter()
+        .map(|agent| agent.name.clone())
+        .filter(|name| !killed.contains(name))
+        .collect();
+    let deadline = Instant::now() + lease * 3 + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        let all_stopped = survivors.is_subset(&stopped.lock().unwrap_or_else(|e| e.into_inner()));
+        if all_stopped {
+            break;
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
     for agent in &mut agents {
         agent.orders = None;
     }
@@ -121,13 +144,20 @@ pub(super) async fn run(args: &DemoArgs, url: Option<String>) -> anyhow::Result<
     })
 }
 
-/// Starts one agent process and a task that adds what it prints to the ledger.
+/// Each agent's final view of the config, by name.
+type Views = Arc<Mutex<BTreeMap<String, BTreeMap<String, String>>>>;
+
+/// The agents that have stopped writing.
+type Stopped = Arc<Mutex<BTreeSet<String>>>;
+
+/// Starts one agent process and a task that adds what it prints to the ledger, its view and
+/// whether it stopped.
 fn spawn_agent(
     swarm: &Arc<Swarm>,
     url: &str,
     name: &str,
     args: &DemoArgs,
-    views: Arc<Mutex<BTreeMap<String, BTreeMap<String, String>>>>,
+    (views, stopped): (Views, Stopped),
 ) -> anyhow::Result<AgentProcess> {
     let mut child = Command::new(std::env::current_exe()?)
         .arg("demo-agent")
@@ -152,6 +182,12 @@ fn spawn_agent(
         while let Ok(Some(line)) = lines.next_line().await {
             match serde_json::from_str::<Line>(&line) {
                 Ok(Line::Record(record)) => swarm.record(record),
+                Ok(Line::Stopped) => {
+                    stopped
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(agent.clone());
+                }
                 Ok(Line::View(view)) => {
                     views
                         .lock()
