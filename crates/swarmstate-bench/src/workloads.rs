@@ -44,6 +44,7 @@ pub(crate) struct Entrant {
 }
 
 /// What one task did.
+#[derive(Default)]
 struct TaskRun {
     ops: u64,
     attempts: u64,
@@ -90,12 +91,7 @@ pub(crate) async fn closed_loop(
             barrier.wait().await;
             let start = Instant::now();
             let deadline = start + duration;
-            let mut run = TaskRun {
-                ops: 0,
-                attempts: 0,
-                elapsed: Duration::ZERO,
-                latencies: Vec::new(),
-            };
+            let mut run = TaskRun::default();
             while Instant::now() < deadline {
                 let began = Instant::now();
                 let attempts = match op {
@@ -195,12 +191,7 @@ pub(crate) async fn contended_lock(
             barrier.wait().await;
             let start = Instant::now();
             let deadline = start + duration;
-            let mut run = TaskRun {
-                ops: 0,
-                attempts: 0,
-                elapsed: Duration::ZERO,
-                latencies: Vec::new(),
-            };
+            let mut run = TaskRun::default();
             while Instant::now() < deadline {
                 let held = client.lock(kind, &key, &session, true).await?;
                 let acquired = Instant::now();
