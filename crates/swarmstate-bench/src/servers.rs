@@ -50,6 +50,30 @@ impl Process {
     }
 
     /// Fails if the process has exited.
+    /// Asks `ready` every 50 ms until it answers yes; fails if the process exits first or
+    /// [`READY_TIMEOUT`] passes.
+    async fn wait_until_ready<F, Fut>(&mut self, mut ready: F) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            self.check_running()?;
+            if ready().await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not answer within {READY_TIMEOUT:?}:\n{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     fn check_running(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!("{} exited with {status}:\n{}", self.name, self.log_tail());
@@ -144,22 +168,15 @@ impl Etcd {
             .args(["--initial-cluster-state", "new"])
             .args(["--log-level", "warn"]);
         let mut process = Process::spawn("etcd", command, dir)?;
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            process.check_running()?;
-            if let Ok(mut client) = etcd_client::Client::connect([&url], None).await
-                && client.status().await.is_ok()
-            {
-                return Ok(Etcd { process, url });
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "etcd did not answer within {READY_TIMEOUT:?}:\n{}",
-                    process.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        process
+            .wait_until_ready(|| async {
+                match etcd_client::Client::connect([&url], None).await {
+                    Ok(mut client) => client.status().await.is_ok(),
+                    Err(_) => false,
+                }
+            })
+            .await?;
+        Ok(Etcd { process, url })
     }
 }
 
@@ -203,25 +220,18 @@ impl Redis {
         let mut process = Process::spawn("redis-server", command, dir)?;
         let url = format!("redis://127.0.0.1:{port}/");
         let client = redis::Client::open(url.as_str())?;
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            process.check_running()?;
-            if let Ok(mut connection) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
-                    .query_async::<String>(&mut connection)
-                    .await
-                    .is_ok()
-            {
-                return Ok(Redis { process, url });
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "redis-server did not answer within {READY_TIMEOUT:?}:\n{}",
-                    process.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        process
+            .wait_until_ready(|| async {
+                match client.get_multiplexed_async_connection().await {
+                    Ok(mut connection) => redis::cmd("PING")
+                        .query_async::<String>(&mut connection)
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
+                }
+            })
+            .await?;
+        Ok(Redis { process, url })
     }
 }
 

@@ -140,26 +140,27 @@ impl Hub {
 
     // Forgets `slot`, already emptied, under `pattern`.
     fn unlist(&mut self, pattern: &Pattern, slot: usize) {
-        let forget = |list: &mut Vec<usize>| {
-            let at = list.iter().position(|&s| s == slot).expect("listed once");
-            list.swap_remove(at);
-        };
         match pattern {
-            Pattern::All => forget(&mut self.all),
-            Pattern::Exact(key) | Pattern::Prefix(key) => {
-                let index = match pattern {
-                    Pattern::Exact(_) => &mut self.exact,
-                    _ => &mut self.prefixes,
-                };
-                let list = index.get_mut(key).expect("listed under its pattern");
-                forget(list);
-                if list.is_empty() {
-                    index.remove(key);
-                }
-            }
+            Pattern::All => forget(&mut self.all, slot),
+            Pattern::Exact(key) => forget_under(&mut self.exact, key, slot),
+            Pattern::Prefix(prefix) => forget_under(&mut self.prefixes, prefix, slot),
         }
         self.free.push(slot);
         self.live -= 1;
+    }
+}
+
+fn forget(list: &mut Vec<usize>, slot: usize) {
+    let at = list.iter().position(|&s| s == slot).expect("listed once");
+    list.swap_remove(at);
+}
+
+// Forgets `slot` under `key`, and the key once nobody is listed under it.
+fn forget_under(index: &mut Index, key: &Key, slot: usize) {
+    let list = index.get_mut(key).expect("listed under its pattern");
+    forget(list, slot);
+    if list.is_empty() {
+        index.remove(key);
     }
 }
 

@@ -202,9 +202,6 @@ impl KvState {
     /// Present keys selected by `pattern`, in key order.
     pub fn keys<'n>(&self, pattern: &Pattern, now: impl Into<Now<'n>>) -> Vec<Key> {
         let now: Now<'n> = now.into();
-        if let Pattern::Exact(key) = pattern {
-            return self.get(key, now).map(|e| e.key).into_iter().collect();
-        }
         self.selected(pattern)
             .filter(|key| {
                 self.entries
@@ -219,7 +216,9 @@ impl KvState {
     // one range of the ordered index: keys under `prefix.` sort together, from `prefix.` up.
     fn selected<'s>(&'s self, pattern: &'s Pattern) -> Box<dyn Iterator<Item = &'s Key> + 's> {
         match pattern {
-            Pattern::Exact(key) => Box::new(self.ordered.get(key).into_iter()),
+            Pattern::Exact(key) => {
+                Box::new(self.entries.get_key_value(key).map(|(k, _)| k).into_iter())
+            }
             Pattern::All => Box::new(self.ordered.iter().filter(|key| !key.is_reserved())),
             Pattern::Prefix(prefix) => {
                 let start = format!("{prefix}.");
