@@ -160,18 +160,7 @@ pub fn check(history: &History, time_limit: Duration) -> Checked {
                 break;
             }
             KeyVerdict::Violation(violation) => {
-                let uncovered = ops.iter().any(|op| {
-                    matches!(op.input, Input::Put { ttl: Some(_), .. }) && op.is_ambiguous()
-                });
-                verdict = if history.expiries_incomplete && uncovered {
-                    Verdict::Unknown(format!(
-                        "key {key} is not linearizable, but expiries may be missing from the \
-                         history and the key had a TTL write with an unknown outcome:\n\
-                         {violation}"
-                    ))
-                } else {
-                    Verdict::Violation(violation)
-                };
+                verdict = Verdict::Violation(violation);
                 break;
             }
         }
@@ -475,6 +464,9 @@ fn intern(ops: &[&Operation]) -> (Vec<StepInput>, Vec<StepOutput>) {
             Input::Expire { written, revision } => StepInput::Expire {
                 written: written.get(),
                 revision: revision.map_or(0, Revision::get),
+            },
+            Input::ExpireOf { value } => StepInput::ExpireOf {
+                value: id_of(value),
             },
         });
         outputs.push(if op.is_ambiguous() {

@@ -93,6 +93,11 @@ impl fmt::Display for Describe<'_> {
                 written,
                 revision: None,
             } => write!(f, "possible expiry of r{written} (not seen)")?,
+            Input::ExpireOf { value } => write!(
+                f,
+                "possible expiry of {} written at an unknown revision (not seen)",
+                text(value)
+            )?,
         }
         match &op.output {
             Output::Value(None) => write!(f, " -> absent"),

@@ -81,6 +81,8 @@ struct Reference {
     revision: u64,
     /// The call time of the write that produced the value.
     written_at: u64,
+    /// Whether that write's outcome is unknown, so that a missed expiry names its value.
+    written_unknown: bool,
 }
 
 /// A history that is linearizable by construction: each operation's outcome is what a
@@ -113,9 +115,14 @@ pub fn synthetic(shape: &Synthetic) -> History {
                 call: state.written_at,
                 ret: (!missed).then(|| t + rng.below(shape.overlap + 1)),
                 key,
-                input: Input::Expire {
-                    written,
-                    revision: expiry.filter(|_| !missed),
+                input: match &state.value {
+                    Some(value) if missed && state.written_unknown => Input::ExpireOf {
+                        value: value.clone(),
+                    },
+                    _ => Input::Expire {
+                        written,
+                        revision: expiry.filter(|_| !missed),
+                    },
                 },
                 output: if missed {
                     Output::Unknown
@@ -128,6 +135,7 @@ pub fn synthetic(shape: &Synthetic) -> History {
                     value: None,
                     revision: expiry.get(),
                     written_at: 0,
+                    written_unknown: false,
                 };
             }
             continue;
@@ -226,6 +234,7 @@ pub fn synthetic(shape: &Synthetic) -> History {
                 value: applies.flatten(),
                 revision: change.get(),
                 written_at: call,
+                written_unknown: ambiguous,
             };
         }
         let ret = if ambiguous {

@@ -56,6 +56,14 @@ pub enum Input {
         /// The revision of the expiry, when it was seen.
         revision: Option<Revision>,
     },
+    /// An expiry the watcher may have missed, always with an unknown outcome, of the entry
+    /// holding `value`, written by a TTL write whose own outcome is unknown (so no revision
+    /// names it). Values are unique per write in a recorded workload, so the value names the
+    /// write; a history that repeats a value lets this expire any entry holding it.
+    ExpireOf {
+        /// The value the expiring write wrote.
+        value: Bytes,
+    },
 }
 
 /// What a client was told.
@@ -111,9 +119,9 @@ pub struct History {
     /// The operations, in any order.
     pub operations: Vec<Operation>,
     /// Whether the recorder's watcher lost events it could not replay, so that some expiries
-    /// may be missing. The recorder then adds, for every acknowledged TTL write whose expiry
-    /// it did not see, an expiry with an unknown outcome; only a TTL write whose own outcome is
-    /// unknown stays uncovered, so a violation on its key is reported as unknown.
+    /// may be missing. The recorder then adds a possible expiry (with an unknown outcome) for
+    /// every TTL write whose expiry it did not see: [`Input::Expire`] for an acknowledged one,
+    /// [`Input::ExpireOf`] for one whose own outcome is unknown.
     pub expiries_incomplete: bool,
 }
 
@@ -209,6 +217,7 @@ fn encode_input(input: &Input) -> String {
             Condition::At(revision) => format!("check:at={revision}"),
         },
         Input::Expire { written, revision } => format!("expire:{written}:{}", optional(*revision)),
+        Input::ExpireOf { value } => format!("expire-of:{}", hex(value)),
     }
 }
 
@@ -290,6 +299,9 @@ fn parse_input(text: &str) -> Result<Input, String> {
         ["expire", written, revision] => Ok(Input::Expire {
             written: parse_revision(written)?,
             revision: parse_optional(revision)?,
+        }),
+        ["expire-of", value] => Ok(Input::ExpireOf {
+            value: unhex(value)?,
         }),
         _ => Err(format!("unknown input {text:?}")),
     }
@@ -378,6 +390,9 @@ mod tests {
             Input::Expire {
                 written: revision(5),
                 revision: None,
+            },
+            Input::ExpireOf {
+                value: Bytes::from_static(b"c1-7"),
             },
             Input::Check {
                 condition: Condition::Any,

@@ -84,6 +84,10 @@ pub(crate) enum StepInput {
         written: u64,
         revision: u64,
     },
+    /// A possible expiry of the entry holding `value` (see `Input::ExpireOf`).
+    ExpireOf {
+        value: ValueId,
+    },
 }
 
 /// An operation's output with its value interned.
@@ -174,6 +178,9 @@ pub(crate) fn step(state: Register, input: StepInput, output: StepOutput) -> Opt
         }
         (I::Expire { written, .. }, O::Unknown) => {
             Some(present_at(state, Some(written))?.changed_unknown(None))
+        }
+        (I::ExpireOf { value }, O::Unknown) => {
+            (state.value == Some(value)).then_some(state.changed_unknown(None))
         }
         _ => None,
     }
@@ -378,6 +385,23 @@ mod tests {
         assert!(only(step(present(1, 3), expire(3), StepOutput::Expired)).is_some());
         assert!(only(step(present(1, 4), expire(3), StepOutput::Expired)).is_none());
         assert!(only(step(Register::INITIAL, expire(3), StepOutput::Expired)).is_none());
+    }
+
+    #[test]
+    fn a_possible_expiry_of_a_value_needs_that_value_and_leaves_the_revision_unknown() {
+        let expire_of = |value| StepInput::ExpireOf { value };
+        let after = step(present(1, 3), expire_of(1), StepOutput::Unknown).unwrap();
+        assert_eq!(after.value, None);
+        assert!(!after.exact);
+        // A later change must still come after the expired write.
+        assert!(after.at(3).is_none());
+        assert!(after.at(4).is_some());
+        assert_eq!(step(present(2, 3), expire_of(1), StepOutput::Unknown), None);
+        assert_eq!(
+            step(Register::INITIAL, expire_of(1), StepOutput::Unknown),
+            None
+        );
+        assert_eq!(step(present(1, 3), expire_of(1), StepOutput::Expired), None);
     }
 
     #[test]

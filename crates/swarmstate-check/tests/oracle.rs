@@ -19,6 +19,7 @@ use swarmstate_check::generate::{Rng, Synthetic, swap_one_read, synthetic};
 fn the_checker_agrees_with_the_oracle_on_small_random_histories() {
     let mut ok = 0;
     let mut violations = 0;
+    let mut expiries_of_values = 0;
     for seed in 0..1000 {
         let mut history = synthetic(&Synthetic {
             operations: 10,
@@ -33,6 +34,11 @@ fn the_checker_agrees_with_the_oracle_on_small_random_histories() {
             let mut rng = Rng::new(seed);
             swap_one_read(&mut history, &mut rng);
         }
+        expiries_of_values += history
+            .operations
+            .iter()
+            .filter(|op| matches!(op.input, swarmstate_check::Input::ExpireOf { .. }))
+            .count();
         let ours = check(&history, Duration::from_secs(10));
         let theirs = oracle::linearizable(&history);
         assert_eq!(
@@ -51,7 +57,11 @@ fn the_checker_agrees_with_the_oracle_on_small_random_histories() {
         }
     }
     // Both kinds of history were sampled, so agreement means something.
-    println!("{ok} linearizable, {violations} not");
+    println!("{ok} linearizable, {violations} not, {expiries_of_values} expiries of values");
+    assert!(
+        expiries_of_values > 10,
+        "{expiries_of_values} expiries of values"
+    );
     assert!(
         ok > 150 && violations > 100,
         "{ok} linearizable, {violations} not"

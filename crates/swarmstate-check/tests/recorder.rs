@@ -7,8 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt;
 use swarmstate_check::{Input, Output, Recorder, check};
-use swarmstate_core::{Key, MemoryStore, Pattern, PutOptions, Result, Revision, StateStore};
+use swarmstate_core::{
+    Key, MemoryStore, Pattern, PutOptions, Result, Revision, StateStore, WatchStart, WatchStream,
+};
 
 /// Applies every put at once and answers a put to a key under `slow` `delay` later, so that a
 /// caller can give up on a put that has already applied. (The recorder's own barrier write at
@@ -135,4 +138,71 @@ async fn a_call_still_waiting_when_the_recording_finishes_is_recorded_as_unknown
     // Its answer comes after the end and changes nothing.
     waiting.await.unwrap().unwrap();
     assert!(check(&history, Duration::from_secs(5)).verdict.is_ok());
+}
+
+/// `AnswersLate`, whose watches end at once, as if every change were lost to a gap: the
+/// recorder sees no expiry at all.
+#[derive(Debug)]
+struct SeesNothing(AnswersLate);
+
+#[async_trait]
+impl StateStore for SeesNothing {
+    async fn watch(&self, _: &Pattern, _: WatchStart) -> Result<WatchStream> {
+        Ok(futures::stream::empty().boxed())
+    }
+    swarmstate_core::forward_state_store!(|s| &s.0;
+        capabilities, get, put, delete, keys, txn, close);
+}
+
+#[tokio::test]
+async fn a_missed_expiry_of_a_ttl_write_with_an_unknown_outcome_is_a_possible_expiry() {
+    let recorder = Recorder::new(Arc::new(SeesNothing(AnswersLate {
+        inner: MemoryStore::new(),
+        delay: Duration::from_millis(500),
+    })))
+    .await
+    .unwrap();
+    let client = recorder.client();
+    let k = key("slow.ttl");
+    // Long enough that the first read below surely comes before the expiry.
+    let ttl = Duration::from_secs(2);
+    let put = client.put(
+        &k,
+        Bytes::from_static(b"a"),
+        PutOptions::overwrite().ttl(ttl),
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(20), put)
+            .await
+            .is_err(),
+        "the put should still be waiting for its answer"
+    );
+    // The put applied and then expired, and nobody was told either: only an expiry explains
+    // a read of the value followed by a read of nothing.
+    assert!(client.get(&k).await.unwrap().is_some());
+    let waited = std::time::Instant::now();
+    while client.get(&k).await.unwrap().is_some() {
+        assert!(waited.elapsed() < Duration::from_secs(10), "never expired");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let history = recorder.finish().await;
+    assert!(history.expiries_incomplete, "{history}");
+    let possible = history
+        .operations
+        .iter()
+        .find(|op| matches!(&op.input, Input::ExpireOf { value } if value == "a"))
+        .unwrap_or_else(|| panic!("no possible expiry of the unknown write:\n{history}"));
+    assert_eq!(possible.output, Output::Unknown);
+    // Its window opens no earlier than the TTL after the write's call.
+    let put = history
+        .operations
+        .iter()
+        .find(|op| matches!(op.input, Input::Put { .. }))
+        .unwrap();
+    assert!(
+        possible.call >= put.call + ttl.as_nanos() as u64,
+        "{history}"
+    );
+    let checked = check(&history, Duration::from_secs(5));
+    assert!(checked.verdict.is_ok(), "{checked}");
 }

@@ -87,8 +87,8 @@ pub(super) async fn watch(
 }
 
 /// The expiry operations for the clients' `operations`: each expiry the watcher saw of a key
-/// in `touched`, and, when the record is `incomplete`, a possible expiry for every
-/// acknowledged TTL write whose expiry it did not see.
+/// in `touched`, and, when the record is `incomplete`, a possible expiry for every TTL write
+/// whose expiry it did not see, acknowledged or of unknown outcome.
 pub(super) fn operations(
     operations: &[Operation],
     touched: &HashSet<String>,
@@ -127,31 +127,47 @@ pub(super) fn operations(
         });
     }
     if incomplete {
-        // The watcher may have missed expiries: every acknowledged TTL write whose expiry
-        // was not seen may have expired, but not before its TTL had passed since its call
-        // (an entry never disappears before its TTL), so an early expiry still fails.
+        // The watcher may have missed expiries: every TTL write whose expiry was not seen
+        // may have expired, but not before its TTL had passed since its call (an entry never
+        // disappears before its TTL, and a write applies after its call), so an early expiry
+        // still fails.
         let seen: HashSet<(&str, Revision)> = watched
             .expiries
             .iter()
             .map(|(key, written, ..)| (key.as_str(), *written))
             .collect();
         for op in operations {
-            if let (Input::Put { ttl: Some(ttl), .. }, Output::Written(written)) =
-                (&op.input, &op.output)
-                && !seen.contains(&(op.key.as_str(), *written))
-            {
-                expiries.push(Operation {
-                    client: u64::MAX - expiries.len() as u64,
-                    call: op.call + ttl.as_nanos() as u64,
-                    ret: None,
-                    key: op.key.clone(),
-                    input: Input::Expire {
-                        written: *written,
+            let Input::Put {
+                value,
+                ttl: Some(ttl),
+                ..
+            } = &op.input
+            else {
+                continue;
+            };
+            let input = match op.output {
+                Output::Written(written) if !seen.contains(&(op.key.as_str(), written)) => {
+                    Input::Expire {
+                        written,
                         revision: None,
-                    },
-                    output: Output::Unknown,
-                });
-            }
+                    }
+                }
+                // The write may have applied at a revision nobody was told; if the watcher
+                // saw its expiry, this one cannot apply too (the value is gone), so it is
+                // harmless.
+                _ if op.is_ambiguous() => Input::ExpireOf {
+                    value: value.clone(),
+                },
+                _ => continue,
+            };
+            expiries.push(Operation {
+                client: u64::MAX - expiries.len() as u64,
+                call: op.call + ttl.as_nanos() as u64,
+                ret: None,
+                key: op.key.clone(),
+                input,
+                output: Output::Unknown,
+            });
         }
     }
     expiries

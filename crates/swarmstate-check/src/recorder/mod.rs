@@ -65,8 +65,9 @@ const FINISH_TIMEOUT: Duration = Duration::from_secs(15);
 /// a burst of overwrites can open a gap) may miss expiries; it then takes a snapshot, so that
 /// expiries after the gap are still recorded, and the history says so
 /// ([`History::expiries_incomplete`]) and carries a possible expiry, with an unknown outcome and
-/// a window opening no earlier than the write's call plus its TTL, for every acknowledged TTL
-/// write whose expiry was not seen. Give the store a large watch buffer to make gaps rare.
+/// a window opening no earlier than the write's call plus its TTL, for every TTL write whose
+/// expiry was not seen: by the write's revision when it was acknowledged, by its value when its
+/// own outcome is unknown. Give the store a large watch buffer to make gaps rare.
 #[derive(Debug)]
 pub struct Recorder {
     store: Arc<dyn StateStore>,

@@ -68,6 +68,9 @@ impl Register {
             Input::Expire { written, .. } => {
                 (self.value.is_some() && self.could_be_at(written.get())).then_some(written.get())
             }
+            Input::ExpireOf { value } => {
+                (self.value.as_ref() == Some(value)).then_some(self.revision)
+            }
             Input::Get | Input::Check { .. } => None,
         }
     }
