@@ -5,6 +5,7 @@
 //! Conditions are decided by [`Condition::check`](crate::Condition::check), the one place
 //! every backend refuses a conditional write.
 
+pub use crate::engine::hub::Hub as WatchHub;
 pub use crate::engine::{
     Batch, Change, ChangeSet, Clock, Commit, Engine, EngineConfig, KvState, Now, Persisted,
     Persistence, Remembered, StateLimits, StoredEntry, Timestamp, Volatile,

@@ -209,26 +209,26 @@ impl Bucket {
         Ok(())
     }
 
-    /// Publishes a read barrier that expects nothing, and returns where it was stored: a mark
-    /// in the stream that a read through a consumer waits for (see `crate::watch`).
+    /// Publishes a read barrier that expects nothing, and returns its sequence: a mark in the
+    /// stream that a read through a consumer waits for (see `crate::hub`).
     ///
-    /// Its acknowledgement says it was committed through the stream's quorum at
-    /// [`BarrierMark::sequence`] (a deposed leader cannot commit it, and the stream leader
-    /// acknowledges a message only once it is committed). Every write acknowledged before
+    /// Its acknowledgement says it was committed through the stream's quorum at that sequence
+    /// (a deposed leader cannot commit it, and the stream leader acknowledges a message only
+    /// once it is committed). Every write acknowledged before
     /// this call was committed before the barrier was proposed, so it lies below that
     /// sequence; a server that has delivered the barrier has applied all of them. Errors as
     /// [`barrier`](Self::barrier)'s.
-    pub(crate) async fn read_barrier(&self, operation: &str) -> Result<BarrierMark, NatsError> {
+    pub(crate) async fn read_barrier(&self, operation: &str) -> Result<u64, NatsError> {
         self.publish_barrier(None, operation).await
     }
 
     /// Publishes a barrier on one of this client's slots, expecting `key` at a sequence if
-    /// given; returns where it was stored.
+    /// given; returns its sequence.
     async fn publish_barrier(
         &self,
         expected: Option<(&Key, u64)>,
         operation: &str,
-    ) -> Result<BarrierMark, NatsError> {
+    ) -> Result<u64, NatsError> {
         self.ensure_open()?;
         let mut slot = self.barrier_slots.take();
         let mut headers = HeaderMap::new();
@@ -262,7 +262,7 @@ impl Bucket {
             &self.client,
             self.request_timeout,
             operation,
-            subject.clone(),
+            subject,
             headers,
             Bytes::new(),
         )
@@ -279,10 +279,7 @@ impl Bucket {
             Ok(ack) => {
                 slot.acknowledged(ack.sequence);
                 self.barrier_slots.give_back(slot);
-                Ok(BarrierMark {
-                    subject,
-                    sequence: ack.sequence,
-                })
+                Ok(ack.sequence)
             }
             // Refused: nothing was stored, so the slot's last barrier is still the newest.
             Err(refused @ NatsError::Api { .. }) => {
@@ -291,23 +288,5 @@ impl Bucket {
             }
             Err(unreadable) => Err(unreadable),
         }
-    }
-}
-
-/// Where an acknowledged read barrier was stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct BarrierMark {
-    /// Its subject (`$KV.<bucket>._swarmstate.barrier.<client>.<slot>`).
-    pub(crate) subject: String,
-    /// Its stream sequence.
-    pub(crate) sequence: u64,
-}
-
-impl BarrierMark {
-    /// Whether a message on `subject` at `sequence` shows that the server delivering it has
-    /// applied the barrier: the barrier itself, or a later barrier of its slot (which replaces
-    /// it; the bucket keeps one message per subject).
-    pub(crate) fn reached_by(&self, subject: &str, sequence: u64) -> bool {
-        subject == self.subject && sequence >= self.sequence
     }
 }

@@ -33,8 +33,10 @@
 //!    confirmed reads), then `batch` (atomic batches, sent on a bucket's connection).
 //! 4. What an answer proves: `expiry` (the guard against the server's late expiry marker) and
 //!    `refused` (whether a refused write was applied anyway).
-//! 5. The operations: `write` (put, delete), `txn`, `watch` (watches and key listings).
-//! 6. `store`: [`NatsStore`], the `StateStore` impl that hands each call to its operation,
+//! 5. `hub` (`Hub`: the store's one consumer of the bucket, its view of every key, the
+//!    in-process fan-out to watchers, and batched read barriers).
+//! 6. The operations: `write` (put, delete), `txn`, `watch` (watches and key listings).
+//! 7. `store`: [`NatsStore`], the `StateStore` impl that hands each call to its operation,
 //!    and the builder's `connect`.
 
 // In layer order (see above).
@@ -51,6 +53,8 @@ mod bucket;
 
 mod expiry;
 mod refused;
+
+mod hub;
 
 mod txn;
 mod watch;

@@ -15,6 +15,8 @@ use swarmstate_core::{
 use crate::bucket::Bucket;
 use crate::config::{self, NatsStoreBuilder, ReadConsistency, parse_url};
 use crate::error::NatsError;
+use crate::hub::Hub;
+use crate::seen::Seen;
 use crate::wire;
 
 /// A store on a NATS JetStream bucket. Clones share one connection.
@@ -29,6 +31,7 @@ use crate::wire;
 #[derive(Debug, Clone)]
 pub struct NatsStore {
     pub(crate) bucket: Arc<Bucket>,
+    pub(crate) hub: Arc<Hub>,
 }
 
 impl NatsStore {
@@ -77,17 +80,45 @@ impl NatsStore {
         }
     }
 
-    /// A linearizable read: the key's last message as the stream leader has it, confirmed by a
-    /// commit barrier ([`Bucket::barrier`]): the read is linearized at a moment between the
-    /// leader's answer and the barrier's acknowledgement, when a leader holding the quorum
-    /// had the key at the sequence read. A deposed leader cannot commit the barrier, so its
-    /// stale answer is never returned.
+    /// A linearizable read, answered from this client's view of the bucket (see `crate::hub`)
+    /// once the view has applied a read barrier sent after the call began: the barrier lies
+    /// after every write acknowledged before the call, and the view is the state at a moment
+    /// between the barrier's commit and now. One barrier serves every read waiting for one when
+    /// it is sent.
+    ///
+    /// If the view does not get there in time (the server delivering it is cut off), the read
+    /// is answered by the stream leader and confirmed by a commit barrier on the key instead
+    /// ([`Bucket::confirmed_last`]).
     async fn get_linearizable(&self, key: &Key) -> Result<Option<Entry>> {
-        Ok(self
-            .bucket
-            .confirmed_last(key, &format!("get {key}"))
-            .await?
-            .and_then(|last| last.live))
+        let operation = format!("get {key}");
+        let at = self.hub.barrier(&self.bucket, &operation).await?;
+        let timeout = self.bucket.request_timeout;
+        let last = match self
+            .hub
+            .read(at, timeout, &operation, |state| state.last(key).cloned())
+            .await
+        {
+            Ok(last) => {
+                self.bucket.seen.remember(key, Seen::of(last.as_ref()));
+                last
+            }
+            Err(NatsError::Closed) => return Err(NatsError::Closed.into()),
+            Err(err) => {
+                tracing::debug!(%err, "the view is behind; reading from the stream leader");
+                self.bucket.confirmed_last(key, &operation).await?
+            }
+        };
+        Ok(last.and_then(|last| last.live_now()))
+    }
+
+    /// How many messages this store's connection has received, in all: a measure of what its
+    /// watches and reads cost the servers and the network.
+    pub fn messages_received(&self) -> u64 {
+        self.bucket
+            .client
+            .statistics()
+            .in_messages
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -102,8 +133,10 @@ impl NatsStoreBuilder {
     /// [`Error::Unavailable`]: swarmstate_core::Error::Unavailable
     pub async fn connect(self) -> Result<NatsStore> {
         let (client, context, stream) = config::open(&self).await?;
+        let bucket = Arc::new(Bucket::new(client, context, stream, self));
         Ok(NatsStore {
-            bucket: Arc::new(Bucket::new(client, context, stream, self)),
+            hub: Arc::new(Hub::new(&bucket)),
+            bucket,
         })
     }
 }
@@ -165,7 +198,7 @@ impl StateStore for NatsStore {
     #[tracing::instrument(skip_all, fields(pattern = %pattern))]
     async fn keys(&self, pattern: &Pattern) -> Result<KeyStream> {
         self.bucket.ensure_open()?;
-        crate::watch::keys(&self.bucket, pattern).await
+        crate::watch::keys(&self.bucket, &self.hub, pattern).await
     }
 
     /// A [`WatchStart::Snapshot`] is linearizable like [`keys`](Self::keys): a barrier first,
@@ -175,7 +208,7 @@ impl StateStore for NatsStore {
     /// watcher snapshots again.
     async fn watch(&self, pattern: &Pattern, start: WatchStart) -> Result<WatchStream> {
         self.bucket.ensure_open()?;
-        crate::watch::watch(&self.bucket, pattern, start).await
+        crate::watch::watch(&self.bucket, &self.hub, pattern, start).await
     }
 
     #[tracing::instrument(skip_all, fields(ops = ops.len()))]

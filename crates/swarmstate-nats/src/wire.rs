@@ -139,7 +139,7 @@ pub(crate) fn live_entry(
 }
 
 /// The last message stored for a key, whatever it is.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Last {
     pub(crate) sequence: u64,
     pub(crate) live: Option<Entry>,
@@ -152,20 +152,33 @@ pub(crate) struct Last {
 impl Last {
     /// What the stored message `message` of `key`'s subject means.
     pub(crate) fn of(key: &Key, message: &StreamMessage) -> Last {
-        let live = live_entry(
+        Last::stored(
             key,
             message.sequence,
             Some(&message.headers),
             &message.payload,
             message.time.unix_timestamp_nanos(),
-        );
+        )
+    }
+
+    /// What a message of `key`'s subject stored at `sequence` means (as read or delivered).
+    pub(crate) fn stored(
+        key: &Key,
+        sequence: u64,
+        headers: Option<&HeaderMap>,
+        payload: &Bytes,
+        published_nanos: i128,
+    ) -> Last {
+        let live = live_entry(key, sequence, headers, payload, published_nanos);
         let deadline = live
             .as_ref()
             .and_then(|entry| entry.expires_in)
             .map(|left| Instant::now() + left);
-        let write_id = message.headers.get(MSG_ID).map(|id| id.as_str().to_owned());
+        let write_id = headers
+            .and_then(|headers| headers.get(MSG_ID))
+            .map(|id| id.as_str().to_owned());
         Last {
-            sequence: message.sequence,
+            sequence,
             live,
             deadline,
             write_id,
@@ -175,6 +188,16 @@ impl Last {
     /// The revision of the value it holds; `None` for a tombstone or an expiry marker.
     pub(crate) fn revision(&self) -> Option<Revision> {
         self.live.as_ref().map(|entry| entry.revision)
+    }
+
+    /// The value it holds, with the time left on its TTL as of now (zero once past it: see
+    /// [`live_entry`]).
+    pub(crate) fn live_now(&self) -> Option<Entry> {
+        let mut entry = self.live.clone()?;
+        entry.expires_in = self
+            .deadline
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()));
+        Some(entry)
     }
 }
 

@@ -913,15 +913,14 @@ async fn watch_survives_a_server_restart_without_losing_or_repeating_events() {
     }
 }
 
-/// A watch of everything from now, through `watching`, whose consumer the cluster placed on
-/// node `node`. Placement is the cluster's choice, not always the stream leader: watch again
-/// until it lands there.
+/// A store connected to node `node` and its watch of everything from now, whose change feed's
+/// consumer (one per store) the cluster placed on that node too. Placement is the cluster's
+/// choice, not always the stream leader: open another store until it lands there.
 async fn watch_with_consumer_on(
     cluster: &NatsCluster,
-    watching: &NatsStore,
     bucket: &str,
     node: usize,
-) -> Watcher {
+) -> (NatsStore, Watcher) {
     use futures::StreamExt;
     let js = async_nats::jetstream::new(cluster.connect().await);
     let stream = js
@@ -931,6 +930,13 @@ async fn watch_with_consumer_on(
     let mut seen = HashSet::new();
     let mut placed = Vec::new();
     for _ in 0..20 {
+        let watching = NatsStore::builder(cluster.node(node).url())
+            .bucket(bucket)
+            .replicas(3)
+            .request_timeout(REQUEST_TIMEOUT)
+            .connect()
+            .await
+            .expect("connect the watcher");
         let events = watching
             .watch(&Pattern::All, WatchStart::Now)
             .await
@@ -943,12 +949,13 @@ async fn watch_with_consumer_on(
             }
         }
         if placed.last().cloned().flatten().as_deref() == Some(cluster.node(node).name()) {
-            return drain(watching, events);
+            let watcher = drain(&watching, events);
+            return (watching, watcher);
         }
-        // A dropped watch's task ends at its next event; its consumer then goes idle and the
-        // server removes it.
+        // Its consumer goes once the connection closes.
+        watching.close().await.expect("close");
     }
-    panic!("no watch consumer placed on n{node} in 20 tries: {placed:?}");
+    panic!("no change feed consumer placed on n{node} in 20 tries: {placed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -970,15 +977,8 @@ async fn watcher_connected_to_a_killed_node_loses_nothing() {
     // still fails over, as the servers announce each other to their clients (given the whole
     // list, it would pick a node at random).
     let doomed = stream_leader(&cluster, bucket).await;
-    let watching = NatsStore::builder(cluster.node(doomed).url())
-        .bucket(bucket)
-        .replicas(3)
-        .request_timeout(REQUEST_TIMEOUT)
-        .connect()
-        .await
-        .expect("connect the watcher");
     // From now on an empty bucket: every write the test makes is an event to deliver.
-    let watcher = watch_with_consumer_on(&cluster, &watching, bucket, doomed).await;
+    let (_watching, watcher) = watch_with_consumer_on(&cluster, bucket, doomed).await;
 
     // A steady writer of new keys, through the kill.
     let stop = Arc::new(AtomicBool::new(false));

@@ -1,4 +1,6 @@
-//! The watchers of one engine: who wants which keys, and handing them each change.
+//! The watchers of one store: who wants which keys, and handing them each change. The engine
+//! keeps one; a backend with its own change feed (NATS) keeps one per connection, so that a
+//! change costs the same whatever the number of watches it does not select.
 //!
 //! Watchers are indexed by pattern, so handing out a change costs in proportion to the
 //! watchers it selects and the depth of its key, not to the number of watchers: an exact
@@ -12,8 +14,11 @@ use crate::{Key, Pattern, Revision, WatchEvent};
 
 type Index = HashMap<Key, Vec<usize>, foldhash::fast::RandomState>;
 
+/// Watchers indexed by pattern. Not synchronized: its owner serializes registration and
+/// dispatch (the engine under its state lock, so that a registration sees every change after
+/// the revision it names).
 #[derive(Debug, Default)]
-pub(super) struct Hub {
+pub struct Hub {
     // Invariant: every `Some` slot's index is listed exactly once, under its pattern, in
     // `all`, `exact` or `prefixes`; `free` lists exactly the `None` slots.
     slots: Vec<Option<Watcher>>,
@@ -39,11 +44,20 @@ struct Watcher {
 const SWEEP_FLOOR: usize = 64;
 
 impl Hub {
-    pub(super) fn is_empty(&self) -> bool {
+    /// Whether no watcher is registered.
+    pub fn is_empty(&self) -> bool {
         self.live == 0
     }
 
-    pub(super) fn register(&mut self, pattern: Pattern, feed: WatchFeed, from: Option<Revision>) {
+    /// How many watchers are registered (including ones whose stream was dropped and that no
+    /// change has selected since).
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Adds a watcher of `pattern`: it gets every change [`dispatch`](Self::dispatch)ed from
+    /// now on that its pattern selects, from revision `from` on if given.
+    pub fn register(&mut self, pattern: Pattern, feed: WatchFeed, from: Option<Revision>) {
         // A watcher whose stream was dropped is found when a change selects it; one that no
         // change selects would stay forever, so closed watchers are swept whenever the hub
         // has doubled since the last sweep (amortized O(1) per registration).
@@ -73,7 +87,7 @@ impl Hub {
     /// Hands `events` (in revision order) to every watcher they select. A watcher whose buffer
     /// overflows gets its lag signal from the feed and is dropped here, before any later
     /// event, so what it got is a prefix of what it asked for.
-    pub(super) fn dispatch(&mut self, events: &[WatchEvent]) {
+    pub fn dispatch(&mut self, events: &[WatchEvent]) {
         if events.is_empty() || self.live == 0 {
             return;
         }
@@ -120,7 +134,19 @@ impl Hub {
     }
 
     /// Drops every watcher: their streams end once their buffered events are read.
-    pub(super) fn clear(&mut self) {
+    pub fn clear(&mut self) {
+        *self = Hub::default();
+    }
+
+    /// Ends every watch with `Lagged`: the source missed the change at `first_missing` and
+    /// cannot say whose it was. A watcher that starts later resumes from its own start.
+    pub fn lag_all(&mut self, first_missing: Revision) {
+        for watcher in self.slots.drain(..).flatten() {
+            let resume_from = watcher
+                .from
+                .map_or(first_missing, |from| from.max(first_missing));
+            watcher.feed.lag(resume_from);
+        }
         *self = Hub::default();
     }
 
@@ -243,6 +269,18 @@ mod tests {
         hub.dispatch(&[delete("a.k4", 4), delete("b.k5", 5)]);
         assert_eq!(received(&mut other), ["a.k4"]);
         assert_eq!(received(&mut next), ["b.k5"]);
+    }
+
+    #[test]
+    fn lagging_all_ends_every_watch_where_it_must_resume() {
+        let mut hub = Hub::default();
+        let mut early = watch(&mut hub, "a.*", None, 64);
+        let mut late = watch(&mut hub, "b.*", Some(9), 64);
+        hub.dispatch(&[delete("a.k1", 1)]);
+        hub.lag_all(Revision::new(5).unwrap());
+        assert!(hub.is_empty());
+        assert_eq!(received(&mut early), ["a.k1", "lagged at 5"]);
+        assert_eq!(received(&mut late), ["lagged at 9"]);
     }
 
     #[test]

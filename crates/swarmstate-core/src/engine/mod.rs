@@ -20,7 +20,7 @@
 
 mod change;
 mod clock;
-mod hub;
+pub(crate) mod hub;
 mod state;
 mod store;
 mod writer;

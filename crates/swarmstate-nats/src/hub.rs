@@ -1,0 +1,571 @@
+//! [`Hub`]: the one change feed of a store's connection. A single ordered consumer reads the
+//! whole bucket into a view of every key's last message, and hands each change to the
+//! watchers of this store that select it; reads, listings and snapshots are answered from the
+//! view once it has applied a read barrier committed after they began.
+//!
+//! So a store costs the servers one consumer, and each write is delivered to it once, however
+//! many watches, lock waiters and readers it has: a watch is an entry in an in-process index
+//! ([`WatchHub`]), a change costs in proportion to the watchers it selects.
+//!
+//! # Why the consumer reads the whole bucket
+//!
+//! The bucket keeps one message per key, so a message overwritten before it was delivered (the
+//! consumer was recreated after a reconnect, or its replica was behind) is gone: only the hole
+//! it leaves in the stream sequence shows that a change was missed. A consumer filtered to a
+//! narrow pattern cannot see that hole (the sequences it skips are other keys' messages as far
+//! as it can tell), so it would skip a change silently. Reading every subject makes every
+//! sequence arrive or leave a hole. Holes left by read barriers (each replaces the previous one
+//! on its reserved subject) are claimed by the next barrier of that subject
+//! ([`wire::REPLACES`]); a hole nothing claims ends every watch with `Lagged` there.
+//!
+//! # What the view proves
+//!
+//! While no hole is unclaimed, the view holds the last message of every key as of the last
+//! sequence the consumer delivered ([`State::position`]): its replica had applied everything up
+//! to there. A read barrier committed at `S` after a read began lies after every write
+//! acknowledged before the read; once the view's position is at least `S`, the view is the
+//! state at a moment after the read began (the commit of the position's message) and before
+//! it ends (its delivery): a linearizable answer. A hole that stays unclaimed until the
+//! consumer has nothing pending no longer matters to the view: the message that removed the
+//! missing one was stored before it, so it has been delivered by then.
+//!
+//! Barriers are batched ([`ReadGate`]): every read waiting when a barrier is sent shares it, so
+//! a burst of reads costs one replicated write, and the barrier reaches this process once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::push::OrderedErrorKind;
+use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
+use async_nats::jetstream::stream;
+use futures::{FutureExt, StreamExt};
+use swarmstate_core::backend::{WatchFeed, WatchHub};
+use swarmstate_core::{Entry, Key, Pattern, Revision, WatchEvent};
+use tokio::sync::{oneshot, watch as signal};
+
+use crate::bucket::Bucket;
+use crate::error::NatsError;
+use crate::wire::{self, Kind, Last};
+
+/// Missing sequences, and changes held back behind them, the hub keeps while it waits for
+/// read barriers to claim the holes; beyond that every watch lags.
+const MAX_UNEXPLAINED: usize = 1024;
+
+/// How long the hub waits before recreating a consumer that could not be created, at most.
+const MAX_RETRY: Duration = Duration::from_secs(1);
+
+/// A store's change feed, view and read barriers. Clones of a store share one.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    shared: Arc<Shared>,
+    source: Source,
+    closing: signal::Receiver<bool>,
+    started: OnceLock<()>,
+    gate: ReadGate,
+}
+
+/// What the consumer task needs of the connection. Not the `Bucket`: a task holding it would
+/// keep the connection open after the store was dropped.
+#[derive(Debug, Clone)]
+struct Source {
+    client: async_nats::Client,
+    stream: stream::Stream,
+    name: String,
+    prefix: String,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    // Bumped whenever the state moves on; what waiting reads and registrations wait for.
+    moved: signal::Sender<u64>,
+}
+
+/// The view and the watchers, as of the last message the consumer delivered.
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    // The last message of every key but the read barriers', tombstones and expiry markers too
+    // (what a write replaces, see `crate::seen`).
+    view: BTreeMap<Key, Last>,
+    watchers: WatchHub,
+    // Whether the consumer's first pass (the last message of each subject) is over.
+    ready: bool,
+    // The last sequence the consumer delivered; 0 before the first.
+    looked_at: u64,
+    // Sequences that never arrived and that no read barrier has claimed yet.
+    unexplained: BTreeSet<u64>,
+    // Changes after the first unexplained hole, held back until it is claimed: if it never is,
+    // every watch lags there, and no watcher may have seen anything after it.
+    held: Vec<WatchEvent>,
+    // Set when too much went missing to keep track: the view is trusted again once the
+    // consumer has nothing pending.
+    resyncing: bool,
+}
+
+impl State {
+    /// The sequence the view is the state at, if it is trustworthy now (see the module doc).
+    fn current(&self) -> Option<u64> {
+        (self.ready && self.unexplained.is_empty() && !self.resyncing).then_some(self.looked_at)
+    }
+
+    /// The sequence the view and the watchers are at. Every change up to it has been handed
+    /// to the watchers registered then; a watcher registered now gets every later one.
+    pub(crate) fn position(&self) -> u64 {
+        self.looked_at
+    }
+
+    /// The last message of `key`, if it has one.
+    pub(crate) fn last(&self, key: &Key) -> Option<&Last> {
+        self.view.get(key)
+    }
+
+    /// The live entries `pattern` selects, in key order.
+    pub(crate) fn entries<'a>(
+        &'a self,
+        pattern: &'a Pattern,
+    ) -> Box<dyn Iterator<Item = Entry> + 'a> {
+        let selected = move |(key, last): (&Key, &Last)| {
+            pattern.matches(key).then(|| last.live_now()).flatten()
+        };
+        match pattern {
+            Pattern::All => Box::new(self.view.iter().filter_map(selected)),
+            Pattern::Exact(key) => Box::new(
+                self.view
+                    .get_key_value(key)
+                    .into_iter()
+                    .filter_map(selected),
+            ),
+            // The keys under `a` sort among those that start with `a`.
+            Pattern::Prefix(prefix) => Box::new(
+                self.view
+                    .range(prefix.clone()..)
+                    .take_while(|(key, _)| key.as_str().starts_with(prefix.as_str()))
+                    .filter_map(selected),
+            ),
+        }
+    }
+
+    /// Adds a watcher that gets every change `pattern` selects from revision `from` on, the
+    /// changes after [`position`](Self::position) at the earliest.
+    pub(crate) fn register(&mut self, pattern: Pattern, feed: WatchFeed, from: u64) {
+        let from = Revision::new(from.max(self.looked_at + 1)).expect("never 0");
+        self.watchers.register(pattern, feed, Some(from));
+    }
+
+    /// Starts over for a new consumer; `empty` when it has nothing to deliver.
+    fn restart(&mut self, empty: bool) {
+        *self = State {
+            ready: empty,
+            ..Default::default()
+        };
+    }
+
+    /// The consumer failed: every watch lags at the first change it may not have been given,
+    /// and the view is forgotten until a new consumer has read the bucket again.
+    fn fail(&mut self) {
+        let first = self
+            .unexplained
+            .first()
+            .copied()
+            .unwrap_or(self.looked_at + 1);
+        self.watchers
+            .lag_all(Revision::new(first).expect("never 0"));
+        self.held.clear();
+        self.unexplained.clear();
+        self.view.clear();
+        self.ready = false;
+    }
+
+    /// Every watch lags at the first unclaimed hole; nothing held back is handed out.
+    fn lag_at_first_hole(&mut self) {
+        let first = self
+            .unexplained
+            .first()
+            .copied()
+            .unwrap_or(self.looked_at + 1);
+        self.watchers
+            .lag_all(Revision::new(first).expect("never 0"));
+        self.held.clear();
+        self.unexplained.clear();
+    }
+
+    /// Applies one delivered message.
+    fn apply(&mut self, prefix: &str, message: &async_nats::jetstream::Message) {
+        let Ok(info) = message.info() else { return };
+        let sequence = info.stream_sequence;
+        // Delivered again by a recreated consumer.
+        if sequence <= self.looked_at {
+            return;
+        }
+        let first_pass = !self.ready;
+        if !first_pass && sequence > self.looked_at + 1 {
+            let gap = (sequence - self.looked_at - 1) as usize;
+            if self.unexplained.len() + gap > MAX_UNEXPLAINED {
+                self.unexplained.insert(self.looked_at + 1);
+                self.lag_at_first_hole();
+                self.resyncing = true;
+            } else {
+                self.unexplained.extend(self.looked_at + 1..sequence);
+            }
+        }
+        self.looked_at = sequence;
+        let subject = message.subject.strip_prefix(prefix);
+        let key = subject.and_then(|subject| Key::new_reserved(subject).ok());
+        let headers = message.headers.as_ref();
+        let event = match key {
+            Some(key) if key.as_str().starts_with(wire::BARRIER_KEYS) => {
+                let claimed = headers
+                    .and_then(|headers| headers.get(wire::REPLACES))
+                    .and_then(|claimed| wire::decode_sequences(claimed.as_str()))
+                    .unwrap_or_default();
+                for sequence in claimed {
+                    self.unexplained.remove(&sequence);
+                }
+                None
+            }
+            Some(key) => {
+                let published = info.published.unix_timestamp_nanos();
+                let last = Last::stored(&key, sequence, headers, &message.payload, published);
+                let revision = Revision::new(sequence).expect("never 0");
+                let event = match (wire::kind(headers), &last.live) {
+                    (Kind::Put, Some(entry)) => WatchEvent::Put(entry.clone()),
+                    (Kind::Expire, _) => WatchEvent::Expire {
+                        key: key.clone(),
+                        revision,
+                    },
+                    _ => WatchEvent::Delete {
+                        key: key.clone(),
+                        revision,
+                    },
+                };
+                self.view.insert(key, last);
+                Some(event)
+            }
+            // A subject that is no key of ours.
+            None => None,
+        };
+        if let Some(event) = event
+            && !first_pass
+            && !self.resyncing
+        {
+            if self.unexplained.is_empty() {
+                self.watchers.dispatch(std::slice::from_ref(&event));
+            } else {
+                self.held.push(event);
+                if self.held.len() > MAX_UNEXPLAINED {
+                    self.lag_at_first_hole();
+                    self.resyncing = true;
+                }
+            }
+        }
+        if self.unexplained.is_empty() && !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            self.watchers.dispatch(&held);
+        }
+        if info.pending == 0 {
+            // Everything the replica had was delivered; holes nothing claimed by now may have
+            // been changes a watcher selects.
+            if !self.unexplained.is_empty() {
+                self.lag_at_first_hole();
+            }
+            self.ready = true;
+            self.resyncing = false;
+        }
+    }
+}
+
+impl Hub {
+    pub(crate) fn new(bucket: &Bucket) -> Hub {
+        let (moved, _) = signal::channel(0);
+        Hub {
+            shared: Arc::new(Shared {
+                state: Default::default(),
+                moved,
+            }),
+            source: Source {
+                client: bucket.client.clone(),
+                stream: bucket.stream.clone(),
+                name: bucket.name.clone(),
+                prefix: bucket.prefix.clone(),
+            },
+            closing: bucket.closing.subscribe(),
+            started: OnceLock::new(),
+            gate: ReadGate::default(),
+        }
+    }
+
+    /// Waits until the view is trustworthy and at sequence `at` or later, then runs `read` on
+    /// it, under the lock that the consumer applies changes under (so a registration in `read`
+    /// misses nothing after the position). Starts the consumer on first use.
+    ///
+    /// Errors: [`NatsError::NotApplied`] when the view does not get there within `timeout`
+    /// (the consumer's replica is behind or cut off, or the consumer cannot be created).
+    pub(crate) async fn read<T>(
+        &self,
+        at: u64,
+        timeout: Duration,
+        operation: &str,
+        read: impl FnOnce(&mut State) -> T,
+    ) -> Result<T, NatsError> {
+        self.start();
+        let mut moved = self.shared.moved.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            {
+                let mut state = self.shared.lock();
+                if state.current().is_some_and(|position| position >= at) {
+                    return Ok(read(&mut state));
+                }
+            }
+            match tokio::time::timeout_at(deadline, moved.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(NatsError::Closed),
+                Err(_) => {
+                    return Err(NatsError::NotApplied {
+                        message: format!(
+                            "{operation}: this client's view of the bucket did not reach the \
+                             read barrier within {timeout:?} (the server delivering it is \
+                             behind or cut off)"
+                        ),
+                    });
+                }
+            }
+        }
+    }
+
+    /// A read barrier sent after this call began, shared with every read waiting for one
+    /// then; its sequence. Errors: [`NatsError::NotApplied`] (the barrier was not committed:
+    /// no quorum, no answer), [`NatsError::Closed`].
+    pub(crate) async fn barrier(
+        &self,
+        bucket: &Arc<Bucket>,
+        operation: &str,
+    ) -> Result<u64, NatsError> {
+        self.gate.barrier(bucket, operation).await
+    }
+
+    fn start(&self) {
+        self.started.get_or_init(|| {
+            tokio::spawn(run(
+                self.shared.clone(),
+                self.source.clone(),
+                self.closing.clone(),
+            ));
+        });
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn moved(&self) {
+        self.moved.send_modify(|n| *n += 1);
+    }
+}
+
+/// The consumer task: reads the bucket until the store closes or is dropped, recreating the
+/// consumer from scratch when it fails for good.
+async fn run(shared: Arc<Shared>, source: Source, mut closing: signal::Receiver<bool>) {
+    let mut retry = Duration::from_millis(50);
+    loop {
+        let created = tokio::select! {
+            _ = closing.wait_for(|closed| *closed) => break,
+            created = source.consumer() => created,
+        };
+        match created {
+            Ok((messages, pending)) => {
+                retry = Duration::from_millis(50);
+                shared.lock().restart(pending == 0);
+                shared.moved();
+                if read(&shared, &source, &mut closing, messages)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            Err(err) => {
+                tracing::debug!(%err, "cannot start this client's change feed; retrying");
+                tokio::select! {
+                    _ = closing.wait_for(|closed| *closed) => break,
+                    _ = tokio::time::sleep(retry) => {}
+                }
+                retry = (retry * 2).min(MAX_RETRY);
+            }
+        }
+    }
+    // Closed or dropped: the watches end plainly.
+    shared.lock().watchers.clear();
+    shared.moved();
+}
+
+/// Reads one consumer until it fails (`Ok`, after every watch lagged) or the store closes
+/// (`Err`).
+async fn read(
+    shared: &Shared,
+    source: &Source,
+    closing: &mut signal::Receiver<bool>,
+    mut messages: push::Ordered,
+) -> Result<(), ()> {
+    loop {
+        let message = tokio::select! {
+            _ = closing.wait_for(|closed| *closed) => return Err(()),
+            message = messages.next() => message,
+        };
+        match message {
+            Some(Ok(message)) => {
+                let mut state = shared.lock();
+                state.apply(&source.prefix, &message);
+                // Apply what else has arrived under the same lock.
+                while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+                    state.apply(&source.prefix, &message);
+                }
+                drop(state);
+                shared.moved();
+            }
+            // The consumer is recreating itself from where it was.
+            Some(Err(err)) if err.kind() == OrderedErrorKind::MissingHeartbeat => {
+                tracing::debug!(%err, "change feed missed a heartbeat; recreating it");
+            }
+            Some(Err(err)) => {
+                tracing::warn!(%err, "change feed failed; every watch lags and it starts over");
+                break;
+            }
+            None => {
+                tracing::warn!("change feed ended; every watch lags and it starts over");
+                break;
+            }
+        }
+    }
+    shared.lock().fail();
+    shared.moved();
+    Ok(())
+}
+
+impl Source {
+    /// An ordered consumer over every subject of the bucket, from the last message of each,
+    /// and how many messages it has pending at its start.
+    async fn consumer(&self) -> Result<(push::Ordered, u64), NatsError> {
+        let consumer = self
+            .stream
+            .create_consumer(push::OrderedConfig {
+                deliver_subject: self.client.new_inbox(),
+                filter_subject: format!("{}>", self.prefix),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                replay_policy: ReplayPolicy::Instant,
+                ..Default::default()
+            })
+            .await
+            .map_err(|err| NatsError::NotApplied {
+                message: format!("cannot start a consumer on {}: {err}", self.name),
+            })?;
+        let pending = consumer.cached_info().num_pending;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|err| NatsError::NotApplied {
+                message: format!("cannot read a consumer on {}: {err}", self.name),
+            })?;
+        Ok((messages, pending))
+    }
+}
+
+/// Batches read barriers: a read joins the next barrier to be sent (never one already in
+/// flight, which may have been proposed before the read began), and one barrier is in flight
+/// at a time.
+#[derive(Debug, Default)]
+struct ReadGate {
+    gate: Arc<Mutex<Gate>>,
+}
+
+#[derive(Debug, Default)]
+struct Gate {
+    // Whether a task is sending barriers.
+    sending: bool,
+    // The reads waiting for the next barrier.
+    waiting: Vec<oneshot::Sender<Result<u64, Failed>>>,
+}
+
+/// A barrier's failure, as each read waiting on it reports it.
+#[derive(Debug, Clone)]
+enum Failed {
+    Closed,
+    NotApplied(String),
+}
+
+fn lock_gate(gate: &Mutex<Gate>) -> std::sync::MutexGuard<'_, Gate> {
+    gate.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ReadGate {
+    async fn barrier(&self, bucket: &Arc<Bucket>, operation: &str) -> Result<u64, NatsError> {
+        bucket.ensure_open()?;
+        let (sender, receiver) = oneshot::channel();
+        let start = {
+            let mut gate = lock_gate(&self.gate);
+            gate.waiting.push(sender);
+            !std::mem::replace(&mut gate.sending, true)
+        };
+        // The barriers are sent by a task of their own, so that a read given up does not
+        // take the barrier of the others with it.
+        if start {
+            tokio::spawn(send_barriers(bucket.clone(), self.gate.clone()));
+        }
+        match receiver.await {
+            Ok(Ok(sequence)) => Ok(sequence),
+            Ok(Err(Failed::Closed)) => Err(NatsError::Closed),
+            Ok(Err(Failed::NotApplied(message))) => Err(NatsError::NotApplied {
+                message: format!("{operation}: {message}"),
+            }),
+            Err(_) => Err(NatsError::NotApplied {
+                message: format!("{operation}: the read barrier was abandoned"),
+            }),
+        }
+    }
+}
+
+/// Sends one barrier for the reads waiting, then one for those that came meanwhile, until
+/// none are waiting.
+async fn send_barriers(bucket: Arc<Bucket>, gate: Arc<Mutex<Gate>>) {
+    let mut sending = Sending { gate, done: false };
+    loop {
+        let waiting = {
+            let mut gate = lock_gate(&sending.gate);
+            if gate.waiting.is_empty() {
+                gate.sending = false;
+                drop(gate);
+                sending.done = true;
+                return;
+            }
+            std::mem::take(&mut gate.waiting)
+        };
+        let outcome = match bucket.read_barrier("read barrier").await {
+            Ok(sequence) => Ok(sequence),
+            Err(NatsError::Closed) => Err(Failed::Closed),
+            Err(err) => Err(Failed::NotApplied(err.to_string())),
+        };
+        for read in waiting {
+            let _ = read.send(outcome.clone());
+        }
+    }
+}
+
+/// Lets the next read start a new sender if this one is dropped before it is done (its
+/// runtime shut down): the reads it was sending for are abandoned.
+struct Sending {
+    gate: Arc<Mutex<Gate>>,
+    done: bool,
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut gate = lock_gate(&self.gate);
+            gate.sending = false;
+            gate.waiting.clear();
+        }
+    }
+}
