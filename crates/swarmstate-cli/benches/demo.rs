@@ -3,9 +3,9 @@
 //! wall time of `swarmstate demo --store URL` for each, and the NATS times as ratios of the
 //! MemoryStore time.
 //!
-//! The servers come from `swarmstate-nats-local` (loopback, `sync_interval: always`); the R3
-//! bucket is created with 3 replicas before the first run. Each run is a new `swarmstate demo`
-//! process, with its agents as tasks on one store; runs rotate the order of the three stores.
+//! The servers come from `swarmstate-nats-local` (loopback, `sync_interval: always`). Each run
+//! is a new `swarmstate demo` process, with its agents as tasks on one store, on a new bucket
+//! (the R3 one created with 3 replicas first); runs rotate the order of the three stores.
 //! A run that fails its invariants fails the bench.
 //!
 //! Run with `cargo bench -p swarmstate-cli --bench demo` (with `SWARMSTATE_NATS_SERVER` set or
@@ -14,6 +14,7 @@
 
 use std::time::{Duration, Instant};
 
+use swarmstate::StateStore;
 use swarmstate_nats::NatsStore;
 use swarmstate_nats_local::{NatsCluster, NatsServer, require_server};
 
@@ -69,30 +70,28 @@ fn main() {
     runtime.block_on(async {
         let single = NatsServer::start().await;
         let cluster = NatsCluster::start(3).await;
-        // Created here with 3 replicas; the demo opens it as it is.
-        let r3 = NatsStore::builder(cluster.connect_url())
-            .bucket("demo")
-            .replicas(3)
-            .connect()
-            .await
-            .expect("create the R3 bucket");
-        drop(r3);
-        let stores = [
-            ("MemoryStore", "memory://".to_owned()),
-            ("NATS R1", format!("{}/demo", single.url())),
-            (
-                "NATS R3",
-                format!(
-                    "nats://{}/demo",
-                    cluster.urls().join(",").replace("nats://", "")
-                ),
-            ),
-        ];
+        let r3_servers = cluster.urls().join(",").replace("nats://", "");
+        let stores = ["MemoryStore", "NATS R1", "NATS R3"];
         let mut times = vec![Vec::new(); stores.len()];
         for run in 0..runs {
+            // Each run on a new bucket, as a first run on a fresh deployment; the R3 one is
+            // created here with 3 replicas, and the demo opens it as it is.
+            let bucket = format!("demo-{run}");
+            let r3 = NatsStore::builder(cluster.connect_url())
+                .bucket(&bucket)
+                .replicas(3)
+                .connect()
+                .await
+                .expect("create the R3 bucket");
+            r3.close().await.expect("close");
+            let urls = [
+                "memory://".to_owned(),
+                format!("{}/{bucket}", single.url()),
+                format!("nats://{r3_servers}/{bucket}"),
+            ];
             for offset in 0..stores.len() {
                 let at = (run + offset) % stores.len();
-                let (name, url) = &stores[at];
+                let (name, url) = (stores[at], &urls[at]);
                 let took = demo(url, &extra).await;
                 eprintln!("run {run}: {name}: {took:.1?}");
                 times[at].push(took);
@@ -101,7 +100,7 @@ fn main() {
         let memory = median(&times[0]);
         println!("| store | runs | median wall time | min .. max | ratio to MemoryStore |");
         println!("|---|---:|---:|---:|---:|");
-        for ((name, _), times) in stores.iter().zip(&times) {
+        for (name, times) in stores.iter().zip(&times) {
             let took = median(times);
             println!(
                 "| {name} | {} | {:.2} s | {:.2} .. {:.2} s | {:.2}× |",

@@ -4,11 +4,13 @@
 //! every refusal this crate reports is decided on a confirmed read.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use swarmstate_core::Key;
 use tokio::sync::watch as signal;
 
@@ -44,6 +46,25 @@ pub(crate) struct Bucket {
     pub(crate) seen: SeenCache,
     // Flips to true on close; every watch task listens to it.
     pub(crate) closing: signal::Sender<bool>,
+    // Another source of what this client knows of each key: the hub's view (`crate::hub`),
+    // once a hub exists for this connection.
+    view: OnceLock<Arc<dyn View>>,
+}
+
+/// What this client's view of the bucket holds of a key, consulted for hints (see
+/// [`Bucket::hint`]).
+pub(crate) trait View: Send + Sync + std::fmt::Debug {
+    /// The key's last message as the view has it; `None` when the view cannot say now (not
+    /// started, or not trustworthy: see `crate::hub`).
+    fn seen(&self, key: &Key) -> Option<Seen>;
+
+    /// A confirmed read of the key through the view, as [`Bucket::confirmed_last`] promises
+    /// it: `None` when the view cannot serve one now.
+    fn confirmed<'a>(
+        &'a self,
+        key: &'a Key,
+        operation: &'a str,
+    ) -> Option<BoxFuture<'a, Result<Option<Last>, NatsError>>>;
 }
 
 impl Bucket {
@@ -72,6 +93,25 @@ impl Bucket {
             closed: AtomicBool::new(false),
             seen: Default::default(),
             closing,
+            view: OnceLock::new(),
+        }
+    }
+
+    /// Adds `view` as a source of hints; the first one set stays.
+    pub(crate) fn set_view(&self, view: Arc<dyn View>) {
+        let _ = self.view.set(view);
+    }
+
+    /// What this client knows of `key`'s last message without asking the server: the newer of
+    /// what it last wrote or read (the seen cache) and what its view of the bucket holds. A
+    /// hint: a write naming a stale one is refused and decided again from a fresh read.
+    pub(crate) fn hint(&self, key: &Key) -> Option<Seen> {
+        let cached = self.seen.get(key);
+        let viewed = self.view.get().and_then(|view| view.seen(key));
+        match (cached, viewed) {
+            (Some(cached), Some(viewed)) if viewed.sequence > cached.sequence => Some(viewed),
+            (Some(cached), _) => Some(cached),
+            (None, viewed) => viewed,
         }
     }
 
@@ -156,11 +196,31 @@ impl Bucket {
     /// The key's last message, confirmed by a commit barrier, so it may be reported as the
     /// key's state at a moment within the call (a linearizable `get`, a refusal's `actual`
     /// revision, an absent key a delete finds). It is remembered for the next write.
+    ///
+    /// Through the client's view of the bucket when it has one running (a read barrier shared
+    /// with the reads waiting then, see `crate::hub`); else, or if the view does not get there
+    /// in time, a leader read confirmed by a barrier expecting the key as read.
     pub(crate) async fn confirmed_last(
         &self,
         key: &Key,
         operation: &str,
     ) -> Result<Option<Last>, NatsError> {
+        if let Some(read) = self
+            .view
+            .get()
+            .and_then(|view| view.confirmed(key, operation))
+        {
+            match read.await {
+                Ok(last) => {
+                    self.seen.remember(key, Seen::of(last.as_ref()));
+                    return Ok(last);
+                }
+                Err(NatsError::Closed) => return Err(NatsError::Closed),
+                Err(err) => {
+                    tracing::debug!(%err, "the view is behind; reading from the stream leader")
+                }
+            }
+        }
         let mut attempts = Attempts::new(self.request_timeout);
         loop {
             let last = self.last(key).await?;

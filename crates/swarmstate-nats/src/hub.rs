@@ -23,9 +23,12 @@
 //! While no hole is unclaimed, the view holds the last message of every key as of the last
 //! sequence the consumer delivered ([`State::position`]): its replica had applied everything up
 //! to there. A read barrier committed at `S` after a read began lies after every write
-//! acknowledged before the read; once the view's position is at least `S`, the view is the
-//! state at a moment after the read began (the commit of the position's message) and before
-//! it ends (its delivery): a linearizable answer. A hole that stays unclaimed until the
+//! acknowledged before the read. Once the view's position is at least `S - 1`, the view is the
+//! state at a moment after the read began and before it ends: a linearizable answer. At
+//! exactly `S - 1` that moment is just before the barrier's commit (nothing was committed
+//! between the two, and the barrier was sent after the read began); further on, it is the
+//! commit of the position's message. So a read usually has its answer as soon as the
+//! barrier's acknowledgement arrives, without waiting for the barrier's own delivery. A hole that stays unclaimed until the
 //! consumer has nothing pending no longer matters to the view: the message that removed the
 //! missing one was stored before it, so it has been delivered by then.
 //!
@@ -33,19 +36,21 @@
 //! a burst of reads costs one replicated write, and the barrier reaches this process once.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::push::OrderedErrorKind;
 use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
 use async_nats::jetstream::stream;
+use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use swarmstate_core::backend::{WatchFeed, WatchHub};
 use swarmstate_core::{Entry, Key, Pattern, Revision, WatchEvent};
 use tokio::sync::{oneshot, watch as signal};
 
-use crate::bucket::Bucket;
+use crate::bucket::{Bucket, View};
 use crate::error::NatsError;
+use crate::seen::Seen;
 use crate::wire::{self, Kind, Last};
 
 /// Missing sequences, and changes held back behind them, the hub keeps while it waits for
@@ -62,7 +67,6 @@ pub(crate) struct Hub {
     source: Source,
     closing: signal::Receiver<bool>,
     started: OnceLock<()>,
-    gate: ReadGate,
 }
 
 /// What the consumer task needs of the connection. Not the `Bucket`: a task holding it would
@@ -80,6 +84,10 @@ struct Shared {
     state: Mutex<State>,
     // Bumped whenever the state moves on; what waiting reads and registrations wait for.
     moved: signal::Sender<u64>,
+    gate: ReadGate,
+    // For the read barriers of confirmed reads that come through the bucket (see `View`);
+    // weak, since the bucket holds this.
+    bucket: Weak<Bucket>,
 }
 
 /// The view and the watchers, as of the last message the consumer delivered.
@@ -276,13 +284,20 @@ impl State {
 }
 
 impl Hub {
-    pub(crate) fn new(bucket: &Bucket) -> Hub {
+    /// The hub of `bucket`'s connection, which it also takes hints and confirmed reads from
+    /// (see [`Bucket::hint`] and [`Bucket::confirmed_last`]). Nothing starts until the first
+    /// read or watch.
+    pub(crate) fn new(bucket: &Arc<Bucket>) -> Hub {
         let (moved, _) = signal::channel(0);
+        let shared = Arc::new(Shared {
+            state: Default::default(),
+            moved,
+            gate: ReadGate::default(),
+            bucket: Arc::downgrade(bucket),
+        });
+        bucket.set_view(shared.clone());
         Hub {
-            shared: Arc::new(Shared {
-                state: Default::default(),
-                moved,
-            }),
+            shared,
             source: Source {
                 client: bucket.client.clone(),
                 stream: bucket.stream.clone(),
@@ -291,7 +306,6 @@ impl Hub {
             },
             closing: bucket.closing.subscribe(),
             started: OnceLock::new(),
-            gate: ReadGate::default(),
         }
     }
 
@@ -309,11 +323,70 @@ impl Hub {
         read: impl FnOnce(&mut State) -> T,
     ) -> Result<T, NatsError> {
         self.start();
-        let mut moved = self.shared.moved.subscribe();
+        self.shared.read(at, timeout, operation, read).await
+    }
+
+    /// A read barrier sent after this call began, shared with every read waiting for one
+    /// then; the sequence the view must reach for a linearizable answer (the barrier's, minus
+    /// one: see the module doc). Errors: [`NatsError::NotApplied`] (the barrier was not
+    /// committed: no quorum, no answer), [`NatsError::Closed`].
+    pub(crate) async fn barrier(
+        &self,
+        bucket: &Arc<Bucket>,
+        operation: &str,
+    ) -> Result<u64, NatsError> {
+        self.shared.gate.barrier(bucket, operation).await
+    }
+
+    /// Starts the consumer, if it is not running yet.
+    pub(crate) fn start(&self) {
+        self.started.get_or_init(|| {
+            tokio::spawn(run(
+                self.shared.clone(),
+                self.source.clone(),
+                self.closing.clone(),
+            ));
+        });
+    }
+}
+
+impl View for Shared {
+    fn seen(&self, key: &Key) -> Option<Seen> {
+        let state = self.lock();
+        state.current()?;
+        Some(Seen::of(state.view.get(key)))
+    }
+
+    fn confirmed<'a>(
+        &'a self,
+        key: &'a Key,
+        operation: &'a str,
+    ) -> Option<BoxFuture<'a, Result<Option<Last>, NatsError>>> {
+        self.lock().current()?;
+        let bucket = self.bucket.upgrade()?;
+        Some(Box::pin(async move {
+            let at = self.gate.barrier(&bucket, operation).await?;
+            let timeout = bucket.request_timeout;
+            self.read(at, timeout, operation, |state| state.last(key).cloned())
+                .await
+        }))
+    }
+}
+
+impl Shared {
+    /// As [`Hub::read`], on a consumer already started.
+    async fn read<T>(
+        &self,
+        at: u64,
+        timeout: Duration,
+        operation: &str,
+        read: impl FnOnce(&mut State) -> T,
+    ) -> Result<T, NatsError> {
+        let mut moved = self.moved.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             {
-                let mut state = self.shared.lock();
+                let mut state = self.lock();
                 if state.current().is_some_and(|position| position >= at) {
                     return Ok(read(&mut state));
                 }
@@ -334,29 +407,6 @@ impl Hub {
         }
     }
 
-    /// A read barrier sent after this call began, shared with every read waiting for one
-    /// then; its sequence. Errors: [`NatsError::NotApplied`] (the barrier was not committed:
-    /// no quorum, no answer), [`NatsError::Closed`].
-    pub(crate) async fn barrier(
-        &self,
-        bucket: &Arc<Bucket>,
-        operation: &str,
-    ) -> Result<u64, NatsError> {
-        self.gate.barrier(bucket, operation).await
-    }
-
-    fn start(&self) {
-        self.started.get_or_init(|| {
-            tokio::spawn(run(
-                self.shared.clone(),
-                self.source.clone(),
-                self.closing.clone(),
-            ));
-        });
-    }
-}
-
-impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -515,7 +565,7 @@ impl ReadGate {
             tokio::spawn(send_barriers(bucket.clone(), self.gate.clone()));
         }
         match receiver.await {
-            Ok(Ok(sequence)) => Ok(sequence),
+            Ok(Ok(sequence)) => Ok(sequence - 1),
             Ok(Err(Failed::Closed)) => Err(NatsError::Closed),
             Ok(Err(Failed::NotApplied(message))) => Err(NatsError::NotApplied {
                 message: format!("{operation}: {message}"),

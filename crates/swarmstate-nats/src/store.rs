@@ -16,7 +16,6 @@ use crate::bucket::Bucket;
 use crate::config::{self, NatsStoreBuilder, ReadConsistency, parse_url};
 use crate::error::NatsError;
 use crate::hub::Hub;
-use crate::seen::Seen;
 use crate::wire;
 
 /// A store on a NATS JetStream bucket. Clones share one connection.
@@ -80,34 +79,18 @@ impl NatsStore {
         }
     }
 
-    /// A linearizable read, answered from this client's view of the bucket (see `crate::hub`)
-    /// once the view has applied a read barrier sent after the call began: the barrier lies
+    /// A linearizable read ([`Bucket::confirmed_last`]): from this client's view of the
+    /// bucket once it has applied a read barrier sent after the call began (the barrier lies
     /// after every write acknowledged before the call, and the view is the state at a moment
-    /// between the barrier's commit and now. One barrier serves every read waiting for one when
-    /// it is sent.
-    ///
-    /// If the view does not get there in time (the server delivering it is cut off), the read
-    /// is answered by the stream leader and confirmed by a commit barrier on the key instead
-    /// ([`Bucket::confirmed_last`]).
+    /// between the call's start and now; one barrier serves every read waiting when it is
+    /// sent), or, until the view runs or when it is behind, the stream leader's answer
+    /// confirmed by a commit barrier on the key.
     async fn get_linearizable(&self, key: &Key) -> Result<Option<Entry>> {
-        let operation = format!("get {key}");
-        let at = self.hub.barrier(&self.bucket, &operation).await?;
-        let timeout = self.bucket.request_timeout;
-        let last = match self
-            .hub
-            .read(at, timeout, &operation, |state| state.last(key).cloned())
-            .await
-        {
-            Ok(last) => {
-                self.bucket.seen.remember(key, Seen::of(last.as_ref()));
-                last
-            }
-            Err(NatsError::Closed) => return Err(NatsError::Closed.into()),
-            Err(err) => {
-                tracing::debug!(%err, "the view is behind; reading from the stream leader");
-                self.bucket.confirmed_last(key, &operation).await?
-            }
-        };
+        self.hub.start();
+        let last = self
+            .bucket
+            .confirmed_last(key, &format!("get {key}"))
+            .await?;
         Ok(last.and_then(|last| last.live_now()))
     }
 

@@ -6,9 +6,11 @@
 //! key of a fenced write) rides along on a write. The server evaluates every check at commit,
 //! under the stream's lock, so the batch applies whole or not at all.
 //!
-//! Conditions are first decided on a fresh read of every key; the batch then pins each key
-//! it depends on or writes to the sequence that was read. If anything moved in between, the
-//! commit fails and the transaction is decided again from a new read. A conflict is reported
+//! Conditions are first decided on what this client knows of every key (the seen cache and
+//! the hub's view, `Bucket::hint`; a leader read where it knows nothing); the batch then pins
+//! each key it depends on or writes to the sequence that was read. If anything moved in
+//! between, or a hint was stale, the commit fails and the transaction is decided again from
+//! fresh leader reads. A conflict is reported
 //! only after a confirmed read of the key (a deposed leader can answer from old state), and a
 //! key holding a value whose TTL is about to end is not written until the server expired it
 //! (see `crate::expiry`).
@@ -39,12 +41,23 @@ struct Pin {
 /// reads for as long as the batch is refused because something moved.
 pub(crate) async fn apply(bucket: &Bucket, ops: &[TxnOp]) -> Result<Vec<TxnResult>> {
     let mut attempts = Attempts::new(bucket.request_timeout);
+    // The first attempt starts from what this client knows ([`Bucket::hint`]); a stale hint
+    // costs a refused batch, and every later attempt reads from the stream leader.
+    let mut hinted = true;
     loop {
-        let reads = futures::future::try_join_all(ops.iter().map(|op| bucket.last(&op.key)));
-        let lasts: Vec<Option<Last>> = reads.await?;
+        let lasts: Vec<Seen> = futures::future::try_join_all(ops.iter().map(|op| async move {
+            match bucket.hint(&op.key).filter(|_| hinted) {
+                Some(seen) => Ok::<_, NatsError>(seen),
+                None => Ok(Seen::of(bucket.last(&op.key).await?.as_ref())),
+            }
+        }))
+        .await?;
+        hinted = false;
         if let Some(op) = ops.iter().zip(&lasts).find_map(|(op, last)| {
-            let current = last.as_ref().and_then(Last::revision);
-            op.condition.check(&op.key, current).is_err().then_some(op)
+            op.condition
+                .check(&op.key, last.value())
+                .is_err()
+                .then_some(op)
         }) {
             let confirmed = bucket.confirmed_last(&op.key, "txn").await?;
             let current = confirmed.as_ref().and_then(Last::revision);
@@ -52,10 +65,9 @@ pub(crate) async fn apply(bucket: &Bucket, ops: &[TxnOp]) -> Result<Vec<TxnResul
             continue;
         }
         if let Some((op, last)) = ops.iter().zip(&lasts).find(|(op, last)| {
-            !matches!(op.action, TxnAction::Check)
-                && Seen::of(last.as_ref()).expiring(Instant::now())
+            !matches!(op.action, TxnAction::Check) && last.expiring(Instant::now())
         }) {
-            outlast(bucket, &op.key, Seen::of(last.as_ref()), &attempts, "txn").await?;
+            outlast(bucket, &op.key, *last, &attempts, "txn").await?;
             continue;
         }
         let (mut messages, results, pins) = plan(bucket, ops, &lasts);
@@ -96,7 +108,7 @@ pub(crate) async fn apply(bucket: &Bucket, ops: &[TxnOp]) -> Result<Vec<TxnResul
                     }
                     let sequence = first + offset as u64;
                     let op = &ops[message.op];
-                    if Seen::of(lasts[message.op].as_ref()).acknowledged_late(acked) {
+                    if lasts[message.op].acknowledged_late(acked) {
                         bucket.seen.forget(&op.key);
                         confirm_written(bucket, &op.key, sequence, &mut attempts, "txn").await?;
                     }
@@ -129,15 +141,15 @@ fn kept_changing(bucket: &Bucket) -> String {
 fn plan(
     bucket: &Bucket,
     ops: &[TxnOp],
-    lasts: &[Option<Last>],
+    lasts: &[Seen],
 ) -> (Vec<Message>, Vec<TxnResult>, Vec<Pin>) {
     let mut messages = Vec::new();
     let mut results = Vec::with_capacity(ops.len());
     let mut pins = Vec::new();
     for (index, (op, last)) in ops.iter().zip(lasts).enumerate() {
         let subject = bucket.subject(&op.key);
-        let read = last.as_ref().map_or(0, |l| l.sequence);
-        let present = last.as_ref().is_some_and(|l| l.live.is_some());
+        let read = last.sequence;
+        let present = last.value().is_some();
         let conditioned = !matches!(op.condition, Condition::Any);
         match &op.action {
             TxnAction::Put { value, ttl } => {

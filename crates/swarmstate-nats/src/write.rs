@@ -51,7 +51,7 @@ pub(crate) async fn put(
     // Set once an attempt was refused: it may have been applied anyway.
     let mut refused = None;
     // What the write replaces, as far as this client knows.
-    let mut replaces = match (options.mode, bucket.seen.get(key)) {
+    let mut replaces = match (options.mode, bucket.hint(key)) {
         // A create lands only where there is no value, never on one about to expire; a
         // wrong guess costs one refusal.
         (PutMode::Create, Some(seen)) if seen.value().is_none() => seen,
@@ -176,7 +176,7 @@ pub(crate) async fn delete(
     let id = write_id(bucket);
     // Set once an attempt was refused: it may have been applied anyway.
     let mut refused = None;
-    let mut replaces = match (expected, bucket.seen.get(key)) {
+    let mut replaces = match (expected, bucket.hint(key)) {
         (Some(wanted), Some(seen)) if seen.holds(wanted) => seen,
         _ => bucket.read_seen(key).await?,
     };

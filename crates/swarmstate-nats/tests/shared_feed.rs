@@ -124,6 +124,22 @@ async fn concurrent_linearizable_reads_share_read_barriers() {
     let bucket = "shared-reads";
     let writer = open(&server, bucket).await;
     let reader = open(&server, bucket).await;
+    // The first read starts the reader's change feed (and is answered by the stream leader
+    // while the feed reads the bucket); wait until reads go through it.
+    let warm = key("warm");
+    writer.set(&warm, "up").await.expect("put");
+    let deadline = tokio::time::Instant::now() + DELIVERY_TIMEOUT;
+    while reader
+        .watch(&Pattern::exact(&warm), WatchStart::Now)
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the feed never started"
+        );
+    }
+    reader.get(&warm).await.expect("get");
     let observer = server.connect().await;
     let mut barriers = observer
         .subscribe(format!("$KV.{bucket}._swarmstate.barrier.>"))
