@@ -32,24 +32,20 @@ pub enum ReadConsistency {
     /// read began, even through a stream leader that was deposed and does not know it yet; a
     /// key listing or a snapshot never misses such a write or delete.
     ///
-    /// The leader's answer is confirmed by a commit barrier: one small message to a reserved
-    /// key of this client (`_swarmstate.barrier.*`), conditioned on the key still being at the
-    /// sequence that was read, committed through the stream's Raft quorum. If the key moved in
-    /// between, the read is taken again; if the barrier cannot be committed (no quorum, a
-    /// partition), the read fails with [`Error::Unavailable`] instead of answering. A read
-    /// therefore costs a leader read plus a replicated write.
+    /// A read commits a read barrier after it begins: one small message to a reserved key of
+    /// this client (`_swarmstate.barrier.*`), committed through the stream's Raft quorum, so
+    /// after every write acknowledged before the read. It is answered from the store's view of
+    /// the bucket (its one consumer, see [`NatsStore`]) once the view has applied everything
+    /// before the barrier. Every read waiting when a barrier is sent shares it. If the barrier
+    /// cannot be committed (no quorum, a partition), the read fails with
+    /// [`Error::Unavailable`] instead of answering. Until the view runs, or if it does not get
+    /// there within the request timeout, a `get` is the stream leader's answer confirmed by a
+    /// barrier conditioned on the key still being at the sequence that was read.
     ///
-    /// A listing or a snapshot is read through a consumer that any replica may serve, one that
-    /// has not applied the newest writes yet among them. So it first commits a barrier (one
-    /// replicated write, conditioned on nothing) and is complete only once its consumer has
-    /// delivered that barrier, proof that its replica applied every write before it; what
-    /// that replica applies meanwhile is part of the answer. A listing whose consumer delivers
-    /// nothing for the request timeout before that fails with [`Error::Unavailable`]; such a
-    /// snapshot ends with [`WatchEvent::Lagged`](swarmstate_core::WatchEvent::Lagged) instead
-    /// of `CaughtUp`, and the watcher snapshots again. A snapshot of up to half the watch
-    /// buffer's entries holds them back until it is complete, so it is entries, then
-    /// `CaughtUp`; a larger one whose replica was behind hands out the changes it applied
-    /// meanwhile (deletes too) before its `CaughtUp`.
+    /// A listing or a snapshot is answered from the view the same way. A listing the view
+    /// cannot answer within the request timeout fails with [`Error::Unavailable`], and so does
+    /// the watch call of such a snapshot. A snapshot is its entries, then `CaughtUp`, then
+    /// live changes.
     #[default]
     Linearizable,
     /// One read from the node that believes it is the stream leader, nothing more: the cost of
@@ -61,9 +57,9 @@ pub enum ReadConsistency {
     /// acknowledged newer writes. Reads through it in that window can be stale. Without
     /// partitions or leader changes it answers like `Linearizable`.
     ///
-    /// Key listings and snapshots are whatever the replica serving their consumer has applied,
-    /// leader or not: on a replicated bucket they can miss writes acknowledged just before,
-    /// partitions or not.
+    /// Key listings and snapshots are the store's view of the bucket as it is, which the replica
+    /// serving its consumer feeds, leader or not: on a replicated bucket they can miss writes
+    /// acknowledged just before, partitions or not.
     Leader,
 }
 

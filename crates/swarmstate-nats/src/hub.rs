@@ -57,6 +57,9 @@ use crate::wire::{self, Kind, Last};
 /// read barriers to claim the holes; beyond that every watch lags.
 const MAX_UNEXPLAINED: usize = 1024;
 
+/// How many delivered messages the hub applies under one hold of its lock, at most.
+const APPLIED_AT_ONCE: usize = 256;
+
 /// How long the hub waits before recreating a consumer that could not be created, at most.
 const MAX_RETRY: Duration = Duration::from_secs(1);
 
@@ -460,34 +463,42 @@ async fn read(
     closing: &mut signal::Receiver<bool>,
     mut messages: push::Ordered,
 ) -> Result<(), ()> {
-    loop {
-        let message = tokio::select! {
+    'reading: loop {
+        let mut next = tokio::select! {
             _ = closing.wait_for(|closed| *closed) => return Err(()),
-            message = messages.next() => message,
+            next = messages.next() => next,
         };
-        match message {
-            Some(Ok(message)) => {
-                let mut state = shared.lock();
-                state.apply(&source.prefix, &message);
-                // Apply what else has arrived under the same lock.
-                while let Some(Some(Ok(message))) = messages.next().now_or_never() {
+        // What has arrived is applied under one hold of the lock, a bounded batch at a time so
+        // that readers and writers asking the view for hints are not held up long.
+        let mut state = None;
+        let mut applied = 0;
+        let failed = loop {
+            match next {
+                Some(Ok(message)) => {
+                    let state = state.get_or_insert_with(|| shared.lock());
                     state.apply(&source.prefix, &message);
+                    applied += 1;
                 }
-                drop(state);
-                shared.moved();
+                // The consumer is recreating itself from where it was.
+                Some(Err(err)) if err.kind() == OrderedErrorKind::MissingHeartbeat => {
+                    tracing::debug!(%err, "change feed missed a heartbeat; recreating it");
+                }
+                Some(Err(err)) => break Some(err.to_string()),
+                None => break Some("the consumer ended".to_owned()),
             }
-            // The consumer is recreating itself from where it was.
-            Some(Err(err)) if err.kind() == OrderedErrorKind::MissingHeartbeat => {
-                tracing::debug!(%err, "change feed missed a heartbeat; recreating it");
+            if applied >= APPLIED_AT_ONCE {
+                break None;
             }
-            Some(Err(err)) => {
-                tracing::warn!(%err, "change feed failed; every watch lags and it starts over");
-                break;
+            match messages.next().now_or_never() {
+                Some(more) => next = more,
+                None => break None,
             }
-            None => {
-                tracing::warn!("change feed ended; every watch lags and it starts over");
-                break;
-            }
+        };
+        drop(state);
+        shared.moved();
+        if let Some(failure) = failed {
+            tracing::warn!(%failure, "change feed failed; every watch lags and it starts over");
+            break 'reading;
         }
     }
     shared.lock().fail();

@@ -23,10 +23,15 @@ use crate::wire;
 /// Durable as the server is configured: run the servers with `jetstream { sync_interval:
 /// always }` and the bucket with 3 replicas for writes that survive a crash.
 ///
-/// Reads ([`get`](StateStore::get)) go to the stream leader and are linearizable by default,
-/// confirmed by a commit barrier (see [`ReadConsistency`]); so are key listings and snapshots,
-/// which wait for a barrier to reach the replica serving them. [`NatsStore::get_stale`] is the
-/// opt-in fast read any replica may answer.
+/// One consumer serves all of a store's watches, listings and reads (with its clones): it
+/// keeps a view of every key's last message in the process, started on the first read or
+/// watch, and hands each change to the watches that select it, so a write reaches the process
+/// once however many watches it has.
+///
+/// Reads ([`get`](StateStore::get)), key listings and snapshots are linearizable by default:
+/// answered from that view once it has applied a read barrier committed after the call began,
+/// one barrier shared by every read waiting for one (see [`ReadConsistency`]).
+/// [`NatsStore::get_stale`] is the opt-in fast read any replica may answer.
 #[derive(Debug, Clone)]
 pub struct NatsStore {
     pub(crate) bucket: Arc<Bucket>,
@@ -138,8 +143,7 @@ impl StateStore for NatsStore {
     }
 
     /// Linearizable by default: never older than a write acknowledged before the call began,
-    /// at the cost of a leader read plus a replicated barrier write (see
-    /// [`ReadConsistency`]). Errors: [`Error::Unavailable`] when the read cannot be answered
+    /// at the cost of a share of one replicated barrier write (see [`ReadConsistency`]). Errors: [`Error::Unavailable`] when the read cannot be answered
     /// or confirmed (no stream leader, no quorum, a partition, or a key that kept changing for
     /// the whole request timeout); retrying is safe. With [`ReadConsistency::Leader`], only
     /// the leader read.
@@ -172,10 +176,10 @@ impl StateStore for NatsStore {
     }
 
     /// Linearizable by default: the listing shows every write and delete acknowledged before
-    /// the call began, at the cost of a replicated barrier write before it (see
+    /// the call began, at the cost of a share of one replicated barrier write (see
     /// [`ReadConsistency`]). Errors: [`Error::Unavailable`] when the barrier cannot be
-    /// committed, or when the replica serving the listing delivers nothing for the request
-    /// timeout before it shows the barrier; retrying is safe.
+    /// committed, or when the store's view of the bucket does not reach it within the request
+    /// timeout; retrying is safe.
     ///
     /// [`Error::Unavailable`]: swarmstate_core::Error::Unavailable
     #[tracing::instrument(skip_all, fields(pattern = %pattern))]
@@ -184,11 +188,11 @@ impl StateStore for NatsStore {
         crate::watch::keys(&self.bucket, &self.hub, pattern).await
     }
 
-    /// A [`WatchStart::Snapshot`] is linearizable like [`keys`](Self::keys): a barrier first,
-    /// `CaughtUp` only once the consumer delivered it (see [`ReadConsistency`] for what a
-    /// replica that was behind means for the events before it). If it cannot be confirmed
-    /// within the request timeout, the watch ends with `Lagged` before `CaughtUp`, and the
-    /// watcher snapshots again.
+    /// A [`WatchStart::Snapshot`] is linearizable like [`keys`](Self::keys), and fails the
+    /// same way. A watch from now or a snapshot is a registration in the store's one change
+    /// feed; a watch from a revision the feed has already handed out gets a consumer of its
+    /// own (`Compacted` if a message since that revision is gone). If the feed misses a
+    /// message, every watch it serves ends with `Lagged` there.
     async fn watch(&self, pattern: &Pattern, start: WatchStart) -> Result<WatchStream> {
         self.bucket.ensure_open()?;
         crate::watch::watch(&self.bucket, &self.hub, pattern, start).await

@@ -247,6 +247,15 @@ async fn election_across_clients_has_one_leader_per_term_with_increasing_terms()
         assert!(pair[0] < pair[1], "terms must strictly increase: {terms:?}");
     }
 
+    // A last leader that stays: whatever the observer missed (a lag skips changes and reads
+    // the key afresh), it ends up seeing this one.
+    let last = Election::new(stores[1].clone(), name.clone())
+        .campaign("last", LOCK_TTL, WAIT)
+        .await
+        .expect("the last campaign");
+    let mut terms = terms;
+    terms.push(last.term());
+
     // The observer saw leaders in term order; if it lagged it skipped some, never reordered.
     let mut observed = Vec::new();
     while observed.last() != Some(terms.last().unwrap()) {
@@ -267,4 +276,5 @@ async fn election_across_clients_has_one_leader_per_term_with_increasing_terms()
     }
     assert!(observed.iter().all(|term| terms.contains(term)));
     eprintln!("observer saw {} of {} leaders", observed.len(), terms.len());
+    last.resign().await.expect("resign");
 }
