@@ -35,9 +35,9 @@ pub enum ReadConsistency {
     /// A read commits a read barrier after it begins: one small message to a reserved key of
     /// this client (`_swarmstate.barrier.*`), committed through the stream's Raft quorum, so
     /// after every write acknowledged before the read. It is answered from the store's view of
-    /// the bucket (its one consumer, see [`NatsStore`](crate::NatsStore)) once the view has applied everything
-    /// before the barrier. Every read waiting when a barrier is sent shares it. If the barrier
-    /// cannot be committed (no quorum, a partition), the read fails with
+    /// the bucket (its one consumer, see [`NatsStore`](crate::NatsStore)) once the view has
+    /// applied everything before the barrier. Every read waiting when a barrier is sent shares
+    /// it. If the barrier cannot be committed (no quorum, a partition), the read fails with
     /// [`Error::Unavailable`] instead of answering. Until the view runs, or if it does not get
     /// there within the request timeout, a `get` is the stream leader's answer confirmed by a
     /// barrier conditioned on the key still being at the sequence that was read.
