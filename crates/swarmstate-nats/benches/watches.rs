@@ -10,7 +10,10 @@
 //!
 //! Then, for a process with 100 watches (99 on other prefixes, 1 on the written keys), the
 //! messages its connection receives per write made by another client, counted with
-//! `NatsStore::messages_received` over 2,000 writes, beside a process with 1 watch.
+//! `NatsStore::messages_received` over 2,000 writes, beside a process with 1 watch, and beside
+//! raw async-nats clients with 100 KV watches each (500 writes, counted with
+//! `Client::statistics`): 99 filtered to other prefixes, or 99 of the whole bucket (a consumer
+//! per watch that can see holes, as `NatsStore` ran before its watches shared one).
 //!
 //! Run with `cargo bench -p swarmstate-nats --bench watches` (with `SWARMSTATE_NATS_SERVER` set
 //! or the server installed by `scripts/install-nats-server`). `SWARMSTATE_BENCH_ROUNDS` and
@@ -101,6 +104,17 @@ async fn messages_per_write(writer: &NatsStore, watcher: &NatsStore, tag: &str) 
     // Let the connection settle (the watches' setup is over) before counting.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = watcher.messages_received();
+    // Every write reaches the watch: then every message it caused has arrived.
+    let reading = tokio::spawn(async move {
+        let mut seen = 0;
+        while seen < WRITES {
+            match tokio::time::timeout(Duration::from_secs(30), selected.next()).await {
+                Ok(Some(WatchEvent::Put(_))) => seen += 1,
+                Ok(other) => panic!("the counted watch ended or lagged: {other:?}"),
+                Err(_) => panic!("the counted watch saw {seen} of {WRITES} writes in 30 s"),
+            }
+        }
+    });
     for n in 0..WRITES {
         let key = key(format!("counted.{tag}.k{}", n % 16));
         writer
@@ -108,16 +122,60 @@ async fn messages_per_write(writer: &NatsStore, watcher: &NatsStore, tag: &str) 
             .await
             .expect("put");
     }
-    // Every write reaches the watch: then every message it caused has arrived.
-    let mut seen = 0;
-    while seen < WRITES {
-        match tokio::time::timeout(Duration::from_secs(30), selected.next()).await {
-            Ok(Some(WatchEvent::Put(_))) => seen += 1,
-            Ok(other) => panic!("the counted watch ended or lagged: {other:?}"),
-            Err(_) => panic!("the counted watch saw {seen} of {WRITES} writes in 30 s"),
-        }
-    }
+    reading.await.expect("the counted watch");
     (watcher.messages_received() - before) as f64 / WRITES as f64
+}
+
+/// The baselines: the messages a raw async-nats client with 100 KV watches receives per write
+/// `writer` makes to keys one of them selects. The 99 others watch other prefixes (a filtered
+/// consumer each, which cannot see a hole), or, with `whole`, the whole bucket (as every watch
+/// must to see holes when each has a consumer of its own).
+async fn raw_messages_per_write(server: &NatsServer, writer: &NatsStore, whole: bool) -> f64 {
+    const WRITES: u64 = 500;
+    let client = server.connect().await;
+    let kv = async_nats::jetstream::new(client.clone())
+        .get_key_value(BUCKET)
+        .await
+        .expect("kv bucket");
+    let mut idle = Vec::new();
+    let tag = if whole { "whole" } else { "filtered" };
+    for n in 0..99 {
+        idle.push(if whole {
+            kv.watch_all().await.expect("watch")
+        } else {
+            kv.watch(format!("idle.raw.{n}.>")).await.expect("watch")
+        });
+    }
+    let counted = format!("counted.raw{tag}");
+    let mut selected = kv.watch(format!("{counted}.>")).await.expect("watch");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let received = || {
+        client
+            .statistics()
+            .in_messages
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = received();
+    let reading = tokio::spawn(async move {
+        for _ in 0..WRITES {
+            tokio::time::timeout(Duration::from_secs(30), selected.next())
+                .await
+                .expect("the raw watch delivers every write")
+                .expect("the raw watch goes on")
+                .expect("an entry");
+        }
+    });
+    for n in 0..WRITES {
+        let key = key(format!("{counted}.k{}", n % 16));
+        writer
+            .put(&key, Bytes::from_static(b"value"), PutOptions::overwrite())
+            .await
+            .expect("put");
+    }
+    reading.await.expect("the raw watch");
+    let per_write = (received() - before) as f64 / WRITES as f64;
+    drop(idle);
+    per_write
 }
 
 async fn open(server: &NatsServer) -> NatsStore {
@@ -190,11 +248,19 @@ fn main() {
         let _hundred_watches = idle_watches(&hundred, "hundred", 99).await;
         let per_write_one = messages_per_write(&writer, &one, "one").await;
         let per_write_hundred = messages_per_write(&writer, &hundred, "hundred").await;
+        let per_write_filtered = raw_messages_per_write(&server, &writer, false).await;
+        let per_write_whole = raw_messages_per_write(&server, &writer, true).await;
         println!();
-        println!("| watches in the process | messages received per write |");
-        println!("|---:|---:|");
-        println!("| 1 | {per_write_one:.2} |");
-        println!("| 100 | {per_write_hundred:.2} |");
+        println!("| process | watches | messages received per write |");
+        println!("|---|---:|---:|");
+        println!("| NatsStore | 1 | {per_write_one:.2} |");
+        println!("| NatsStore | 100 | {per_write_hundred:.2} |");
+        println!(
+            "| raw async-nats, `kv::Store::watch` of each prefix (blind to holes) | 100 | {per_write_filtered:.2} |"
+        );
+        println!(
+            "| raw async-nats, `kv::Store::watch_all` for 99 of them (a consumer of the whole bucket per watch) | 100 | {per_write_whole:.2} |"
+        );
         let stores: [Arc<dyn StateStore>; 5] = [
             Arc::new(baseline),
             Arc::new(measured),

@@ -174,9 +174,10 @@ async fn concurrent_linearizable_reads_share_read_barriers() {
     while let Some(Some(_)) = barriers.next().now_or_never() {
         sent += 1;
     }
+    eprintln!("{sent} barriers for {} reads", 3 * READS);
     assert!(sent > 0, "linearizable reads take read barriers");
     assert!(
-        sent <= 3 * READS / 4,
+        sent <= 3 * READS / 8,
         "{sent} barriers for {} concurrent reads: they were not shared",
         3 * READS
     );
