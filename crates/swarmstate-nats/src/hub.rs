@@ -175,20 +175,13 @@ impl State {
     /// The consumer failed: every watch lags at the first change it may not have been given,
     /// and the view is forgotten until a new consumer has read the bucket again.
     fn fail(&mut self) {
-        let first = self
-            .unexplained
-            .first()
-            .copied()
-            .unwrap_or(self.looked_at + 1);
-        self.watchers
-            .lag_all(Revision::new(first).expect("never 0"));
-        self.held.clear();
-        self.unexplained.clear();
+        self.lag_at_first_hole();
         self.view.clear();
         self.ready = false;
     }
 
-    /// Every watch lags at the first unclaimed hole; nothing held back is handed out.
+    /// Every watch lags at the first unclaimed hole (or the next sequence, if none); nothing
+    /// held back is handed out.
     fn lag_at_first_hole(&mut self) {
         let first = self
             .unexplained
