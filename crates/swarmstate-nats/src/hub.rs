@@ -114,6 +114,18 @@ pub(crate) struct State {
     resyncing: bool,
 }
 
+/// One message as the consumer delivered it.
+struct Delivered<'a> {
+    sequence: u64,
+    // How many messages the consumer's replica held after this one when it sent it.
+    pending: u64,
+    published_nanos: i128,
+    // `None` for a subject that is no key of ours.
+    key: Option<Key>,
+    headers: Option<&'a async_nats::HeaderMap>,
+    payload: &'a bytes::Bytes,
+}
+
 impl State {
     /// The sequence the view is the state at, if it is trustworthy now (see the module doc).
     fn current(&self) -> Option<u64> {
@@ -195,9 +207,32 @@ impl State {
     }
 
     /// Applies one delivered message.
-    fn apply(&mut self, prefix: &str, message: &async_nats::jetstream::Message) {
+    fn apply_message(&mut self, prefix: &str, message: &async_nats::jetstream::Message) {
         let Ok(info) = message.info() else { return };
-        let sequence = info.stream_sequence;
+        let key = message
+            .subject
+            .strip_prefix(prefix)
+            .and_then(|subject| Key::new_reserved(subject).ok());
+        self.apply(Delivered {
+            sequence: info.stream_sequence,
+            pending: info.pending,
+            published_nanos: info.published.unix_timestamp_nanos(),
+            key,
+            headers: message.headers.as_ref(),
+            payload: &message.payload,
+        });
+    }
+
+    /// Applies one delivered message, decoded.
+    fn apply(&mut self, delivered: Delivered<'_>) {
+        let Delivered {
+            sequence,
+            pending,
+            published_nanos,
+            key,
+            headers,
+            payload,
+        } = delivered;
         // Delivered again by a recreated consumer.
         if sequence <= self.looked_at {
             return;
@@ -214,9 +249,6 @@ impl State {
             }
         }
         self.looked_at = sequence;
-        let subject = message.subject.strip_prefix(prefix);
-        let key = subject.and_then(|subject| Key::new_reserved(subject).ok());
-        let headers = message.headers.as_ref();
         let event = match key {
             Some(key) if key.as_str().starts_with(wire::BARRIER_KEYS) => {
                 let claimed = headers
@@ -229,8 +261,7 @@ impl State {
                 None
             }
             Some(key) => {
-                let published = info.published.unix_timestamp_nanos();
-                let last = Last::stored(&key, sequence, headers, &message.payload, published);
+                let last = Last::stored(&key, sequence, headers, payload, published_nanos);
                 let revision = Revision::new(sequence).expect("never 0");
                 let event = match (wire::kind(headers), &last.live) {
                     (Kind::Put, Some(entry)) => WatchEvent::Put(entry.clone()),
@@ -267,7 +298,7 @@ impl State {
             let held = std::mem::take(&mut self.held);
             self.watchers.dispatch(&held);
         }
-        if info.pending == 0 {
+        if pending == 0 {
             // Everything the replica had was delivered; holes nothing claimed by now may have
             // been changes a watcher selects.
             if !self.unexplained.is_empty() {
@@ -469,7 +500,7 @@ async fn read(
             match next {
                 Some(Ok(message)) => {
                     let state = state.get_or_insert_with(|| shared.lock());
-                    state.apply(&source.prefix, &message);
+                    state.apply_message(&source.prefix, &message);
                     applied += 1;
                 }
                 // The consumer is recreating itself from where it was.
@@ -621,5 +652,152 @@ impl Drop for Sending {
             gate.sending = false;
             gate.waiting.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use futures::FutureExt;
+    use swarmstate_core::backend::watch_feed;
+    use swarmstate_core::{Pattern, WatchStream};
+
+    use super::*;
+
+    const VALUE: Bytes = Bytes::from_static(b"v");
+
+    /// A put of `key` at `sequence` with `pending` messages after it.
+    fn put(state: &mut State, sequence: u64, pending: u64, key: &str) {
+        state.apply(Delivered {
+            sequence,
+            pending,
+            published_nanos: 0,
+            key: Some(Key::new_reserved(key).unwrap()),
+            headers: None,
+            payload: &VALUE,
+        });
+    }
+
+    /// A read barrier of slot `slot` at `sequence` that lists `replaces`.
+    fn barrier(state: &mut State, sequence: u64, pending: u64, slot: u64, replaces: &[u64]) {
+        let mut headers = async_nats::HeaderMap::new();
+        if !replaces.is_empty() {
+            headers.insert(wire::REPLACES, wire::encode_sequences(replaces).as_str());
+        }
+        state.apply(Delivered {
+            sequence,
+            pending,
+            published_nanos: 0,
+            key: Some(Key::new_reserved(format!("{}c.{slot}", wire::BARRIER_KEYS)).unwrap()),
+            headers: Some(&headers),
+            payload: &Bytes::new(),
+        });
+    }
+
+    fn watch(state: &mut State, pattern: &str) -> WatchStream {
+        let (feed, stream) = watch_feed(64);
+        let from = state.position() + 1;
+        state.register(Pattern::new(pattern).unwrap(), feed, from);
+        stream
+    }
+
+    // What `stream` holds now, without waiting: keys, and `lagged at N`.
+    fn received(stream: &mut WatchStream) -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Some(Some(event)) = stream.next().now_or_never() {
+            seen.push(match event {
+                WatchEvent::Lagged { resume_from } => format!("lagged at {resume_from}"),
+                event => event.key().expect("a change").to_string(),
+            });
+        }
+        seen
+    }
+
+    /// A state past its first pass at sequence 2 (one key, `a.x`).
+    fn ready() -> State {
+        let mut state = State::default();
+        put(&mut state, 2, 0, "a.x");
+        assert_eq!(state.current(), Some(2));
+        state
+    }
+
+    #[test]
+    fn the_first_pass_builds_the_view_and_hands_nothing_out() {
+        let mut state = State::default();
+        let mut early = watch(&mut state, "a.*");
+        put(&mut state, 3, 2, "a.x");
+        assert_eq!(
+            state.current(),
+            None,
+            "not ready before the first pass ends"
+        );
+        put(&mut state, 7, 1, "a.y");
+        put(&mut state, 9, 0, "a.z");
+        assert_eq!(state.current(), Some(9));
+        let listed: Vec<String> = state
+            .entries(&Pattern::new("a.*").unwrap())
+            .map(|entry| entry.key.to_string())
+            .collect();
+        assert_eq!(listed, ["a.x", "a.y", "a.z"]);
+        assert!(received(&mut early).is_empty());
+    }
+
+    #[test]
+    fn a_hole_a_barrier_claims_holds_changes_back_until_it_does() {
+        let mut state = ready();
+        let mut stream = watch(&mut state, "a.*");
+        barrier(&mut state, 3, 0, 1, &[]);
+        // 4 (the slot's next barrier) was replaced by 6 before delivery.
+        put(&mut state, 5, 1, "a.y");
+        assert_eq!(state.current(), None, "a hole makes the view untrusted");
+        assert!(received(&mut stream).is_empty(), "held behind the hole");
+        barrier(&mut state, 6, 0, 1, &[4, 3]);
+        assert_eq!(state.current(), Some(6));
+        assert_eq!(received(&mut stream), ["a.y"]);
+    }
+
+    #[test]
+    fn a_hole_nothing_claims_by_the_end_lags_every_watch_there() {
+        let mut state = ready();
+        let mut selected = watch(&mut state, "a.*");
+        let mut other = watch(&mut state, "b.*");
+        put(&mut state, 3, 2, "a.y");
+        // 4 is gone, and nothing claims it.
+        put(&mut state, 5, 1, "a.z");
+        put(&mut state, 6, 0, "b.w");
+        assert_eq!(received(&mut selected), ["a.y", "lagged at 4"]);
+        assert_eq!(received(&mut other), ["lagged at 4"]);
+        // The view is the state at 6 again (what removed 4 was stored before it), and new
+        // watchers go on from there.
+        assert_eq!(state.current(), Some(6));
+        let mut next = watch(&mut state, "a.*");
+        put(&mut state, 7, 0, "a.v");
+        assert_eq!(received(&mut next), ["a.v"]);
+    }
+
+    #[test]
+    fn messages_delivered_again_are_dropped() {
+        let mut state = ready();
+        let mut stream = watch(&mut state, "a.*");
+        put(&mut state, 3, 0, "a.y");
+        put(&mut state, 2, 1, "a.x");
+        put(&mut state, 3, 0, "a.y");
+        put(&mut state, 4, 0, "a.z");
+        assert_eq!(received(&mut stream), ["a.y", "a.z"]);
+        assert_eq!(state.current(), Some(4));
+    }
+
+    #[test]
+    fn too_much_missing_lags_every_watch_and_waits_for_the_end_to_trust_the_view() {
+        let mut state = ready();
+        let mut stream = watch(&mut state, "a.*");
+        put(&mut state, 3 + MAX_UNEXPLAINED as u64 + 1, 5, "a.y");
+        assert_eq!(received(&mut stream), ["lagged at 3"]);
+        assert_eq!(state.current(), None);
+        put(&mut state, 3 + MAX_UNEXPLAINED as u64 + 2, 0, "a.z");
+        assert!(
+            state.current().is_some(),
+            "trusted again once nothing is pending"
+        );
     }
 }
