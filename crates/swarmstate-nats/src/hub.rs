@@ -53,8 +53,8 @@ use crate::error::NatsError;
 use crate::seen::Seen;
 use crate::wire::{self, Kind, Last};
 
-/// Missing sequences, and changes held back behind them, the hub keeps while it waits for
-/// read barriers to claim the holes; beyond that every watch lags.
+/// Missing sequences, and changes held back behind them, a reader of the bucket keeps while
+/// it waits for read barriers to claim the holes; beyond that it lags.
 const MAX_UNEXPLAINED: usize = 1024;
 
 /// How many delivered messages the hub applies under one hold of its lock, at most.
@@ -72,10 +72,10 @@ pub(crate) struct Hub {
     started: OnceLock<()>,
 }
 
-/// What the consumer task needs of the connection. Not the `Bucket`: a task holding it would
-/// keep the connection open after the store was dropped.
+/// What a consumer of the bucket needs of the connection. Not the `Bucket`: the hub's task
+/// holding it would keep the connection open after the store was dropped.
 #[derive(Debug, Clone)]
-struct Source {
+pub(crate) struct Source {
     client: async_nats::Client,
     stream: stream::Stream,
     name: String,
@@ -104,11 +104,7 @@ pub(crate) struct State {
     ready: bool,
     // The last sequence the consumer delivered; 0 before the first.
     looked_at: u64,
-    // Sequences that never arrived and that no read barrier has claimed yet.
-    unexplained: BTreeSet<u64>,
-    // Changes after the first unexplained hole, held back until it is claimed: if it never is,
-    // every watch lags there, and no watcher may have seen anything after it.
-    held: Vec<WatchEvent>,
+    holes: Holes,
     // Set when too much went missing to keep track: the view is trusted again once the
     // consumer has nothing pending.
     resyncing: bool,
@@ -126,10 +122,93 @@ struct Delivered<'a> {
     payload: &'a bytes::Bytes,
 }
 
+/// What a reader of the whole bucket has not seen: the sequences that never arrived and that
+/// no read barrier has claimed yet, and the changes after the first of them, held back until
+/// it is claimed (if it never is, the reader lags there, and nothing after it may have been
+/// handed out). The hub keeps one, and so does a watch replaying from a revision.
+#[derive(Debug, Default)]
+pub(crate) struct Holes {
+    unexplained: BTreeSet<u64>,
+    held: Vec<WatchEvent>,
+}
+
+/// More went missing, or is held back, than a reader keeps track of: it lags.
+#[derive(Debug)]
+pub(crate) struct TooMany;
+
+impl Holes {
+    /// Records `sequence` arriving where `next` was expected: every sequence between them is
+    /// missing. On [`TooMany`], `next` is recorded as the first missing one.
+    pub(crate) fn skipped(&mut self, next: u64, sequence: u64) -> Result<(), TooMany> {
+        if sequence <= next {
+            return Ok(());
+        }
+        if self.unexplained.len() + (sequence - next) as usize > MAX_UNEXPLAINED {
+            self.unexplained.insert(next);
+            return Err(TooMany);
+        }
+        self.unexplained.extend(next..sequence);
+        Ok(())
+    }
+
+    /// The holes a read barrier (a message to a `_swarmstate.barrier.*` key) with `headers`
+    /// says were earlier barriers of its slot: none of them was a change to a key.
+    pub(crate) fn claim(&mut self, headers: Option<&async_nats::HeaderMap>) {
+        let claimed = headers
+            .and_then(|headers| headers.get(wire::REPLACES))
+            .and_then(|claimed| wire::decode_sequences(claimed.as_str()))
+            .unwrap_or_default();
+        for sequence in claimed {
+            self.unexplained.remove(&sequence);
+        }
+    }
+
+    /// The changes held back, once nothing is missing any more; hand them out before any
+    /// later one.
+    pub(crate) fn released(&mut self) -> Vec<WatchEvent> {
+        if self.unexplained.is_empty() {
+            std::mem::take(&mut self.held)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// `event` to hand out now, or `None` while it is held back behind a hole.
+    pub(crate) fn pass(&mut self, event: WatchEvent) -> Result<Option<WatchEvent>, TooMany> {
+        if self.unexplained.is_empty() {
+            return Ok(Some(event));
+        }
+        self.held.push(event);
+        if self.held.len() > MAX_UNEXPLAINED {
+            return Err(TooMany);
+        }
+        Ok(None)
+    }
+
+    /// The first missing sequence, if any.
+    pub(crate) fn first(&self) -> Option<u64> {
+        self.unexplained.first().copied()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.unexplained.is_empty()
+    }
+}
+
+/// The change a message stored at `last.sequence` for `key` is, with its `headers`.
+pub(crate) fn change(key: Key, last: &Last, headers: Option<&async_nats::HeaderMap>) -> WatchEvent {
+    let revision = Revision::new(last.sequence).expect("never 0");
+    match (wire::kind(headers), &last.live) {
+        (Kind::Put, Some(entry)) => WatchEvent::Put(entry.clone()),
+        (Kind::Expire, _) => WatchEvent::Expire { key, revision },
+        _ => WatchEvent::Delete { key, revision },
+    }
+}
+
 impl State {
     /// The sequence the view is the state at, if it is trustworthy now (see the module doc).
     fn current(&self) -> Option<u64> {
-        (self.ready && self.unexplained.is_empty() && !self.resyncing).then_some(self.looked_at)
+        (self.ready && self.holes.is_empty() && !self.resyncing).then_some(self.looked_at)
     }
 
     /// The sequence the view and the watchers are at. Every change up to it has been handed
@@ -195,15 +274,10 @@ impl State {
     /// Every watch lags at the first unclaimed hole (or the next sequence, if none); nothing
     /// held back is handed out.
     fn lag_at_first_hole(&mut self) {
-        let first = self
-            .unexplained
-            .first()
-            .copied()
-            .unwrap_or(self.looked_at + 1);
+        let first = self.holes.first().unwrap_or(self.looked_at + 1);
         self.watchers
             .lag_all(Revision::new(first).expect("never 0"));
-        self.held.clear();
-        self.unexplained.clear();
+        self.holes = Holes::default();
     }
 
     /// Applies one delivered message.
@@ -238,70 +312,43 @@ impl State {
             return;
         }
         let first_pass = !self.ready;
-        if !first_pass && sequence > self.looked_at + 1 {
-            let gap = (sequence - self.looked_at - 1) as usize;
-            if self.unexplained.len() + gap > MAX_UNEXPLAINED {
-                self.unexplained.insert(self.looked_at + 1);
-                self.lag_at_first_hole();
-                self.resyncing = true;
-            } else {
-                self.unexplained.extend(self.looked_at + 1..sequence);
-            }
+        if !first_pass && self.holes.skipped(self.looked_at + 1, sequence).is_err() {
+            self.lag_at_first_hole();
+            self.resyncing = true;
         }
         self.looked_at = sequence;
         let event = match key {
             Some(key) if key.as_str().starts_with(wire::BARRIER_KEYS) => {
-                let claimed = headers
-                    .and_then(|headers| headers.get(wire::REPLACES))
-                    .and_then(|claimed| wire::decode_sequences(claimed.as_str()))
-                    .unwrap_or_default();
-                for sequence in claimed {
-                    self.unexplained.remove(&sequence);
-                }
+                self.holes.claim(headers);
                 None
             }
             Some(key) => {
                 let last = Last::stored(&key, sequence, headers, payload, published_nanos);
-                let revision = Revision::new(sequence).expect("never 0");
-                let event = match (wire::kind(headers), &last.live) {
-                    (Kind::Put, Some(entry)) => WatchEvent::Put(entry.clone()),
-                    (Kind::Expire, _) => WatchEvent::Expire {
-                        key: key.clone(),
-                        revision,
-                    },
-                    _ => WatchEvent::Delete {
-                        key: key.clone(),
-                        revision,
-                    },
-                };
+                let event = change(key.clone(), &last, headers);
                 self.view.insert(key, last);
                 Some(event)
             }
             // A subject that is no key of ours.
             None => None,
         };
-        if let Some(event) = event
-            && !first_pass
-            && !self.resyncing
-        {
-            if self.unexplained.is_empty() {
-                self.watchers.dispatch(std::slice::from_ref(&event));
-            } else {
-                self.held.push(event);
-                if self.held.len() > MAX_UNEXPLAINED {
+        if !first_pass && !self.resyncing {
+            let released = self.holes.released();
+            if !released.is_empty() {
+                self.watchers.dispatch(&released);
+            }
+            match event.map(|event| self.holes.pass(event)) {
+                Some(Ok(Some(event))) => self.watchers.dispatch(std::slice::from_ref(&event)),
+                Some(Err(TooMany)) => {
                     self.lag_at_first_hole();
                     self.resyncing = true;
                 }
+                Some(Ok(None)) | None => {}
             }
-        }
-        if self.unexplained.is_empty() && !self.held.is_empty() {
-            let held = std::mem::take(&mut self.held);
-            self.watchers.dispatch(&held);
         }
         if pending == 0 {
             // Everything the replica had was delivered; holes nothing claimed by now may have
             // been changes a watcher selects.
-            if !self.unexplained.is_empty() {
+            if !self.holes.is_empty() {
                 self.lag_at_first_hole();
             }
             self.ready = true;
@@ -325,12 +372,7 @@ impl Hub {
         bucket.set_view(shared.clone());
         Hub {
             shared,
-            source: Source {
-                client: bucket.client.clone(),
-                stream: bucket.stream.clone(),
-                name: bucket.name.clone(),
-                prefix: bucket.prefix.clone(),
-            },
+            source: Source::of(bucket),
             closing: bucket.closing.subscribe(),
             started: OnceLock::new(),
         }
@@ -450,10 +492,10 @@ async fn run(shared: Arc<Shared>, source: Source, mut closing: signal::Receiver<
     loop {
         let created = tokio::select! {
             _ = closing.wait_for(|closed| *closed) => break,
-            created = source.consumer() => created,
+            created = source.consumer(DeliverPolicy::LastPerSubject) => created,
         };
         match created {
-            Ok((messages, pending)) => {
+            Ok((messages, pending, _)) => {
                 retry = Duration::from_millis(50);
                 shared.lock().restart(pending == 0);
                 shared.moved();
@@ -531,15 +573,28 @@ async fn read(
 }
 
 impl Source {
-    /// An ordered consumer over every subject of the bucket, from the last message of each,
-    /// and how many messages it has pending at its start.
-    async fn consumer(&self) -> Result<(push::Ordered, u64), NatsError> {
+    pub(crate) fn of(bucket: &Bucket) -> Source {
+        Source {
+            client: bucket.client.clone(),
+            stream: bucket.stream.clone(),
+            name: bucket.name.clone(),
+            prefix: bucket.prefix.clone(),
+        }
+    }
+
+    /// An ordered consumer over every subject of the bucket (so that every sequence arrives
+    /// or leaves a hole, see the module doc): its messages, how many it has pending at its
+    /// start, and its name.
+    pub(crate) async fn consumer(
+        &self,
+        deliver_policy: DeliverPolicy,
+    ) -> Result<(push::Ordered, u64, String), NatsError> {
         let consumer = self
             .stream
             .create_consumer(push::OrderedConfig {
                 deliver_subject: self.client.new_inbox(),
                 filter_subject: format!("{}>", self.prefix),
-                deliver_policy: DeliverPolicy::LastPerSubject,
+                deliver_policy,
                 replay_policy: ReplayPolicy::Instant,
                 ..Default::default()
             })
@@ -548,13 +603,14 @@ impl Source {
                 message: format!("cannot start a consumer on {}: {err}", self.name),
             })?;
         let pending = consumer.cached_info().num_pending;
+        let name = consumer.cached_info().name.clone();
         let messages = consumer
             .messages()
             .await
             .map_err(|err| NatsError::NotApplied {
                 message: format!("cannot read a consumer on {}: {err}", self.name),
             })?;
-        Ok((messages, pending))
+        Ok((messages, pending, name))
     }
 }
 

@@ -46,7 +46,7 @@ pub(crate) async fn apply(bucket: &Bucket, ops: &[TxnOp]) -> Result<Vec<TxnResul
     let mut hinted = true;
     loop {
         let lasts: Vec<Seen> = futures::future::try_join_all(ops.iter().map(|op| async move {
-            match bucket.hint(&op.key).filter(|_| hinted) {
+            match hinted.then(|| bucket.hint(&op.key)).flatten() {
                 Some(seen) => Ok::<_, NatsError>(seen),
                 None => Ok(Seen::of(bucket.last(&op.key).await?.as_ref())),
             }

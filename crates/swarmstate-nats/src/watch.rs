@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use async_nats::jetstream::consumer::push::OrderedErrorKind;
-use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy, push};
+use async_nats::jetstream::consumer::{DeliverPolicy, push};
 use futures::stream::{self, StreamExt};
 use serde_json::{Value, json};
 use swarmstate_core::backend::{WatchFeed, watch_feed};
@@ -29,8 +29,8 @@ use swarmstate_core::{
 use crate::bucket::Bucket;
 use crate::config::ReadConsistency;
 use crate::error::NatsError;
-use crate::hub::Hub;
-use crate::wire::{self, Kind};
+use crate::hub::{Holes, Hub, Source, TooMany, change};
+use crate::wire::{self, Last};
 
 /// The sequence the hub's view must reach before a listing or a snapshot is answered: a read
 /// barrier's, unless the store was built with [`ReadConsistency::Leader`] (whose reads write
@@ -183,21 +183,17 @@ async fn replay(
     // Every sequence must arrive, so that a message removed before delivery (a key overwritten
     // while the watcher was behind or reconnecting; the bucket keeps one message per key)
     // shows up as a hole instead of vanishing.
-    let (messages, _, consumer) = ordered_consumer(
-        bucket,
-        format!("{}>", bucket.prefix),
-        DeliverPolicy::ByStartSequence {
+    let (messages, _, consumer) = Source::of(bucket)
+        .consumer(DeliverPolicy::ByStartSequence {
             start_sequence: from.get(),
-        },
-    )
-    .await?;
+        })
+        .await?;
     let task = Feed {
         bucket: bucket.clone(),
         pattern: pattern.clone(),
         feed,
         next: from.get(),
-        unexplained: Default::default(),
-        held: Vec::new(),
+        holes: Holes::default(),
     };
     let bucket = bucket.clone();
     tokio::spawn(async move {
@@ -205,37 +201,6 @@ async fn replay(
         release_consumer(&bucket, consumer);
     });
     Ok(())
-}
-
-/// An ordered consumer over `filter_subject`: its messages, the messages pending at its start,
-/// and its name (for deleting it when done).
-async fn ordered_consumer(
-    bucket: &Bucket,
-    filter_subject: String,
-    deliver_policy: DeliverPolicy,
-) -> Result<(push::Ordered, u64, String)> {
-    let consumer = bucket
-        .stream
-        .create_consumer(push::OrderedConfig {
-            deliver_subject: bucket.client.new_inbox(),
-            filter_subject,
-            deliver_policy,
-            replay_policy: ReplayPolicy::Instant,
-            ..Default::default()
-        })
-        .await
-        .map_err(|err| NatsError::NotApplied {
-            message: format!("cannot start a consumer on {}: {err}", bucket.name),
-        })?;
-    let pending = consumer.cached_info().num_pending;
-    let name = consumer.cached_info().name.clone();
-    let messages = consumer
-        .messages()
-        .await
-        .map_err(|err| NatsError::NotApplied {
-            message: format!("cannot read a consumer on {}: {err}", bucket.name),
-        })?;
-    Ok((messages, pending, name))
 }
 
 /// Deletes a consumer this store created, in the background and best effort. Recipes open
@@ -251,35 +216,32 @@ fn release_consumer(bucket: &Bucket, name: String) {
     });
 }
 
-/// One delivered message: its stream sequence, the messages still pending after it, and the
-/// change it is to a key — `None` for a subject that is no key of ours or that the pattern
-/// does not select (`*` skips reserved keys).
+/// One delivered message: its stream sequence, the messages still pending after it, its key
+/// (`None` for a subject that is no key of ours), and the change it is if the pattern selects
+/// it (`*` skips reserved keys).
 fn decode(
     bucket: &Bucket,
     pattern: &Pattern,
     message: &async_nats::jetstream::Message,
-) -> Option<(u64, u64, Option<WatchEvent>)> {
+) -> Option<(u64, u64, Option<Key>, Option<WatchEvent>)> {
     let info = message.info().ok()?;
-    let event = (|| {
-        let subject = message.subject.strip_prefix(bucket.prefix.as_str())?;
-        let key = Key::new_reserved(subject).ok()?;
-        if !pattern.matches(&key) {
-            return None;
-        }
-        let revision = Revision::new(info.stream_sequence)?;
+    let key = message
+        .subject
+        .strip_prefix(bucket.prefix.as_str())
+        .and_then(|subject| Key::new_reserved(subject).ok());
+    let event = key.as_ref().filter(|key| pattern.matches(key)).map(|key| {
         let headers = message.headers.as_ref();
-        Some(match wire::kind(headers) {
-            Kind::Put => WatchEvent::Put(Entry {
-                key,
-                value: message.payload.clone(),
-                revision,
-                expires_in: wire::expires_in(headers, info.published.unix_timestamp_nanos()),
-            }),
-            Kind::Delete => WatchEvent::Delete { key, revision },
-            Kind::Expire => WatchEvent::Expire { key, revision },
-        })
-    })();
-    Some((info.stream_sequence, info.pending, event))
+        let published = info.published.unix_timestamp_nanos();
+        let last = Last::stored(
+            key,
+            info.stream_sequence,
+            headers,
+            &message.payload,
+            published,
+        );
+        change(key.clone(), &last, headers)
+    });
+    Some((info.stream_sequence, info.pending, key, event))
 }
 
 struct Feed {
@@ -287,30 +249,9 @@ struct Feed {
     pattern: Pattern,
     feed: WatchFeed,
     // Invariant: the first revision not yet looked at; never 0. The watcher has been given
-    // every selected change below it, except those held back in `held`.
+    // every selected change below it, except those `holes` holds back.
     next: u64,
-    // Sequences that never arrived and that no read barrier has claimed yet (see `run`).
-    unexplained: std::collections::BTreeSet<u64>,
-    // Events after the first unexplained hole, held back until it is claimed: if it never is,
-    // the watch lags there, and the watcher must not have seen anything after it.
-    held: Vec<WatchEvent>,
-}
-
-/// Missing sequences, and events behind them, a watch keeps while it waits for read barriers
-/// to claim the holes; beyond that it lags.
-const MAX_UNEXPLAINED: usize = 1024;
-
-/// The sequences a read barrier (a reserved `_swarmstate.barrier.*` message) says were
-/// earlier barriers of its slot: holes there are not changes to any key.
-fn claimed_barriers(bucket: &Bucket, message: &async_nats::jetstream::Message) -> Vec<u64> {
-    let claimed = || {
-        let subject = message.subject.strip_prefix(bucket.prefix.as_str())?;
-        if !subject.starts_with(wire::BARRIER_KEYS) {
-            return None;
-        }
-        wire::decode_sequences(message.headers.as_ref()?.get(wire::REPLACES)?.as_str())
-    };
-    claimed().unwrap_or_default()
+    holes: Holes,
 }
 
 impl Feed {
@@ -342,7 +283,8 @@ impl Feed {
                     return;
                 }
             };
-            let Some((sequence, pending, event)) = decode(&self.bucket, &self.pattern, &message)
+            let Some((sequence, pending, key, event)) =
+                decode(&self.bucket, &self.pattern, &message)
             else {
                 continue;
             };
@@ -357,50 +299,38 @@ impl Feed {
             // on its reserved subject, and lists the earlier barriers of that subject. A hole
             // no barrier has claimed by the time the watch has caught up may have been a change
             // the watcher selects: say so (lag there) rather than skip it.
-            if sequence > self.next {
-                let gap = (sequence - self.next) as usize;
-                if self.unexplained.len() + gap > MAX_UNEXPLAINED {
+            if self.holes.skipped(self.next, sequence).is_err() {
+                self.lag_here();
+                return;
+            }
+            if key.is_some_and(|key| key.as_str().starts_with(wire::BARRIER_KEYS)) {
+                self.holes.claim(message.headers.as_ref());
+            }
+            self.next = sequence + 1;
+            for event in self.holes.released() {
+                if !self.send(event) {
+                    return;
+                }
+            }
+            match event.map(|event| self.holes.pass(event)) {
+                Some(Ok(Some(event))) => {
+                    if !self.send(event) {
+                        return;
+                    }
+                }
+                Some(Err(TooMany)) => {
                     self.lag_here();
                     return;
                 }
-                self.unexplained.extend(self.next..sequence);
+                Some(Ok(None)) | None => {}
             }
-            for claimed in claimed_barriers(&self.bucket, &message) {
-                self.unexplained.remove(&claimed);
-            }
-            if let Some(event) = event
-                && !self.deliver(event)
-            {
-                return;
-            }
-            self.next = sequence + 1;
-            if self.unexplained.is_empty() {
-                if !self.release_held() {
-                    return;
-                }
-            } else if pending == 0 || self.held.len() > MAX_UNEXPLAINED {
-                // Every message stored so far was looked at (or too much is waiting), and
-                // the barriers among them left these holes unclaimed.
+            if pending == 0 && !self.holes.is_empty() {
+                // Every message stored so far was looked at, and the barriers among them left
+                // these holes unclaimed.
                 self.lag_here();
                 return;
             }
         }
-    }
-
-    /// Hands one event to the watcher, or holds it back behind an unclaimed hole; false once
-    /// the watch is over.
-    fn deliver(&mut self, event: WatchEvent) -> bool {
-        if !self.unexplained.is_empty() {
-            self.held.push(event);
-            return true;
-        }
-        self.send(event)
-    }
-
-    /// Hands the held-back events to the watcher, in order; false once the watch is over.
-    fn release_held(&mut self) -> bool {
-        let held = std::mem::take(&mut self.held);
-        held.into_iter().all(|event| self.send(event))
     }
 
     fn send(&mut self, event: WatchEvent) -> bool {
@@ -410,7 +340,7 @@ impl Feed {
 
     /// Ends the watch at the first revision the watcher has not been given.
     fn lag_here(&self) {
-        let first = self.unexplained.first().copied().unwrap_or(self.next);
+        let first = self.holes.first().unwrap_or(self.next);
         self.feed.lag(Revision::new(first).expect("never 0"));
     }
 }
