@@ -54,6 +54,9 @@ use swarmstate_nats::{NatsStore, ReadConsistency};
 use swarmstate_nats_local::{NatsServer, require_server};
 use swarmstate_recipes::lock::acquire_lock;
 
+mod support;
+use support::{env_number, median};
+
 const BUCKET: &str = "bench";
 const IN_FLIGHT: [usize; 2] = [1, 16];
 /// Keys each task cycles through in `put` and `get`.
@@ -420,17 +423,6 @@ async fn round(op: &Op, tasks: usize, length: Duration) -> f64 {
     done as f64 / start.elapsed().as_secs_f64()
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.len().is_multiple_of(2) {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    } else {
-        sorted[mid]
-    }
-}
-
 /// Counts what `op` sends, by subscribing to the bucket's subjects and the JetStream API on a
 /// third connection while task 0 runs `COUNTED` operations. This is how the bench shows that both
 /// sides do the same work (or, for `lock_reused`, how much more `NatsStore` does).
@@ -496,15 +488,6 @@ async fn measure(
         overheads: overheads.collect(),
         natsstore_requests,
         raw_requests,
-    }
-}
-
-fn env_number(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(text) => text
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={text:?}: not a number")),
-        Err(_) => default,
     }
 }
 

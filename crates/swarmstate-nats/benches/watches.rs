@@ -28,16 +28,12 @@ use swarmstate_core::{Key, Pattern, PutOptions, StateStore, WatchEvent, WatchSta
 use swarmstate_nats::NatsStore;
 use swarmstate_nats_local::{NatsServer, require_server};
 
+mod support;
+use support::{env_number, median};
+
 const BUCKET: &str = "watches";
 const WATCHES: [usize; 4] = [1, 10, 100, 1000];
 const IN_FLIGHT: [usize; 2] = [1, 16];
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn key(text: String) -> Key {
     Key::new(text).expect("valid key")
@@ -79,17 +75,6 @@ async fn round(store: &NatsStore, side: &str, tasks: usize, length: Duration) ->
         done += worker.await.expect("bench task panicked");
     }
     done as f64 / start.elapsed().as_secs_f64()
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mid = sorted.len() / 2;
-    if sorted.len().is_multiple_of(2) {
-        (sorted[mid - 1] + sorted[mid]) / 2.0
-    } else {
-        sorted[mid]
-    }
 }
 
 /// The messages `watcher` receives per write `writer` makes to keys one of its watches
