@@ -65,6 +65,10 @@ pub(crate) trait View: Send + Sync + std::fmt::Debug {
         key: &'a Key,
         operation: &'a str,
     ) -> Option<BoxFuture<'a, Result<Option<Last>, NatsError>>>;
+
+    /// Waits, for at most `limit`, until the view has looked at `sequence`: `None` when there
+    /// is nothing to wait for (no watchers, the view is there already, or it cannot say now).
+    fn looked_at<'a>(&'a self, sequence: u64, limit: Duration) -> Option<BoxFuture<'a, ()>>;
 }
 
 impl Bucket {
@@ -112,6 +116,23 @@ impl Bucket {
             (Some(cached), Some(viewed)) if viewed.sequence > cached.sequence => Some(viewed),
             (Some(cached), _) => Some(cached),
             (None, viewed) => viewed,
+        }
+    }
+
+    /// Before a write replaces the message at `sequence`: lets this client's watchers receive
+    /// that message first. The bucket keeps one message per key, so a message replaced before
+    /// the feed delivered it is gone, and would end every watch there with `Lagged`; this
+    /// makes sure a client's own quick overwrites (a put, then a delete) never do. It waits
+    /// only while the feed has watchers and is behind, for at most the request timeout, after
+    /// which the write goes ahead (and a watcher that then misses the message lags, as one
+    /// does when another client overwrites it).
+    pub(crate) async fn before_replacing(&self, sequence: u64) {
+        if let Some(wait) = self
+            .view
+            .get()
+            .and_then(|view| view.looked_at(sequence, self.request_timeout))
+        {
+            wait.await;
         }
     }
 

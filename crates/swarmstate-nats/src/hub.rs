@@ -440,6 +440,19 @@ impl View for Shared {
                 .await
         }))
     }
+
+    fn looked_at<'a>(&'a self, sequence: u64, limit: Duration) -> Option<BoxFuture<'a, ()>> {
+        {
+            let state = self.lock();
+            let behind = state.current().is_some_and(|position| position < sequence);
+            if !behind || state.watchers.is_empty() {
+                return None;
+            }
+        }
+        Some(Box::pin(async move {
+            let _ = self.read(sequence, limit, "write", |_| ()).await;
+        }))
+    }
 }
 
 impl Shared {

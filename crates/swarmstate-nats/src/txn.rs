@@ -98,6 +98,8 @@ pub(crate) async fn apply(bucket: &Bucket, ops: &[TxnOp]) -> Result<Vec<TxnResul
             });
         }
         let mut results = results;
+        let newest_replaced = lasts.iter().map(|last| last.sequence).max().unwrap_or(0);
+        bucket.before_replacing(newest_replaced).await;
         match publish_batch(bucket, "txn", &messages).await {
             Ok(last_sequence) => {
                 let first = last_sequence + 1 - messages.len() as u64;

@@ -242,6 +242,11 @@ pub(crate) fn parse_ack(payload: &[u8], operation: &str) -> Result<Ack, NatsErro
 
 /// Sends a request. A request that provably never left (no connection at the time) is
 /// [`NatsError::NotApplied`]; one that was sent and got no answer is [`NatsError::Unknown`].
+///
+/// "No responders" (nothing subscribes to the subject: a replicated stream between leaders,
+/// or one whose new leader's interest has not reached this server yet) means no server took
+/// the message, so it is sent again, pausing 5 ms and doubling to 100 ms, until `timeout` has
+/// passed since the call began; then it is [`NatsError::NotApplied`].
 pub(crate) async fn request(
     client: &async_nats::Client,
     timeout: Duration,
@@ -250,22 +255,34 @@ pub(crate) async fn request(
     headers: HeaderMap,
     payload: Bytes,
 ) -> Result<async_nats::Message, NatsError> {
-    if client.connection_state() != async_nats::connection::State::Connected {
-        return Err(NatsError::NotApplied {
-            message: format!("{operation}: not connected to NATS"),
-        });
-    }
-    let request = async_nats::Request::new()
-        .headers(headers)
-        .payload(payload)
-        .timeout(Some(timeout));
-    client
-        .send_request(subject, request)
-        .await
-        .map_err(|err| match err.kind() {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if client.connection_state() != async_nats::connection::State::Connected {
+            return Err(NatsError::NotApplied {
+                message: format!("{operation}: not connected to NATS"),
+            });
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let request = async_nats::Request::new()
+            .headers(headers.clone())
+            .payload(payload.clone())
+            .timeout(Some(left.max(Duration::from_millis(1))));
+        let err = match client.send_request(subject.clone(), request).await {
+            Ok(reply) => return Ok(reply),
+            Err(err) => err,
+        };
+        if err.kind() == RequestErrorKind::NoResponders && left > pause {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+            continue;
+        }
+        return Err(match err.kind() {
             // Nobody was listening on the subject: the stream did not take the message.
             RequestErrorKind::NoResponders => NatsError::NotApplied {
-                message: format!("{operation}: no JetStream server answered (no responders)"),
+                message: format!(
+                    "{operation}: no JetStream server answered within {timeout:?} (no responders)"
+                ),
             },
             RequestErrorKind::TimedOut => NatsError::Unknown {
                 operation: operation.to_owned(),
@@ -281,7 +298,8 @@ pub(crate) async fn request(
                 operation: operation.to_owned(),
                 message: err.to_string(),
             },
-        })
+        });
+    }
 }
 
 #[cfg(test)]

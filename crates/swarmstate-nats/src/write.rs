@@ -78,6 +78,7 @@ pub(crate) async fn put(
             replaces = outlast(bucket, key, replaces, &attempts, &operation).await?;
             continue;
         }
+        bucket.before_replacing(replaces.sequence).await;
         let mut headers = HeaderMap::new();
         headers.insert(
             wire::EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -203,6 +204,7 @@ pub(crate) async fn delete(
             replaces = outlast(bucket, key, replaces, &attempts, &operation).await?;
             continue;
         }
+        bucket.before_replacing(replaces.sequence).await;
         let mut headers = HeaderMap::new();
         headers.insert(wire::KV_OPERATION, "DEL");
         headers.insert(
