@@ -154,11 +154,7 @@ impl Holes {
     /// The holes a read barrier (a message to a `_swarmstate.barrier.*` key) with `headers`
     /// says were earlier barriers of its slot: none of them was a change to a key.
     pub(crate) fn claim(&mut self, headers: Option<&async_nats::HeaderMap>) {
-        let claimed = headers
-            .and_then(|headers| headers.get(wire::REPLACES))
-            .and_then(|claimed| wire::decode_sequences(claimed.as_str()))
-            .unwrap_or_default();
-        for sequence in claimed {
+        for sequence in replaced(headers) {
             self.unexplained.remove(&sequence);
         }
     }
@@ -193,6 +189,14 @@ impl Holes {
     pub(crate) fn is_empty(&self) -> bool {
         self.unexplained.is_empty()
     }
+}
+
+/// The sequences a read barrier with `headers` says were earlier barriers of its slot.
+pub(crate) fn replaced(headers: Option<&async_nats::HeaderMap>) -> Vec<u64> {
+    headers
+        .and_then(|headers| headers.get(wire::REPLACES))
+        .and_then(|claimed| wire::decode_sequences(claimed.as_str()))
+        .unwrap_or_default()
 }
 
 /// The change a message stored at `last.sequence` for `key` is, with its `headers`.
@@ -602,11 +606,32 @@ impl Source {
         &self,
         deliver_policy: DeliverPolicy,
     ) -> Result<(push::Ordered, u64, String), NatsError> {
+        self.consumer_of(format!("{}>", self.prefix), deliver_policy)
+            .await
+    }
+
+    /// An ordered consumer over the read barriers alone: see [`consumer`](Self::consumer).
+    pub(crate) async fn barrier_consumer(
+        &self,
+        deliver_policy: DeliverPolicy,
+    ) -> Result<(push::Ordered, u64, String), NatsError> {
+        self.consumer_of(
+            format!("{}{}>", self.prefix, wire::BARRIER_KEYS),
+            deliver_policy,
+        )
+        .await
+    }
+
+    async fn consumer_of(
+        &self,
+        filter_subject: String,
+        deliver_policy: DeliverPolicy,
+    ) -> Result<(push::Ordered, u64, String), NatsError> {
         let consumer = self
             .stream
             .create_consumer(push::OrderedConfig {
                 deliver_subject: self.client.new_inbox(),
-                filter_subject: format!("{}>", self.prefix),
+                filter_subject,
                 deliver_policy,
                 replay_policy: ReplayPolicy::Instant,
                 ..Default::default()

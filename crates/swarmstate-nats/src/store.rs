@@ -191,7 +191,8 @@ impl StateStore for NatsStore {
     /// A [`WatchStart::Snapshot`] is linearizable like [`keys`](Self::keys), and fails the
     /// same way. A watch from now or a snapshot is a registration in the store's one change
     /// feed; a watch from a revision the feed has already handed out gets a consumer of its
-    /// own (`Compacted` if a message since that revision is gone). If the feed misses a
+    /// own (`Compacted` if a change since that revision is gone; the read barriers replaced
+    /// since are not changes). If the feed misses a
     /// message, every watch it serves ends with `Lagged` there.
     async fn watch(&self, pattern: &Pattern, start: WatchStart) -> Result<WatchStream> {
         self.bucket.ensure_open()?;

@@ -15,6 +15,7 @@
 //! (not from where the watch began), so the task drops every message below the first revision
 //! it has not given the watcher.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use async_nats::jetstream::consumer::push::OrderedErrorKind;
@@ -29,7 +30,7 @@ use swarmstate_core::{
 use crate::bucket::Bucket;
 use crate::config::ReadConsistency;
 use crate::error::NatsError;
-use crate::hub::{Holes, Hub, Source, TooMany, change};
+use crate::hub::{self, Holes, Hub, Source, TooMany, change};
 use crate::wire::{self, Last};
 
 /// The sequence the hub's view must reach before a listing or a snapshot is answered: a read
@@ -134,8 +135,10 @@ pub(crate) async fn watch(
     }
 }
 
-/// Revisions at or after `from` that the stream no longer holds (history is one message per
-/// key, so overwritten and expired messages are gone): a replay from there would skip.
+/// Fails with [`Error::Compacted`] if the stream no longer holds a change at or after `from`
+/// (history is one message per key, so overwritten and expired messages are gone): a replay
+/// from there would skip it. The messages of replaced read barriers are gone too, but they
+/// were no changes: the barriers that replaced them say so.
 async fn check_replayable(bucket: &Bucket, from: Revision) -> Result<()> {
     let subject = format!("STREAM.INFO.{}", crate::config::stream_name(&bucket.name));
     let info: Value = bucket
@@ -148,14 +151,19 @@ async fn check_replayable(bucket: &Bucket, from: Revision) -> Result<()> {
     let state = &info["state"];
     let first = state["first_seq"].as_u64().unwrap_or(0);
     let last = state["last_seq"].as_u64().unwrap_or(0);
-    let newest_gone = state["deleted"]
+    let mut gone: Vec<u64> = state["deleted"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(Value::as_u64)
         .filter(|seq| *seq >= from.get())
-        .max();
-    let oldest = match newest_gone {
+        .collect();
+    if !gone.is_empty() {
+        // Only a barrier stored at or after a hole can have replaced it.
+        let replaced = replaced_barriers(bucket, from.get()).await?;
+        gone.retain(|seq| !replaced.contains(seq));
+    }
+    let oldest = match gone.iter().max() {
         Some(gone) => Some(gone + 1),
         None if from.get() < first && first > 1 => Some(first),
         None if last > 0 && first == 0 => Some(last + 1),
@@ -168,6 +176,44 @@ async fn check_replayable(bucket: &Bucket, from: Revision) -> Result<()> {
         }),
         _ => Ok(()),
     }
+}
+
+/// The sequences that the read barriers stored at `from` or later say were earlier barriers
+/// of their slots. Every slot keeps one barrier in the stream (each replaces the one before),
+/// so this reads about one message per slot in use.
+///
+/// Errors: [`NatsError::NotApplied`] when the barriers cannot be read within the request
+/// timeout.
+async fn replaced_barriers(bucket: &Bucket, from: u64) -> Result<BTreeSet<u64>> {
+    let (mut messages, mut pending, consumer) = Source::of(bucket)
+        .barrier_consumer(DeliverPolicy::ByStartSequence {
+            start_sequence: from,
+        })
+        .await?;
+    let deadline = tokio::time::Instant::now() + bucket.request_timeout;
+    let mut replaced = BTreeSet::new();
+    let outcome = loop {
+        if pending == 0 {
+            break Ok(replaced);
+        }
+        let message = match tokio::time::timeout_at(deadline, messages.next()).await {
+            Ok(Some(Ok(message))) => message,
+            Ok(Some(Err(err))) if err.kind() == OrderedErrorKind::MissingHeartbeat => continue,
+            Ok(Some(Err(err))) => break Err(err.to_string()),
+            Ok(None) => break Err("the consumer ended".to_owned()),
+            Err(_) => break Err(format!("not read within {:?}", bucket.request_timeout)),
+        };
+        let Ok(info) = message.info() else { continue };
+        pending = info.pending;
+        replaced.extend(hub::replaced(message.headers.as_ref()));
+    };
+    release_consumer(bucket, consumer);
+    outcome.map_err(|err| {
+        NatsError::NotApplied {
+            message: format!("cannot read the read barriers since revision {from}: {err}"),
+        }
+        .into()
+    })
 }
 
 /// Starts the task that replays the bucket from `from` into `feed`, through a consumer of its
