@@ -30,7 +30,9 @@
 //! commit of the position's message. So a read usually has its answer as soon as the
 //! barrier's acknowledgement arrives, without waiting for the barrier's own delivery. A hole that stays unclaimed until the
 //! consumer has nothing pending no longer matters to the view: the message that removed the
-//! missing one was stored before it, so it has been delivered by then.
+//! missing one was stored before it, so it has been delivered by then. ("Nothing pending" is
+//! the server's count on the last delivery, or the stream's last sequence reached when that
+//! count is stale: see [`Quiet`].)
 //!
 //! Barriers are batched ([`ReadGate`]): every read waiting when a barrier is sent shares it, so
 //! a burst of reads costs one replicated write, and the barrier reaches this process once.
@@ -215,6 +217,21 @@ impl State {
         (self.ready && self.holes.is_empty() && !self.resyncing).then_some(self.looked_at)
     }
 
+    /// Where the view is, for an error message.
+    fn describe(&self) -> String {
+        let mut text = format!("is at sequence {}", self.looked_at);
+        if !self.ready {
+            text.push_str(", before the end of its first pass");
+        }
+        if let Some(first) = self.holes.first() {
+            text.push_str(&format!(", missing sequence {first}"));
+        }
+        if self.resyncing {
+            text.push_str(", reading the bucket again");
+        }
+        text
+    }
+
     /// The sequence the view and the watchers are at. Every change up to it has been handed
     /// to the watchers registered then; a watcher registered now gets every later one.
     pub(crate) fn position(&self) -> u64 {
@@ -350,14 +367,18 @@ impl State {
             }
         }
         if pending == 0 {
-            // Everything the replica had was delivered; holes nothing claimed by now may have
-            // been changes a watcher selects.
-            if !self.holes.is_empty() {
-                self.lag_at_first_hole();
-            }
-            self.ready = true;
-            self.resyncing = false;
+            self.caught_up();
         }
+    }
+
+    /// Everything the consumer's replica had was delivered: the first pass is over, and holes
+    /// nothing claimed by now may have been changes a watcher selects.
+    fn caught_up(&mut self) {
+        if !self.holes.is_empty() {
+            self.lag_at_first_hole();
+        }
+        self.ready = true;
+        self.resyncing = false;
     }
 }
 
@@ -481,11 +502,16 @@ impl Shared {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(NatsError::Closed),
                 Err(_) => {
+                    let state = self.lock().describe();
+                    let goal = match at {
+                        0 => "catch up".to_owned(),
+                        at => format!("reach sequence {at}"),
+                    };
                     return Err(NatsError::NotApplied {
                         message: format!(
-                            "{operation}: this client's view of the bucket did not reach the \
-                             read barrier within {timeout:?} (the server delivering it is \
-                             behind or cut off)"
+                            "{operation}: this client's view of the bucket did not {goal} \
+                             within {timeout:?} (the server delivering it is behind or cut \
+                             off; the view {state})"
                         ),
                     });
                 }
@@ -546,10 +572,23 @@ async fn read(
     closing: &mut signal::Receiver<bool>,
     mut messages: push::Ordered,
 ) -> Result<(), ()> {
+    let mut quiet = Quiet::default();
     'reading: loop {
+        let unsettled = shared.lock().current().is_none();
         let mut next = tokio::select! {
             _ = closing.wait_for(|closed| *closed) => return Err(()),
             next = messages.next() => next,
+            last = quiet.last_sequence(&source.stream, unsettled) => {
+                let mut state = shared.lock();
+                let caught_up = last.is_some_and(|last| state.looked_at >= last);
+                if caught_up {
+                    state.caught_up();
+                }
+                drop(state);
+                quiet.probed(caught_up);
+                shared.moved();
+                continue 'reading;
+            }
         };
         // What has arrived is applied under one hold of the lock, a bounded batch at a time so
         // that readers and writers asking the view for hints are not held up long.
@@ -589,6 +628,62 @@ async fn read(
     Ok(())
 }
 
+/// How long a reader that has not caught up waits for a message before it asks the stream
+/// whether anything is left to deliver, at first and at most.
+const QUIET_FIRST: Duration = Duration::from_millis(50);
+const QUIET_MAX: Duration = Duration::from_secs(1);
+
+/// Asks the stream for its last sequence when a reader that has not caught up has heard
+/// nothing for a while. A reader knows it has caught up when a message arrives with nothing
+/// pending after it, but nats-server's count of what is pending can be stale (it counted a
+/// message that was replaced before it was delivered) until the next message arrives, which
+/// on a quiet bucket may be never. A reader that has delivered the stream's last sequence,
+/// with nothing arriving while it asked, has caught up.
+#[derive(Debug)]
+pub(crate) struct Quiet {
+    after: Duration,
+}
+
+impl Default for Quiet {
+    fn default() -> Quiet {
+        Quiet { after: QUIET_FIRST }
+    }
+}
+
+impl Quiet {
+    /// Once the reader has been quiet for a while, and only if it is `unsettled`, the stream's
+    /// last sequence (`None` if it cannot be read). Cancel it when a message arrives: an
+    /// answer then says nothing of what the reader has delivered.
+    pub(crate) async fn last_sequence(
+        &self,
+        stream: &stream::Stream,
+        unsettled: bool,
+    ) -> Option<u64> {
+        if !unsettled {
+            return std::future::pending().await;
+        }
+        tokio::time::sleep(self.after).await;
+        let mut stream = stream.clone();
+        match tokio::time::timeout(QUIET_MAX, stream.info()).await {
+            Ok(Ok(info)) => Some(info.state.last_sequence),
+            Ok(Err(err)) => {
+                tracing::debug!(%err, "cannot read the stream state");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Asks again sooner once it did catch up, later while it did not.
+    pub(crate) fn probed(&mut self, caught_up: bool) {
+        self.after = if caught_up {
+            QUIET_FIRST
+        } else {
+            (self.after * 2).min(QUIET_MAX)
+        };
+    }
+}
+
 impl Source {
     pub(crate) fn of(bucket: &Bucket) -> Source {
         Source {
@@ -606,32 +701,11 @@ impl Source {
         &self,
         deliver_policy: DeliverPolicy,
     ) -> Result<(push::Ordered, u64, String), NatsError> {
-        self.consumer_of(format!("{}>", self.prefix), deliver_policy)
-            .await
-    }
-
-    /// An ordered consumer over the read barriers alone: see [`consumer`](Self::consumer).
-    pub(crate) async fn barrier_consumer(
-        &self,
-        deliver_policy: DeliverPolicy,
-    ) -> Result<(push::Ordered, u64, String), NatsError> {
-        self.consumer_of(
-            format!("{}{}>", self.prefix, wire::BARRIER_KEYS),
-            deliver_policy,
-        )
-        .await
-    }
-
-    async fn consumer_of(
-        &self,
-        filter_subject: String,
-        deliver_policy: DeliverPolicy,
-    ) -> Result<(push::Ordered, u64, String), NatsError> {
         let consumer = self
             .stream
             .create_consumer(push::OrderedConfig {
                 deliver_subject: self.client.new_inbox(),
-                filter_subject,
+                filter_subject: format!("{}>", self.prefix),
                 deliver_policy,
                 replay_policy: ReplayPolicy::Instant,
                 ..Default::default()
@@ -834,6 +908,18 @@ mod tests {
             .collect();
         assert_eq!(listed, ["a.x", "a.y", "a.z"]);
         assert!(received(&mut early).is_empty());
+    }
+
+    #[test]
+    fn a_stale_pending_count_leaves_the_first_pass_open_until_the_reader_has_caught_up() {
+        let mut state = State::default();
+        // The server still counts a message that was replaced before delivery.
+        put(&mut state, 4, 2, "a.x");
+        put(&mut state, 6, 1, "a.y");
+        assert_eq!(state.current(), None);
+        // The stream's last sequence is 6: nothing is left (see `Quiet`).
+        state.caught_up();
+        assert_eq!(state.current(), Some(6));
     }
 
     #[test]

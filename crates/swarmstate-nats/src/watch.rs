@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream::consumer::push::OrderedErrorKind;
 use async_nats::jetstream::consumer::{DeliverPolicy, push};
+use async_nats::jetstream::stream::DirectGetErrorKind;
 use futures::stream::{self, StreamExt};
 use serde_json::{Value, json};
 use swarmstate_core::backend::{WatchFeed, watch_feed};
@@ -30,7 +31,7 @@ use swarmstate_core::{
 use crate::bucket::Bucket;
 use crate::config::ReadConsistency;
 use crate::error::NatsError;
-use crate::hub::{self, Holes, Hub, Source, TooMany, change};
+use crate::hub::{self, Holes, Hub, Quiet, Source, TooMany, change};
 use crate::wire::{self, Last};
 
 /// The sequence the hub's view must reach before a listing or a snapshot is answered: a read
@@ -141,9 +142,13 @@ pub(crate) async fn watch(
 /// were no changes: the barriers that replaced them say so.
 async fn check_replayable(bucket: &Bucket, from: Revision) -> Result<()> {
     let subject = format!("STREAM.INFO.{}", crate::config::stream_name(&bucket.name));
+    let barriers = format!("{}{}>", bucket.prefix, wire::BARRIER_KEYS);
     let info: Value = bucket
         .context
-        .request(subject, &json!({ "deleted_details": true }))
+        .request(
+            subject,
+            &json!({ "deleted_details": true, "subjects_filter": barriers }),
+        )
         .await
         .map_err(|err| NatsError::NotApplied {
             message: format!("cannot read the stream state: {err}"),
@@ -159,8 +164,11 @@ async fn check_replayable(bucket: &Bucket, from: Revision) -> Result<()> {
         .filter(|seq| *seq >= from.get())
         .collect();
     if !gone.is_empty() {
-        // Only a barrier stored at or after a hole can have replaced it.
-        let replaced = replaced_barriers(bucket, from.get()).await?;
+        let slots = state["subjects"]
+            .as_object()
+            .map(|subjects| subjects.keys().cloned().collect())
+            .unwrap_or_default();
+        let replaced = replaced_barriers(bucket, slots).await?;
         gone.retain(|seq| !replaced.contains(seq));
     }
     let oldest = match gone.iter().max() {
@@ -178,42 +186,31 @@ async fn check_replayable(bucket: &Bucket, from: Revision) -> Result<()> {
     }
 }
 
-/// The sequences that the read barriers stored at `from` or later say were earlier barriers
-/// of their slots. Every slot keeps one barrier in the stream (each replaces the one before),
-/// so this reads about one message per slot in use.
+/// The sequences that the last barriers of the barrier subjects `slots` say were earlier
+/// barriers of their slots. A slot's last barrier lists the slot's earlier barriers that the
+/// last [`wire::REPLACES_KEPT`] replaced; a hole an older one left is taken for a lost change.
 ///
-/// Errors: [`NatsError::NotApplied`] when the barriers cannot be read within the request
-/// timeout.
-async fn replaced_barriers(bucket: &Bucket, from: u64) -> Result<BTreeSet<u64>> {
-    let (mut messages, mut pending, consumer) = Source::of(bucket)
-        .barrier_consumer(DeliverPolicy::ByStartSequence {
-            start_sequence: from,
+/// Errors: [`NatsError::NotApplied`] when a slot's last barrier cannot be read.
+async fn replaced_barriers(bucket: &Bucket, slots: Vec<String>) -> Result<BTreeSet<u64>> {
+    let lasts: Vec<_> = stream::iter(slots)
+        .map(|subject| async move {
+            match bucket.stream.direct_get_last_for_subject(&subject).await {
+                Ok(message) => Ok(hub::replaced(Some(&message.headers))),
+                // Expired or purged since it was listed: it claims nothing any more.
+                Err(err) if err.kind() == DirectGetErrorKind::NotFound => Ok(Vec::new()),
+                Err(err) => Err(NatsError::NotApplied {
+                    message: format!("cannot read the read barrier {subject}: {err}"),
+                }),
+            }
         })
-        .await?;
-    let deadline = tokio::time::Instant::now() + bucket.request_timeout;
+        .buffer_unordered(16)
+        .collect()
+        .await;
     let mut replaced = BTreeSet::new();
-    let outcome = loop {
-        if pending == 0 {
-            break Ok(replaced);
-        }
-        let message = match tokio::time::timeout_at(deadline, messages.next()).await {
-            Ok(Some(Ok(message))) => message,
-            Ok(Some(Err(err))) if err.kind() == OrderedErrorKind::MissingHeartbeat => continue,
-            Ok(Some(Err(err))) => break Err(err.to_string()),
-            Ok(None) => break Err("the consumer ended".to_owned()),
-            Err(_) => break Err(format!("not read within {:?}", bucket.request_timeout)),
-        };
-        let Ok(info) = message.info() else { continue };
-        pending = info.pending;
-        replaced.extend(hub::replaced(message.headers.as_ref()));
-    };
-    release_consumer(bucket, consumer);
-    outcome.map_err(|err| {
-        NatsError::NotApplied {
-            message: format!("cannot read the read barriers since revision {from}: {err}"),
-        }
-        .into()
-    })
+    for last in lasts {
+        replaced.extend(last?);
+    }
+    Ok(replaced)
 }
 
 /// Starts the task that replays the bucket from `from` into `feed`, through a consumer of its
@@ -303,12 +300,23 @@ struct Feed {
 impl Feed {
     async fn run(mut self, mut messages: push::Ordered) {
         let mut closing = self.bucket.closing.subscribe();
+        let mut quiet = Quiet::default();
         loop {
+            let unsettled = !self.holes.is_empty();
             let message = tokio::select! {
                 _ = closing.wait_for(|closed| *closed) => return,
                 // The watcher dropped its stream: stop, and let the consumer go.
                 _ = self.feed.closed() => return,
                 message = messages.next() => message,
+                last = quiet.last_sequence(&self.bucket.stream, unsettled) => {
+                    if last.is_some_and(|last| self.next > last) {
+                        // Caught up, as below, with holes still unclaimed.
+                        self.lag_here();
+                        return;
+                    }
+                    quiet.probed(false);
+                    continue;
+                }
             };
             let message = match message {
                 Some(Ok(message)) => message,
