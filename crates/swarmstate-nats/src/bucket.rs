@@ -168,20 +168,31 @@ impl Bucket {
                 message: format!("get {key}: not connected to NATS"),
             });
         }
-        match self
-            .stream
-            .get_last_raw_message_by_subject(&self.subject(key))
-            .await
-        {
-            Ok(message) => Ok(Some(Last::of(key, &message))),
-            Err(err)
-                if err.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+        let mut attempts = Attempts::new(self.request_timeout);
+        loop {
+            match self
+                .stream
+                .get_last_raw_message_by_subject(&self.subject(key))
+                .await
             {
-                Ok(None)
+                Ok(message) => return Ok(Some(Last::of(key, &message))),
+                Err(err) => match err.kind() {
+                    jetstream::stream::LastRawMessageErrorKind::NoMessageFound => return Ok(None),
+                    // A replicated stream between leaders can be unknown to the server that
+                    // answers for a moment; a read is safe to ask again.
+                    jetstream::stream::LastRawMessageErrorKind::JetStream(inner)
+                        if inner.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                            && !attempts.expired() =>
+                    {
+                        attempts.pause().await;
+                    }
+                    _ => {
+                        return Err(NatsError::NotApplied {
+                            message: format!("get {key}: {err}"),
+                        });
+                    }
+                },
             }
-            Err(err) => Err(NatsError::NotApplied {
-                message: format!("get {key}: {err}"),
-            }),
         }
     }
 

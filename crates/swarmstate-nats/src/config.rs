@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::context::CreateStreamErrorKind;
 use async_nats::jetstream::{self, stream};
 use swarmstate_core::{Error, Result};
 
@@ -291,11 +292,30 @@ async fn open_stream(
             Ok(stream)
         }
         None => {
-            let stream = context.get_or_create_stream(wanted).await.map_err(|err| {
-                NatsError::NotApplied {
-                    message: format!("cannot create bucket {}: {err}", builder.bucket),
+            // A loaded cluster can take longer than a request to create a replicated stream;
+            // asking again finds the stream if the first request made it.
+            let deadline = tokio::time::Instant::now() + builder.request_timeout * 4;
+            let stream = loop {
+                match context.get_or_create_stream(wanted.clone()).await {
+                    Ok(stream) => break stream,
+                    Err(err)
+                        if matches!(
+                            err.kind(),
+                            CreateStreamErrorKind::TimedOut
+                                | CreateStreamErrorKind::JetStreamUnavailable
+                        ) && tokio::time::Instant::now() < deadline =>
+                    {
+                        tracing::debug!(%err, bucket = %builder.bucket, "creating the bucket again");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(err) => {
+                        return Err(NatsError::NotApplied {
+                            message: format!("cannot create bucket {}: {err}", builder.bucket),
+                        }
+                        .into());
+                    }
                 }
-            })?;
+            };
             wait_for_leader(stream, builder).await
         }
     }
