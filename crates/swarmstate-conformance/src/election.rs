@@ -9,7 +9,10 @@ use futures::stream::BoxStream;
 use tokio::time::{Instant, timeout};
 
 use super::lock_wait::wait_for_waiters;
-use super::support::{EVENT_TIMEOUT, entry_of, expect_err, granularity, key, list, ttl_unit};
+use super::support::{
+    EVENT_TIMEOUT, Renewals, TIMING_ATTEMPTS, entry_of, expect_err, granularity, key, list,
+    too_slow, ttl_unit, ttl_unit_for_attempt,
+};
 use swarmstate_core::{Error, Result, StateStore, StateStoreExt};
 use swarmstate_recipes::election::{Election, Leader, Leadership};
 use swarmstate_recipes::lock::{FencingToken, lock_waiters_prefix};
@@ -128,31 +131,63 @@ pub async fn terms_strictly_increase_across_leaders(store: Arc<dyn StateStore>) 
     }
 }
 
+/// The TTL of attempt `attempt` of the kept-alive cases: three TTL units, so a refresh every
+/// third of it is a unit apart.
+fn kept_alive_ttl(store: &dyn StateStore, attempt: u32) -> Duration {
+    ttl_unit_for_attempt(store, attempt) * 3
+}
+
 /// A kept-alive leadership keeps its term through refreshes: `leader` still reports it, and
 /// observers see no change.
+///
+/// The refreshes are the keep-alive's, so the store is wrapped to note when each was sent
+/// (see [`Renewals`]). The checks are judged only if a refresh was answered before the leader
+/// key was read and the resignation finished within a TTL of the last refresh sent; a machine
+/// that stalled the refreshes longer repeats the attempt with a doubled TTL, on an election of
+/// its own.
 pub async fn refreshes_keep_the_term_and_are_not_reported_as_changes(store: Arc<dyn StateStore>) {
-    let election = election(&store);
-    let mut changes = election.observe().await.unwrap();
-    assert_eq!(next_leader(&mut changes).await, None);
-    let ttl = ttl_unit(&*store) * 3;
-    let leadership = win(&election, "node-a", ttl).await;
-    let term = leadership.term();
-    assert_eq!(next_leader(&mut changes).await, leader("node-a", term));
-    // Two refreshes at least (every third of the TTL).
-    tokio::time::sleep(ttl).await;
-    let entry = entry_of(&*store, election.name()).await;
-    assert!(
-        entry.revision > term.0,
-        "the leader key should have been refreshed"
-    );
-    assert!(!leadership.is_lost());
-    assert_eq!(election.leader().await.unwrap(), leader("node-a", term));
-    let quiet = granularity(&*store) + Duration::from_millis(200);
-    if let Ok(item) = timeout(quiet, changes.next()).await {
-        panic!("a refresh was reported as a change: {item:?}");
+    for attempt in 0..TIMING_ATTEMPTS {
+        let ttl = kept_alive_ttl(&*store, attempt);
+        let name = key(&format!("service.leader-{attempt}"));
+        let renewals = Renewals::new(&store, &name);
+        let election = Election::new(renewals.clone(), name);
+        let mut changes = election.observe().await.unwrap();
+        assert_eq!(next_leader(&mut changes).await, None);
+        let leadership = win(&election, "node-a", ttl).await;
+        let term = leadership.term();
+        assert_eq!(next_leader(&mut changes).await, leader("node-a", term));
+        // Two refreshes at least (every third of the TTL).
+        tokio::time::sleep(ttl).await;
+        let read = Instant::now();
+        let entry = store.get(election.name()).await.unwrap();
+        let lost = leadership.is_lost();
+        let current = election.leader().await.unwrap();
+        let quiet = granularity(&*store) + Duration::from_millis(200);
+        let change = timeout(quiet, changes.next()).await.ok();
+        let resigned = leadership.resign().await;
+        if !renewals.refreshed_before(read) || renewals.last_sent().elapsed() >= ttl {
+            continue;
+        }
+        let entry = entry.expect("the leader key of a kept-alive leadership is present");
+        assert!(
+            entry.revision > term.0,
+            "the leader key should have been refreshed"
+        );
+        assert!(!lost, "a refreshed leadership must not be reported lost");
+        assert_eq!(current, leader("node-a", term));
+        if let Some(item) = change {
+            panic!("a refresh was reported as a change: {item:?}");
+        }
+        resigned.unwrap_or_else(|err| panic!("resignation of a kept-alive leadership: {err}"));
+        assert_eq!(next_leader(&mut changes).await, None);
+        return;
     }
-    leadership.resign().await.unwrap();
-    assert_eq!(next_leader(&mut changes).await, None);
+    too_slow(
+        "refreshes_keep_the_term_and_are_not_reported_as_changes",
+        "the keep-alive's refreshes never kept up with its TTL (or it does not refresh every \
+         third of its TTL)",
+        kept_alive_ttl(&*store, TIMING_ATTEMPTS - 1),
+    );
 }
 
 /// A campaign whose wait runs out fails with `LockHeld` naming the leader's candidate and
@@ -188,37 +223,51 @@ pub async fn campaign_hits_its_deadline_with_lock_held_naming_the_leader(
 /// A leader whose leader key vanished (as when it stalled past its TTL) and was taken by
 /// another is told at once through `lost`, and its fenced writes are rejected with `LockLost`
 /// and write nothing, while the new leader's apply.
+///
+/// The leader key is removed right after it was won, so it must be found unless a TTL has
+/// passed since the campaign began; a machine that stalled that long repeats the attempt with
+/// a doubled TTL, on an election of its own.
 pub async fn deposed_leaders_fenced_writes_are_rejected_and_lost_fires(store: Arc<dyn StateStore>) {
-    let election = election(&store);
     let target = key("service.config");
-    let mut old = win(&election, "node-a", ttl_unit(&*store) * 3).await;
-    store
-        .delete(election.name(), None)
-        .await
-        .unwrap()
-        .expect("the leader key was there");
-    let new = win(&election, "node-b", LONG_TTL).await;
-    assert!(new.term() > old.term());
-    let limit = granularity(&*store) + Duration::from_secs(2);
-    timeout(limit, old.lost())
-        .await
-        .unwrap_or_else(|_| panic!("the deposed leader was not told within {limit:?}"));
-    assert!(old.is_lost());
-    let err = expect_err(
-        old.fenced_put(&target, "stale").await,
-        "a deposed leader's fenced put",
+    for attempt in 0..TIMING_ATTEMPTS {
+        let ttl = kept_alive_ttl(&*store, attempt);
+        let election = Election::new(store.clone(), key(&format!("service.leader-{attempt}")));
+        let started = Instant::now();
+        let mut old = win(&election, "node-a", ttl).await;
+        let removed = store.delete(election.name(), None).await.unwrap();
+        if removed.is_none() && started.elapsed() >= ttl {
+            continue;
+        }
+        removed.expect("the leader key was there within its TTL");
+        let new = win(&election, "node-b", LONG_TTL).await;
+        assert!(new.term() > old.term());
+        let limit = granularity(&*store) + Duration::from_secs(2);
+        timeout(limit, old.lost())
+            .await
+            .unwrap_or_else(|_| panic!("the deposed leader was not told within {limit:?}"));
+        assert!(old.is_lost());
+        let err = expect_err(
+            old.fenced_put(&target, "stale").await,
+            "a deposed leader's fenced put",
+        );
+        assert!(matches!(err, Error::LockLost { .. }), "{err}");
+        assert_eq!(store.get(&target).await.unwrap(), None);
+        new.fenced_put(&target, "fresh").await.unwrap();
+        let err = expect_err(old.resign().await, "a deposed leader's resignation");
+        assert!(matches!(err, Error::LockLost { .. }), "{err}");
+        assert_eq!(
+            election.leader().await.unwrap(),
+            leader("node-b", new.term())
+        );
+        assert!(!new.is_lost());
+        new.resign().await.unwrap();
+        return;
+    }
+    too_slow(
+        "deposed_leaders_fenced_writes_are_rejected_and_lost_fires",
+        "the leader key was never removed within a TTL of the campaign",
+        kept_alive_ttl(&*store, TIMING_ATTEMPTS - 1),
     );
-    assert!(matches!(err, Error::LockLost { .. }), "{err}");
-    assert_eq!(store.get(&target).await.unwrap(), None);
-    new.fenced_put(&target, "fresh").await.unwrap();
-    let err = expect_err(old.resign().await, "a deposed leader's resignation");
-    assert!(matches!(err, Error::LockLost { .. }), "{err}");
-    assert_eq!(
-        election.leader().await.unwrap(),
-        leader("node-b", new.term())
-    );
-    assert!(!new.is_lost());
-    new.resign().await.unwrap();
 }
 
 /// `observe` gives the current leader first, then every change in order: each new leader

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::support::{assert_entry, entry_of, expect_err, granularity, key, sleep_until, ttl_unit};
+use super::support::{
+    Renewals, TIMING_ATTEMPTS, assert_entry, entry_of, expect_err, granularity, key, sleep_until,
+    too_slow, ttl_unit, ttl_unit_for_attempt,
+};
 use swarmstate_core::{Error, Key, StateStore, StateStoreExt, TxnOp, TxnResult};
 use swarmstate_recipes::lock::{FencingToken, LockGuard, acquire_lock};
 
@@ -300,52 +303,96 @@ pub async fn lock_with_invalid_input_is_rejected(store: Arc<dyn StateStore>) {
     guard.release().await.unwrap();
 }
 
+/// The TTL of attempt `attempt` of the keep-alive cases: three TTL units, so a refresh every
+/// third of it is a unit apart.
+fn keep_alive_ttl(store: &dyn StateStore, attempt: u32) -> Duration {
+    ttl_unit_for_attempt(store, attempt) * 3
+}
+
 /// A kept-alive lock outlives its TTL: after two TTLs it is still held, by the same token, and
 /// fenced writes still apply; releasing it frees it at once.
+///
+/// The refreshes are the keep-alive's, so the store is wrapped to note when each was sent
+/// (see [`Renewals`]). The checks are judged only if the release finished within a TTL of the
+/// last refresh sent; a machine that stalled the refreshes longer repeats the attempt with a
+/// doubled TTL, on a lock of its own.
 pub async fn keep_alive_holds_a_lock_past_its_ttl(store: Arc<dyn StateStore>) {
-    let k = key("locks.keepalive");
-    let ttl = ttl_unit(&*store) * 3;
-    let kept = lock(&store, &k, "agent-1", ttl).await.keep_alive();
-    let token = kept.guard().token();
-    tokio::time::sleep(ttl * 2).await;
-    assert!(
-        !kept.is_lost(),
-        "a refreshed lock must not be reported lost"
+    for attempt in 0..TIMING_ATTEMPTS {
+        let ttl = keep_alive_ttl(&*store, attempt);
+        let k = key(&format!("locks.keepalive-{attempt}"));
+        let renewals = Renewals::new(&store, &k);
+        let timed: Arc<dyn StateStore> = renewals.clone();
+        let kept = lock(&timed, &k, "agent-1", ttl).await.keep_alive();
+        let token = kept.guard().token();
+        tokio::time::sleep(ttl * 2).await;
+        let lost = kept.is_lost();
+        let intruder = acquire_lock(&store, &k, "intruder", LONG_TTL).await;
+        let kept_token = kept.guard().token();
+        let written = kept
+            .guard()
+            .fenced_put(&key(&format!("work.output-{attempt}")), "by agent-1")
+            .await;
+        let released = kept.release().await;
+        if renewals.last_sent().elapsed() >= ttl {
+            continue;
+        }
+        assert!(!lost, "a refreshed lock must not be reported lost");
+        let err = expect_err(intruder, "acquire of a kept-alive lock");
+        assert!(
+            matches!(&err, Error::LockHeld { key, holder, .. } if *key == k && holder == "agent-1"),
+            "{err}"
+        );
+        assert_eq!(kept_token, token, "a refresh keeps the token");
+        written.unwrap_or_else(|err| panic!("fenced put while kept alive: {err}"));
+        released.unwrap_or_else(|err| panic!("release of a kept-alive lock: {err}"));
+        let next = lock(&store, &k, "agent-2", LONG_TTL).await;
+        assert!(next.token() > token);
+        return;
+    }
+    too_slow(
+        "keep_alive_holds_a_lock_past_its_ttl",
+        "the release never came within a TTL of the keep-alive's last refresh (or the \
+         keep-alive does not refresh every third of its TTL)",
+        keep_alive_ttl(&*store, TIMING_ATTEMPTS - 1),
     );
-    assert_held_by(&store, &k, "agent-1").await;
-    assert_eq!(kept.guard().token(), token, "a refresh keeps the token");
-    kept.guard()
-        .fenced_put(&key("work.output"), "by agent-1")
-        .await
-        .unwrap();
-    kept.release().await.unwrap();
-    let next = lock(&store, &k, "agent-2", LONG_TTL).await;
-    assert!(next.token() > token);
 }
 
 /// When the lock is taken from under a kept-alive holder, its lost signal fires within one
 /// refresh period (a third of the TTL) plus a granularity step, and its release changes
 /// nothing for the new holder.
+///
+/// The lock is removed right after it was taken, so it must be found unless a TTL has passed
+/// since its acquisition began; a machine that stalled that long repeats the attempt with a
+/// doubled TTL, on a lock of its own.
 pub async fn keep_alive_signals_the_moment_the_lock_is_lost(store: Arc<dyn StateStore>) {
-    let k = key("locks.keepalive");
-    let ttl = ttl_unit(&*store) * 3;
-    let mut kept = lock(&store, &k, "agent-1", ttl).await.keep_alive();
-    // Someone removes the lock behind the holder's back and takes it.
-    store
-        .delete(&k, None)
-        .await
-        .unwrap()
-        .expect("the lock was there");
-    let thief = lock(&store, &k, "agent-2", LONG_TTL).await;
-    let deadline = ttl / 3 + granularity(&*store) + Duration::from_secs(2);
-    tokio::time::timeout(deadline, kept.lost())
-        .await
-        .unwrap_or_else(|_| panic!("no lost signal within {deadline:?}"));
-    assert!(kept.is_lost());
-    let err = expect_err(kept.release().await, "release of a lost lock");
-    assert!(matches!(err, Error::LockLost { .. }), "{err}");
-    assert_held_by(&store, &k, "agent-2").await;
-    assert!(thief.token() > FencingToken(swarmstate_core::Revision::FIRST));
+    for attempt in 0..TIMING_ATTEMPTS {
+        let ttl = keep_alive_ttl(&*store, attempt);
+        let k = key(&format!("locks.keepalive-{attempt}"));
+        let started = Instant::now();
+        let mut kept = lock(&store, &k, "agent-1", ttl).await.keep_alive();
+        // Someone removes the lock behind the holder's back and takes it.
+        let removed = store.delete(&k, None).await.unwrap();
+        if removed.is_none() && started.elapsed() >= ttl {
+            continue;
+        }
+        removed.expect("the lock was there within its TTL");
+        let thief = lock(&store, &k, "agent-2", LONG_TTL).await;
+        let deadline = ttl / 3 + granularity(&*store) + Duration::from_secs(2);
+        tokio::time::timeout(deadline, kept.lost())
+            .await
+            .unwrap_or_else(|_| panic!("no lost signal within {deadline:?}"));
+        assert!(kept.is_lost());
+        let err = expect_err(kept.release().await, "release of a lost lock");
+        assert!(matches!(err, Error::LockLost { .. }), "{err}");
+        assert_held_by(&store, &k, "agent-2").await;
+        assert!(thief.token() > FencingToken(swarmstate_core::Revision::FIRST));
+        return;
+    }
+    too_slow(
+        "keep_alive_signals_the_moment_the_lock_is_lost",
+        "the lock was never removed within a TTL of its acquisition",
+        keep_alive_ttl(&*store, TIMING_ATTEMPTS - 1),
+    );
 }
 
 /// A resource guarded by a `FenceGate` refuses a stalled holder once it has seen its

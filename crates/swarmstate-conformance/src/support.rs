@@ -1,14 +1,18 @@
 //! Helpers shared by the cases: key shorthands, watch-stream readers that time out instead of
-//! hanging, and TTL timing derived from the store's capabilities.
+//! hanging, TTL timing derived from the store's capabilities, and a store that notes when a
+//! recipe's background renewals were made.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
+use bytes::Bytes;
 use futures::StreamExt;
 use tokio::time::{Instant, timeout};
 
 use swarmstate_core::{
-    Entry, Error, Key, Pattern, Result, Revision, StateStore, StateStoreExt, WatchEvent,
-    WatchStart, WatchStream,
+    Entry, Error, Key, Pattern, PutOptions, Result, Revision, StateStore, StateStoreExt,
+    WatchEvent, WatchStart, WatchStream,
 };
 
 /// How long a case waits for a watch event, or for a stream to end, before it fails.
@@ -224,4 +228,76 @@ pub(super) async fn sleep_until(deadline: Instant) {
 /// steps for the store's expiry process, plus scheduling slack.
 pub(super) fn expiry_slack(store: &dyn StateStore) -> Duration {
     granularity(store) * 4 + Duration::from_secs(1)
+}
+
+/// Fails a timing case none of whose [`TIMING_ATTEMPTS`] could be decided: `undecided` says
+/// what kept coming too late, `longest_ttl` is the TTL of the last attempt.
+pub(super) fn too_slow(case: &str, undecided: &str, longest_ttl: Duration) -> ! {
+    panic!(
+        "{case}: in {TIMING_ATTEMPTS} attempts (TTLs up to {longest_ttl:?}) {undecided}; the \
+         machine is too slow to check this"
+    )
+}
+
+/// A store that notes when each successful write to one key was sent and answered, for the
+/// cases whose lock a recipe keeps alive in the background (a keep-alive's refreshes are not
+/// the case's to time).
+///
+/// A successful refresh is an update at the lock's revision, which an expired lock refuses:
+/// so the lock never lapsed before the last successful write, and it lives at least a TTL from
+/// the moment that write was sent. A check that finished within that TTL is judged; a later
+/// one may have met a lock the machine let lapse.
+#[derive(Debug)]
+pub(super) struct Renewals {
+    inner: Arc<dyn StateStore>,
+    key: Key,
+    // Each successful write to `key`, in order: when it was sent and when it was answered.
+    writes: Mutex<Vec<(Instant, Instant)>>,
+}
+
+impl Renewals {
+    /// Wraps `inner`, noting the writes to `key`.
+    pub(super) fn new(inner: &Arc<dyn StateStore>, key: &Key) -> Arc<Renewals> {
+        Arc::new(Renewals {
+            inner: inner.clone(),
+            key: key.clone(),
+            writes: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn writes(&self) -> std::sync::MutexGuard<'_, Vec<(Instant, Instant)>> {
+        self.writes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// When the last successful write to the key (the acquisition or a refresh) was sent.
+    pub(super) fn last_sent(&self) -> Instant {
+        let writes = self.writes();
+        let (sent, _) = writes
+            .last()
+            .expect("the lock was acquired through this store");
+        *sent
+    }
+
+    /// Whether a write after the first (a refresh after the acquisition) was answered before
+    /// `moment`.
+    pub(super) fn refreshed_before(&self, moment: Instant) -> bool {
+        self.writes()
+            .iter()
+            .skip(1)
+            .any(|&(_, answered)| answered < moment)
+    }
+}
+
+#[async_trait]
+impl StateStore for Renewals {
+    async fn put(&self, key: &Key, value: Bytes, options: PutOptions) -> Result<Revision> {
+        let sent = Instant::now();
+        let written = self.inner.put(key, value, options).await;
+        if written.is_ok() && *key == self.key {
+            self.writes().push((sent, Instant::now()));
+        }
+        written
+    }
+    swarmstate_core::forward_state_store!(|s| &s.inner;
+        capabilities, get, delete, keys, watch, txn, close);
 }
