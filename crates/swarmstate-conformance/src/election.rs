@@ -140,11 +140,11 @@ fn kept_alive_ttl(store: &dyn StateStore, attempt: u32) -> Duration {
 /// A kept-alive leadership keeps its term through refreshes: `leader` still reports it, and
 /// observers see no change.
 ///
-/// The refreshes are the keep-alive's, so the store is wrapped to note when each was sent
-/// (see [`Renewals`]). The checks are judged only if a refresh was answered before the leader
-/// key was read and the resignation finished within a TTL of the last refresh sent; a machine
-/// that stalled the refreshes longer repeats the attempt with a doubled TTL, on an election of
-/// its own.
+/// The refreshes are the keep-alive's, so the store is wrapped to note when each was sent (a
+/// successful refresh proves the lease held until it was sent). The checks are judged only if
+/// a refresh was answered before the leader key was read and the resignation finished within
+/// a TTL of the last refresh sent; a machine that stalled the refreshes longer repeats the
+/// attempt with a doubled TTL, on an election of its own.
 pub async fn refreshes_keep_the_term_and_are_not_reported_as_changes(store: Arc<dyn StateStore>) {
     for attempt in 0..TIMING_ATTEMPTS {
         let ttl = kept_alive_ttl(&*store, attempt);

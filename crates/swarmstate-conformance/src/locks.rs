@@ -312,10 +312,10 @@ fn keep_alive_ttl(store: &dyn StateStore, attempt: u32) -> Duration {
 /// A kept-alive lock outlives its TTL: after two TTLs it is still held, by the same token, and
 /// fenced writes still apply; releasing it frees it at once.
 ///
-/// The refreshes are the keep-alive's, so the store is wrapped to note when each was sent
-/// (see [`Renewals`]). The checks are judged only if the release finished within a TTL of the
-/// last refresh sent; a machine that stalled the refreshes longer repeats the attempt with a
-/// doubled TTL, on a lock of its own.
+/// The refreshes are the keep-alive's, so the store is wrapped to note when each was sent (a
+/// successful refresh proves the lease held until it was sent). The checks are judged only if
+/// the release finished within a TTL of the last refresh sent; a machine that stalled the
+/// refreshes longer repeats the attempt with a doubled TTL, on a lock of its own.
 pub async fn keep_alive_holds_a_lock_past_its_ttl(store: Arc<dyn StateStore>) {
     for attempt in 0..TIMING_ATTEMPTS {
         let ttl = keep_alive_ttl(&*store, attempt);
