@@ -20,6 +20,17 @@ use swarmstate_nats_local::{NatsCluster, NatsServer, require_server};
 
 const BUCKET: &str = "reads";
 
+/// A single node and a store on it (keep the server bound: dropping it stops the node).
+async fn single_node() -> (NatsServer, NatsStore) {
+    let server = NatsServer::start().await;
+    let store = NatsStore::builder(server.url())
+        .bucket(BUCKET)
+        .connect()
+        .await
+        .expect("store connects");
+    (server, store)
+}
+
 /// Writes until the write is acknowledged, riding out a leader election.
 async fn write(store: &NatsStore, key: &Key, value: String) -> Revision {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -126,12 +137,7 @@ async fn the_holes_concurrent_reads_leave_do_not_lag_a_watcher() {
     if require_server().is_none() {
         return;
     }
-    let server = NatsServer::start().await;
-    let store = NatsStore::builder(server.url())
-        .bucket(BUCKET)
-        .connect()
-        .await
-        .expect("store connects");
+    let (_server, store) = single_node().await;
     let watched = Key::new("reads.watched").unwrap();
     store.set(&watched, "0").await.unwrap();
     // Readers on one client share its barrier slots, so barriers replace each other while a
@@ -203,12 +209,7 @@ async fn a_hole_a_changed_key_leaves_still_lags_the_watcher_where_it_missed_a_ch
     if require_server().is_none() {
         return;
     }
-    let server = NatsServer::start().await;
-    let store = NatsStore::builder(server.url())
-        .bucket(BUCKET)
-        .connect()
-        .await
-        .expect("store connects");
+    let (_server, store) = single_node().await;
     let hot = Key::new("reads.hot").unwrap();
     let mut lags = 0;
     for attempt in 0..5 {
@@ -312,12 +313,7 @@ async fn a_replay_from_before_replaced_barriers_is_not_compacted() {
     if require_server().is_none() {
         return;
     }
-    let server = NatsServer::start().await;
-    let store = NatsStore::builder(server.url())
-        .bucket(BUCKET)
-        .connect()
-        .await
-        .expect("store connects");
+    let (_server, store) = single_node().await;
     let first = Key::new("reads.first").unwrap();
     let second = Key::new("reads.second").unwrap();
     let from = store.set(&first, "1").await.unwrap();
