@@ -10,8 +10,8 @@ use tokio::time::{Instant, timeout};
 
 use super::lock_wait::wait_for_waiters;
 use super::support::{
-    EVENT_TIMEOUT, Renewals, TIMING_ATTEMPTS, entry_of, expect_err, granularity, key, list,
-    too_slow, ttl_unit, ttl_unit_for_attempt,
+    EVENT_TIMEOUT, Renewals, TIMING_ATTEMPTS, entry_of, expect_err, granularity, keep_alive_ttl,
+    key, list, too_slow, ttl_unit,
 };
 use swarmstate_core::{Error, Result, StateStore, StateStoreExt};
 use swarmstate_recipes::election::{Election, Leader, Leadership};
@@ -131,12 +131,6 @@ pub async fn terms_strictly_increase_across_leaders(store: Arc<dyn StateStore>) 
     }
 }
 
-/// The TTL of attempt `attempt` of the kept-alive cases: three TTL units, so a refresh every
-/// third of it is a unit apart.
-fn kept_alive_ttl(store: &dyn StateStore, attempt: u32) -> Duration {
-    ttl_unit_for_attempt(store, attempt) * 3
-}
-
 /// A kept-alive leadership keeps its term through refreshes: `leader` still reports it, and
 /// observers see no change.
 ///
@@ -147,7 +141,7 @@ fn kept_alive_ttl(store: &dyn StateStore, attempt: u32) -> Duration {
 /// attempt with a doubled TTL, on an election of its own.
 pub async fn refreshes_keep_the_term_and_are_not_reported_as_changes(store: Arc<dyn StateStore>) {
     for attempt in 0..TIMING_ATTEMPTS {
-        let ttl = kept_alive_ttl(&*store, attempt);
+        let ttl = keep_alive_ttl(&*store, attempt);
         let name = key(&format!("service.leader-{attempt}"));
         let renewals = Renewals::new(&store, &name);
         let election = Election::new(renewals.clone(), name);
@@ -186,7 +180,7 @@ pub async fn refreshes_keep_the_term_and_are_not_reported_as_changes(store: Arc<
         "refreshes_keep_the_term_and_are_not_reported_as_changes",
         "the keep-alive's refreshes never kept up with its TTL (or it does not refresh every \
          third of its TTL)",
-        kept_alive_ttl(&*store, TIMING_ATTEMPTS - 1),
+        keep_alive_ttl(&*store, TIMING_ATTEMPTS - 1),
     );
 }
 
@@ -230,7 +224,7 @@ pub async fn campaign_hits_its_deadline_with_lock_held_naming_the_leader(
 pub async fn deposed_leaders_fenced_writes_are_rejected_and_lost_fires(store: Arc<dyn StateStore>) {
     let target = key("service.config");
     for attempt in 0..TIMING_ATTEMPTS {
-        let ttl = kept_alive_ttl(&*store, attempt);
+        let ttl = keep_alive_ttl(&*store, attempt);
         let election = Election::new(store.clone(), key(&format!("service.leader-{attempt}")));
         let started = Instant::now();
         let mut old = win(&election, "node-a", ttl).await;
@@ -266,7 +260,7 @@ pub async fn deposed_leaders_fenced_writes_are_rejected_and_lost_fires(store: Ar
     too_slow(
         "deposed_leaders_fenced_writes_are_rejected_and_lost_fires",
         "the leader key was never removed within a TTL of the campaign",
-        kept_alive_ttl(&*store, TIMING_ATTEMPTS - 1),
+        keep_alive_ttl(&*store, TIMING_ATTEMPTS - 1),
     );
 }
 

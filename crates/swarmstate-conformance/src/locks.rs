@@ -8,10 +8,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::support::{
-    Renewals, TIMING_ATTEMPTS, assert_entry, entry_of, expect_err, granularity, key, sleep_until,
-    too_slow, ttl_unit, ttl_unit_for_attempt,
+    Renewals, TIMING_ATTEMPTS, assert_entry, entry_of, expect_err, granularity, keep_alive_ttl,
+    key, sleep_until, too_slow, ttl_unit,
 };
-use swarmstate_core::{Error, Key, StateStore, StateStoreExt, TxnOp, TxnResult};
+use swarmstate_core::{Error, Key, Result, StateStore, StateStoreExt, TxnOp, TxnResult};
 use swarmstate_recipes::lock::{FencingToken, LockGuard, acquire_lock};
 
 /// A TTL no case waits out.
@@ -44,10 +44,17 @@ pub(super) async fn lock_and_let_expire(
 
 /// Asserts that acquiring `k` fails with `LockHeld` naming `holder`.
 pub(super) async fn assert_held_by(store: &Arc<dyn StateStore>, k: &Key, holder: &str) {
-    let err = expect_err(
+    assert_refused_as_held(
         acquire_lock(store, k, "intruder", LONG_TTL).await,
-        "acquire",
+        k,
+        holder,
     );
+}
+
+/// Asserts that `acquired`, an intruder's acquire of lock `k`, failed with `LockHeld` naming
+/// `holder`.
+fn assert_refused_as_held(acquired: Result<LockGuard>, k: &Key, holder: &str) {
+    let err = expect_err(acquired, "acquire");
     assert!(
         matches!(&err, Error::LockHeld { key, holder: named, .. } if key == k && named == holder),
         "{err}"
@@ -303,12 +310,6 @@ pub async fn lock_with_invalid_input_is_rejected(store: Arc<dyn StateStore>) {
     guard.release().await.unwrap();
 }
 
-/// The TTL of attempt `attempt` of the keep-alive cases: three TTL units, so a refresh every
-/// third of it is a unit apart.
-fn keep_alive_ttl(store: &dyn StateStore, attempt: u32) -> Duration {
-    ttl_unit_for_attempt(store, attempt) * 3
-}
-
 /// A kept-alive lock outlives its TTL: after two TTLs it is still held, by the same token, and
 /// fenced writes still apply; releasing it frees it at once.
 ///
@@ -337,11 +338,7 @@ pub async fn keep_alive_holds_a_lock_past_its_ttl(store: Arc<dyn StateStore>) {
             continue;
         }
         assert!(!lost, "a refreshed lock must not be reported lost");
-        let err = expect_err(intruder, "acquire of a kept-alive lock");
-        assert!(
-            matches!(&err, Error::LockHeld { key, holder, .. } if *key == k && holder == "agent-1"),
-            "{err}"
-        );
+        assert_refused_as_held(intruder, &k, "agent-1");
         assert_eq!(kept_token, token, "a refresh keeps the token");
         written.unwrap_or_else(|err| panic!("fenced put while kept alive: {err}"));
         released.unwrap_or_else(|err| panic!("release of a kept-alive lock: {err}"));

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::support::{
-    TIMING_ATTEMPTS, expect_err, expiry_slack, granularity, key, list, sleep_until, ttl_unit,
-    ttl_unit_for_attempt,
+    TIMING_ATTEMPTS, expect_err, expiry_slack, granularity, key, list, sleep_until, too_slow,
+    ttl_unit, ttl_unit_for_attempt,
 };
 use swarmstate_core::{Condition, Error, KeyStream, Pattern, Result, Revision, StateStore, TxnOp};
 use swarmstate_recipes::queue::{Claim, ItemState, ItemStatus, WorkQueue};
@@ -249,10 +249,10 @@ pub async fn heartbeat_extends_a_claim_past_its_lease(store: Arc<dyn StateStore>
         assert!(matches!(err, Error::LockLost { .. }), "{err}");
         return;
     }
-    panic!(
-        "in {TIMING_ATTEMPTS} attempts (leases up to {:?}) no heartbeat came within its lease; \
-         the machine is too slow to check this",
-        ttl_unit_for_attempt(&*store, TIMING_ATTEMPTS - 1) * 2
+    too_slow(
+        "heartbeat_extends_a_claim_past_its_lease",
+        "no heartbeat came within its lease",
+        ttl_unit_for_attempt(&*store, TIMING_ATTEMPTS - 1) * 2,
     );
 }
 

@@ -219,6 +219,12 @@ pub(super) fn ttl_unit_for_attempt(store: &dyn StateStore, attempt: u32) -> Dura
     ttl_unit(store) * 2u32.pow(attempt)
 }
 
+/// The TTL of attempt `attempt` of a case whose lock a recipe keeps alive: three TTL units,
+/// so a refresh every third of it is a unit apart.
+pub(super) fn keep_alive_ttl(store: &dyn StateStore, attempt: u32) -> Duration {
+    ttl_unit_for_attempt(store, attempt) * 3
+}
+
 /// Sleeps until `deadline` on the runtime's clock (a real clock: the suite never pauses time).
 pub(super) async fn sleep_until(deadline: Instant) {
     tokio::time::sleep_until(deadline).await;
